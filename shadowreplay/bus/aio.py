@@ -1,0 +1,88 @@
+"""Asyncio adapters over the synchronous bus: each wrapped object gets a thread of its own.
+
+kafka-python's clients and sqlite3 connections must not be used from two threads at
+once; a single-worker executor per producer/consumer serialises every call on it while
+the event loop keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from shadowreplay.bus.base import Bus, Consumer, Message, Producer
+
+T = TypeVar("T")
+
+
+class _OnOwnThread:
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class AsyncProducer(_OnOwnThread):
+    """``publish`` many, then ``await flush()``: when it returns, all are durable."""
+
+    def __init__(self, bus: Bus) -> None:
+        super().__init__("bus-producer")
+        self._producer: Producer = self._executor.submit(bus.producer).result()
+
+    async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
+        """Queue (key, value, timestamp_ns) items; durable after the next ``flush``."""
+
+        def _publish() -> None:
+            for key, value, ts in items:
+                self._producer.publish(topic, value, key=key, timestamp_ns=ts)
+
+        await self._call(_publish)
+
+    async def flush(self, timeout_seconds: float = 30.0) -> None:
+        await self._call(self._producer.flush, timeout_seconds)
+
+    async def publish_and_flush(
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]], timeout_seconds: float = 30.0
+    ) -> None:
+        """Queue and flush in one hop to the bus thread."""
+
+        def _do() -> None:
+            for key, value, ts in items:
+                self._producer.publish(topic, value, key=key, timestamp_ns=ts)
+            self._producer.flush(timeout_seconds)
+
+        await self._call(_do)
+
+    async def close(self) -> None:
+        await self._call(self._producer.close)
+        self._shutdown()
+
+
+class AsyncConsumer(_OnOwnThread):
+    def __init__(self, bus: Bus, topics: Sequence[str], group: str) -> None:
+        super().__init__("bus-consumer")
+        self._consumer: Consumer = self._executor.submit(bus.consumer, topics, group).result()
+
+    async def poll(self, max_records: int = 500, timeout_seconds: float = 0.5) -> list[Message]:
+        return await self._call(self._consumer.poll, max_records, timeout_seconds)
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        if messages:
+            await self._call(self._consumer.commit, messages)
+
+    async def seek_to_time(self, timestamp_ns: int) -> None:
+        await self._call(self._consumer.seek_to_time, timestamp_ns)
+
+    async def assignment(self) -> list[tuple[str, int]]:
+        return await self._call(self._consumer.assignment)
+
+    async def close(self) -> None:
+        await self._call(self._consumer.close)
+        self._shutdown()

@@ -1,0 +1,96 @@
+"""The bus interface every backend implements.
+
+A bus is a set of named, partitioned, append-only topics (Kafka's model). Producers
+``publish`` messages (buffered) and ``flush`` them: when ``flush`` returns, every message
+published before it is durable on the bus — that is what lets the collector acknowledge
+a forward-protocol chunk truthfully. Consumers belong to a group; the partitions of the
+subscribed topics are split among the live members of a group; each member ``poll``s
+messages and ``commit``s them once the work they caused is done (at-least-once).
+
+The interface is synchronous (kafka-python and sqlite3 both are). Async code uses
+:mod:`shadowreplay.bus.aio`, which runs each producer or consumer on a thread of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message read from the bus."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ns: int
+
+
+def next_positions(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
+    """For each (topic, partition) in ``messages``, the offset after the highest one seen."""
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic, m.partition)
+        if m.offset + 1 > out.get(tp, -1):
+            out[tp] = m.offset + 1
+    return out
+
+
+class Producer(Protocol):
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        timestamp_ns: int | None = None,
+    ) -> None:
+        """Queue one message. It is durable only after the next successful ``flush``."""
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        """Block until every message published so far is durable, or raise BusError."""
+
+    def close(self) -> None:
+        """Flush what is pending (best effort) and release resources."""
+
+
+class Consumer(Protocol):
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        """Return up to ``max_records`` messages (possibly none, after the timeout).
+
+        Messages of one partition come in offset order. Polling again continues after
+        the last message returned, whether or not it was committed.
+        """
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        """Mark ``messages`` done: each of their partitions' committed offset becomes
+        the highest offset given + 1. Call only when all earlier messages of those
+        partitions are done too."""
+
+    def seek_to_time(self, timestamp_ns: int) -> None:
+        """Position every assigned partition at (or before) its first message whose
+        timestamp is >= ``timestamp_ns``. Callers that need an exact window also filter
+        on the message timestamp, since a backend may only narrow the position."""
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this member currently owns."""
+
+    def close(self) -> None:
+        """Leave the group and release resources. Does not commit."""
+
+
+class Bus(Protocol):
+    url: str
+
+    def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` with ``partitions`` partitions if it does not exist."""
+
+    def producer(self) -> Producer: ...
+
+    def consumer(self, topics: Sequence[str], group: str) -> Consumer: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,34 @@
+"""Endpoint names: the low-cardinality label results are grouped by.
+
+HTTP requests are named by method and path template (numeric ids, UUIDs and long hex
+hashes collapsed to placeholders), e.g. ``GET /users/{id}/orders``. Shared by the
+replayer (which stamps ``ReplayResult.endpoint``) and the comparer (which groups by it).
+"""
+
+from __future__ import annotations
+
+import re
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
+_NUM = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def path_template(path: str) -> str:
+    """``/users/42/orders/9f1c…`` → ``/users/{id}/orders/{hash}``."""
+    parts = path.split("/")
+    for i, seg in enumerate(parts):
+        if not seg:
+            continue
+        if _NUM.match(seg):
+            parts[i] = "{id}"
+        elif _UUID.match(seg):
+            parts[i] = "{uuid}"
+        elif _HEX.match(seg):
+            parts[i] = "{hash}"
+    return "/".join(parts) or "/"
+
+
+def endpoint_name(method: str, target: str) -> str:
+    """The endpoint a request belongs to: ``METHOD /path/{template}``."""
+    return f"{method.upper()} {path_template(target.split('?', 1)[0])}"

@@ -1,0 +1,313 @@
+"""The wire contract between collector, replayer and comparer.
+
+Field names are API (see DESIGN.md). Messages are JSON encoded with orjson:
+
+* ``RequestRecord`` — one per logged request, on topic ``shadow.requests``.
+* ``ReplayResult`` — one per replayed request, on topic ``shadow.results``.
+
+Times are integer nanoseconds since the epoch; durations are float seconds.
+Bodies travel as base64 strings (``null`` when absent) so binary bodies survive.
+Headers are lists of ``[name, value]`` pairs so repeated headers and their order survive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shadowreplay.errors import RecordError
+
+SCHEMA_VERSION = 1
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What production answered, as logged."""
+
+    status: int | None = None
+    bytes: int | None = None
+    duration: float | None = None
+    body_sha256: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "bytes": self.bytes, "duration": self.duration}
+        if self.body_sha256 is not None:
+            out["body_sha256"] = self.body_sha256
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Origin | None:
+        if obj is None:
+            return None
+        if not isinstance(obj, dict):
+            raise RecordError("origin must be an object or null")
+        return cls(
+            status=_opt(obj, "status", int),
+            bytes=_opt(obj, "bytes", int),
+            duration=_opt_float(obj, "duration"),
+            body_sha256=_opt(obj, "body_sha256", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One logged request."""
+
+    id: str
+    ts: int
+    method: str
+    target: str
+    tag: str = ""
+    scheme: str = "http"
+    host: str = ""
+    headers: Headers = ()
+    body: bytes | None = None
+    client: str | None = None
+    origin: Origin | None = None
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    def partition_key(self) -> bytes:
+        """Default partition key: the trusted client address, else the id."""
+        return (self.client or self.id).encode()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "ts": self.ts,
+            "tag": self.tag,
+            "method": self.method,
+            "scheme": self.scheme,
+            "host": self.host,
+            "target": self.target,
+            "headers": [[k, v] for k, v in self.headers],
+            "body": _b64(self.body),
+            "client": self.client,
+            "origin": self.origin.to_wire() if self.origin is not None else None,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> RequestRecord:
+        if not isinstance(obj, dict):
+            raise RecordError("request record must be a JSON object")
+        _check_version(obj)
+        return cls(
+            id=_req(obj, "id", str),
+            ts=_req(obj, "ts", int),
+            tag=_opt(obj, "tag", str) or "",
+            method=_req(obj, "method", str),
+            scheme=_opt(obj, "scheme", str) or "http",
+            host=_opt(obj, "host", str) or "",
+            target=_req(obj, "target", str),
+            headers=_headers(obj.get("headers")),
+            body=_unb64(obj.get("body"), "body"),
+            client=_opt(obj, "client", str),
+            origin=Origin.from_wire(obj.get("origin")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What one target answered to a replayed request (or why it did not)."""
+
+    status: int | None = None
+    headers: Headers = ()
+    body: bytes = b""
+    truncated: bool = False
+    latency: float | None = None
+    ttfb: float | None = None
+    error: str | None = None
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": [[k, v] for k, v in self.headers],
+            "body": _b64(self.body),
+            "truncated": self.truncated,
+            "latency": self.latency,
+            "ttfb": self.ttfb,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Response:
+        if not isinstance(obj, dict):
+            raise RecordError("response must be a JSON object")
+        return cls(
+            status=_opt(obj, "status", int),
+            headers=_headers(obj.get("headers")),
+            body=_unb64(obj.get("body"), "body") or b"",
+            truncated=bool(obj.get("truncated", False)),
+            latency=_opt_float(obj, "latency"),
+            ttfb=_opt_float(obj, "ttfb"),
+            error=_opt(obj, "error", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """One replayed request with every target's response."""
+
+    id: str
+    request: RequestRecord
+    endpoint: str
+    scheduled: int
+    sent: int
+    responses: dict[str, Response] = field(default_factory=dict)
+    origin: Origin | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "request": self.request.to_wire(),
+            "endpoint": self.endpoint,
+            "scheduled": self.scheduled,
+            "sent": self.sent,
+            "responses": {name: r.to_wire() for name, r in self.responses.items()},
+            "origin": self.origin.to_wire() if self.origin is not None else None,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ReplayResult:
+        if not isinstance(obj, dict):
+            raise RecordError("replay result must be a JSON object")
+        _check_version(obj)
+        responses = obj.get("responses") or {}
+        if not isinstance(responses, dict):
+            raise RecordError("responses must be an object")
+        return cls(
+            id=_req(obj, "id", str),
+            request=RequestRecord.from_wire(obj.get("request")),
+            endpoint=_opt(obj, "endpoint", str) or "",
+            scheduled=_req(obj, "scheduled", int),
+            sent=_req(obj, "sent", int),
+            responses={str(k): Response.from_wire(v) for k, v in responses.items()},
+            origin=Origin.from_wire(obj.get("origin")),
+        )
+
+
+def encode_request(record: RequestRecord) -> bytes:
+    return orjson.dumps(record.to_wire())
+
+
+def decode_request(data: bytes) -> RequestRecord:
+    return RequestRecord.from_wire(_loads(data))
+
+
+def encode_result(result: ReplayResult) -> bytes:
+    return orjson.dumps(result.to_wire())
+
+
+def decode_result(data: bytes) -> ReplayResult:
+    return ReplayResult.from_wire(_loads(data))
+
+
+def stable_id(*parts: object) -> str:
+    """A stable request id from the parts of a log line that identify it."""
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from exc
+
+
+def _check_version(obj: dict[str, Any]) -> None:
+    v = obj.get("v")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RecordError("missing schema version 'v'")
+    if v > SCHEMA_VERSION:
+        raise RecordError(f"schema version {v} is newer than this build understands ({SCHEMA_VERSION})")
+
+
+def _req(obj: dict[str, Any], key: str, typ: type) -> Any:
+    if key not in obj:
+        raise RecordError(f"missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise RecordError(f"field {key!r} must be {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _opt(obj: dict[str, Any], key: str, typ: type) -> Any:
+    if obj.get(key) is None:
+        return None
+    return _req(obj, key, typ)
+
+
+def _opt_float(obj: dict[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"field {key!r} must be a number")
+    return float(value)
+
+
+def _headers(value: Any) -> Headers:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RecordError("headers must be a list of [name, value] pairs")
+    out = []
+    for pair in value:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or not isinstance(pair[1], str)
+        ):
+            raise RecordError("headers must be a list of [name, value] string pairs")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, key: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"field {key!r} must be base64 text or null")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RecordError(f"field {key!r} is not valid base64") from exc
