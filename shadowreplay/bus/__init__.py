@@ -1,0 +1,57 @@
+"""Pick a bus backend from a URL.
+
+``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` opens the embedded
+bus; ``kafka://host:port[,host:port]`` connects to Kafka. Either may carry integer
+options in its query string, e.g.
+``kafka://10.0.0.5:9092?max_poll_interval_ms=60000&session_timeout_ms=10000`` or
+``sqlite:///bus.db?session_timeout_ms=5000``; an option the backend does not know is a
+ConfigError. Backends are imported lazily: kafka-python is loaded only for kafka URLs.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from shadowreplay.bus.base import Bus, Consumer, Message, Producer, next_positions
+from shadowreplay.errors import ConfigError
+
+__all__ = ["Bus", "Consumer", "Message", "Producer", "next_positions", "open_bus", "parse_options"]
+
+
+def parse_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, int]:
+    """Integer options from a URL query string; unknown names and non-integers are errors."""
+    options: dict[str, int] = {}
+    for name, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+        if name not in allowed:
+            raise ConfigError(f"{url}: unknown bus option {name!r} (known: {', '.join(allowed)})")
+        try:
+            options[name] = int(raw)
+        except ValueError:
+            raise ConfigError(f"{url}: bus option {name!r} must be an integer, got {raw!r}") from None
+    return options
+
+
+def open_bus(url: str, partitions: int = 4) -> Bus:
+    """Open the bus named by ``url``; new topics get ``partitions`` partitions."""
+    if partitions < 1:
+        raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
+    base, _, query = url.partition("?")
+    if base.startswith("sqlite:///"):
+        from shadowreplay.bus import sqlite
+
+        path = base[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise ConfigError(f"bus.url: {url!r} needs a file path (sqlite:///path/to/bus.db)")
+        options = parse_options(url, query, sqlite.OPTIONS)
+        return sqlite.SqliteBus(url, path, partitions, **options)
+    if base.startswith("kafka://"):
+        from shadowreplay.bus import kafka
+
+        servers = [s.strip() for s in base[len("kafka://"):].rstrip("/").split(",")]
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"bus.url: {url!r}: expected kafka://host:port[,host:port]")
+        options = parse_options(url, query, kafka.OPTIONS)
+        return kafka.KafkaBus(url, servers, partitions, **options)
+    raise ConfigError(f"bus.url: {url!r} is neither sqlite:///path nor kafka://host:port")

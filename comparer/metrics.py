@@ -1,0 +1,124 @@
+"""The comparer's Prometheus metrics, on a registry handed in.
+
+Counting rules (dashboards rely on them):
+
+* ``shadow_compare_compared_total{endpoint}`` — results compared (a verdict without error).
+* ``shadow_compare_matched_total{endpoint}`` — compared results with no difference, so
+  the divergence rate of an endpoint is ``1 - matched / compared``.
+* ``shadow_compare_diverged_total{endpoint, kind}`` — one increment per diverging result
+  *per diff kind present in it*: a result with a status diff and three value diffs adds
+  1 to ``kind="status"`` and 1 to ``kind="value"``. Summing over ``kind`` therefore
+  over-counts results; use compared − matched for "how many diverged".
+* ``shadow_compare_field_diffs_total{endpoint, kind}`` — every individual FieldDiff.
+* ``shadow_compare_errors_total{reason}`` — results that could not be compared
+  (``undecodable``, ``no_candidate``, ``no_reference``, ``compare_failed``).
+* ``shadow_compare_latency_seconds{target, endpoint}`` — each target's response latency.
+
+``endpoint`` takes at most ``max_endpoints`` distinct values, then ``"other"``;
+``target`` is one of candidate, baseline, secondary or ``"other"``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from comparer.diff import KINDS, Verdict
+from shadowreplay.record import ReplayResult
+
+OTHER = "other"
+ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed")
+TARGETS = frozenset({"candidate", "baseline", "secondary"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class EndpointLimiter:
+    """Maps endpoint names onto a bounded set: the first ``max_endpoints`` seen, then "other"."""
+
+    def __init__(self, max_endpoints: int = 200) -> None:
+        if max_endpoints < 1:
+            raise ValueError("max_endpoints must be >= 1")
+        self.max_endpoints = max_endpoints
+        self._known: set[str] = set()
+
+    def __call__(self, endpoint: str) -> str:
+        if endpoint in self._known:
+            return endpoint
+        if len(self._known) < self.max_endpoints:
+            self._known.add(endpoint)
+            return endpoint
+        return OTHER
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+class ComparerMetrics:
+    """Every metric the comparer exports, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, max_endpoints: int = 200) -> None:
+        self.endpoints = EndpointLimiter(max_endpoints)
+        self.compared = Counter(
+            "shadow_compare_compared_total",
+            "Replay results compared.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.matched = Counter(
+            "shadow_compare_matched_total",
+            "Compared replay results with no difference from the reference.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.diverged = Counter(
+            "shadow_compare_diverged_total",
+            "Diverging replay results, one increment per diff kind present in a result.",
+            ["endpoint", "kind"],
+            registry=registry,
+        )
+        self.field_diffs = Counter(
+            "shadow_compare_field_diffs_total",
+            "Individual differences found (fields, status, headers, digests).",
+            ["endpoint", "kind"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "shadow_compare_errors_total",
+            "Replay results that could not be compared, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "shadow_compare_latency_seconds",
+            "Response latency of each replay target, as measured by the replayer.",
+            ["target", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason=reason)
+
+    def error(self, reason: str) -> None:
+        self.errors.labels(reason=reason).inc()
+
+    def observe(self, result: ReplayResult, verdict: Verdict) -> None:
+        """Record one compared result: its verdict and every target's latency."""
+        endpoint = self.endpoints(verdict.endpoint)
+        for target, response in result.responses.items():
+            if response.latency is not None:
+                label = target if target in TARGETS else OTHER
+                self.latency.labels(target=label, endpoint=endpoint).observe(response.latency)
+        if verdict.error is not None:
+            self.error(verdict.error)
+            return
+        self.compared.labels(endpoint=endpoint).inc()
+        matched = self.matched.labels(endpoint=endpoint)  # exported as 0 until the first match
+        if not verdict.diverged:
+            matched.inc()
+            return
+        counts: dict[str, int] = {}
+        for d in verdict.diffs:
+            counts[d.kind] = counts.get(d.kind, 0) + 1
+        for kind, n in counts.items():
+            label = kind if kind in KINDS else OTHER
+            self.diverged.labels(endpoint=endpoint, kind=label).inc()
+            self.field_diffs.labels(endpoint=endpoint, kind=label).inc(n)

@@ -1,0 +1,189 @@
+"""Send one RequestRecord to one target and capture what it answers.
+
+The request-target is sent exactly as logged (no re-encoding, query order kept);
+hop-by-hop headers are dropped, Host is the target's unless kept, X-Forwarded-For is
+the trusted client address and X-Shadow-Replay carries the record id. The response is
+read streaming up to a cap, with time to first byte. Failures never raise: they come
+back as a ``Response`` whose ``error`` names the kind and whose ``status`` is None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+
+import aiohttp
+from yarl import URL
+
+from shadowreplay.record import Headers, RequestRecord, Response
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Recomputed or set by the replayer, never copied from the record.
+_REPLACED = frozenset({"content-length", "host", "x-forwarded-for", "x-shadow-replay"})
+# aiohttp adds these when absent; a replay sends only what was logged.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_READ_CHUNK = 64 * 1024
+
+
+def outgoing_headers(record: RequestRecord, *, keep_host: bool) -> list[tuple[str, str]]:
+    """The headers a replay of ``record`` carries (Host only when kept; else the target's)."""
+    dropped = set(HOP_BY_HOP) | _REPLACED
+    for name, value in record.headers:
+        if name.lower() == "connection":  # names listed in Connection are hop-by-hop too
+            dropped.update(t.strip().lower() for t in value.split(",") if t.strip())
+    # Repeats keep their order; each name is spelled as at its first occurrence, because
+    # aiohttp folds a repeat whose spelling differs (``X-A`` then ``x-a``) into one value.
+    spelling: dict[str, str] = {}
+    out = [
+        (spelling.setdefault(k.lower(), k), v)
+        for k, v in record.headers
+        if k.lower() not in dropped and not k.lower().startswith("proxy-")
+    ]
+    if keep_host:
+        host = record.host or record.header("Host")
+        if host:
+            out.append(("Host", host))
+    if record.client:
+        out.append(("X-Forwarded-For", record.client))
+    out.append(("X-Shadow-Replay", record.id))
+    return out
+
+
+def target_url(base_url: str, target: str) -> URL:
+    """``base_url`` + the raw request-target, marked encoded so it goes on the wire as is."""
+    if target.startswith(("http://", "https://")):  # absolute-form: keep path and query only
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    elif not target.startswith("/"):
+        target = "/" + target
+    return URL(base_url.rstrip("/") + target, encoded=True)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, bounded name for why a request failed (used in results and metrics)."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return "reset"
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        return "protocol"
+    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+        return "request"
+    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
+        return "connect"
+    return "client"
+
+
+class TargetClient:
+    """One replay target (e.g. ``candidate`` at ``http://staging:8080``) with its own session."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        timeout_seconds: float,
+        max_body_bytes: int,
+        concurrency: int,
+        keep_host: bool = False,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._max_body_bytes = max_body_bytes
+        self._concurrency = concurrency
+        self._keep_host = keep_host
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=True,
+            # staging's cookies must not leak into later replays
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> TargetClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, record: RequestRecord) -> Response:
+        """Replay ``record`` on this target. Never raises for network or HTTP failures."""
+        if self._session is None:
+            raise RuntimeError(f"target {self.name!r}: send() before start()")
+        ttfb: float | None = None
+        t0 = time.perf_counter()
+        try:
+            url = target_url(self.base_url, record.target)
+            async with self._session.request(
+                record.method,
+                url,
+                headers=outgoing_headers(record, keep_host=self._keep_host),
+                data=record.body,
+                allow_redirects=False,
+            ) as resp:
+                ttfb = time.perf_counter() - t0
+                body, truncated = await _read_capped(resp.content, self._max_body_bytes)
+                latency = time.perf_counter() - t0
+                return Response(
+                    status=resp.status,
+                    headers=_headers(resp.headers.items()),
+                    body=body,
+                    truncated=truncated,
+                    latency=latency,
+                    ttfb=ttfb,
+                )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            kind = error_kind(exc)
+            log.debug("target %s: %s %s failed: %s: %r",
+                      self.name, record.method, record.id, kind, exc)
+            return Response(status=None, latency=time.perf_counter() - t0, ttfb=ttfb, error=kind)
+
+
+async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> tuple[bytes, bool]:
+    buf = bytearray()
+    while len(buf) <= cap:
+        chunk = await stream.read(min(_READ_CHUNK, cap + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf), False
+        buf += chunk
+    # One byte past the cap proves there is more; the connection is dropped, not drained.
+    return bytes(buf[:cap]), True
+
+
+def _headers(items: Iterable[tuple[str, str]]) -> Headers:
+    return tuple((k, v) for k, v in items)

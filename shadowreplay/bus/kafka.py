@@ -1,0 +1,426 @@
+"""The Kafka bus, on kafka-python 3.
+
+Producer: ``acks="all"``, idempotent, small linger; ``flush`` waits for the producer and
+then checks every send's future, so when it returns the broker has every record.
+Timestamps: the record timestamp is the message time in milliseconds; the exact
+nanoseconds ride along in a ``ts_ns`` header (8 bytes, big-endian) and are preferred on
+read, so our own messages keep their nanoseconds; foreign ones are exact to the ms.
+
+Consumer: a group member with manual commits (``enable_auto_commit=False``), starting at
+the earliest offset when the group has none. ``seek_to_time`` asks the broker
+(``offsets_for_times``) and verifies the answer by reading the records around it; when
+the broker's answer is wrong (Tansu answers offset 0 for every time, and its end
+offsets are the last batch's base), it binary-searches the partition with a short-lived
+probe consumer. Sought consumers also drop every message older than the seek time, so
+the window is exact whatever the broker does. Partitions assigned after the seek (the
+group assigns inside ``poll``) start at the later of the group's committed offset and
+the sought one.
+
+Topics are created on first use with the bus's partition count.
+
+kafka-python 3.0 can drop a finished group join on the floor (see
+``_keep_finished_joins``), which stalls groups whose members poll with short timeouts;
+the consumer patches that one method on its own coordinator instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import MemberState, OffsetAndMetadata
+
+from shadowreplay.bus.base import Message, next_positions
+from shadowreplay.errors import BusError, ConfigError
+
+log = logging.getLogger(__name__)
+
+TS_HEADER = "ts_ns"
+CLIENT_ID = "shadowreplay"
+
+_PRODUCER_OPTIONS = ("linger_ms", "max_block_ms", "delivery_timeout_ms")
+_CONSUMER_OPTIONS = (
+    "max_poll_interval_ms", "session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms",
+)
+_CLIENT_OPTIONS = ("request_timeout_ms", "bootstrap_timeout_ms")
+OPTIONS = _PRODUCER_OPTIONS + _CONSUMER_OPTIONS + _CLIENT_OPTIONS + ("replication_factor",)
+
+
+@contextmanager
+def _boundary(what: str) -> Iterator[None]:
+    """Translate kafka-python's errors into BusError."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise BusError(f"kafka bus: {what} failed: {exc}", retriable=bool(exc.retriable)) from exc
+    except OSError as exc:
+        raise BusError(f"kafka bus: {what} failed: {exc}", retriable=True) from exc
+
+
+def _timestamp_ns(record: Any) -> int:
+    for name, value in record.headers or ():
+        if name == TS_HEADER and len(value) == 8:
+            return int.from_bytes(value, "big", signed=True)
+    return int(record.timestamp) * 1_000_000
+
+
+class KafkaBus:
+    """A Kafka cluster as a bus. Clients are created per producer/consumer."""
+
+    def __init__(
+        self, url: str, servers: Sequence[str], partitions: int = 4, **options: int
+    ) -> None:
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ConfigError(f"{url}: unknown kafka options {sorted(unknown)}")
+        if partitions < 1:
+            raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
+        self.url = url
+        self.servers = list(servers)
+        self.partitions = partitions
+        self._replication = options.pop("replication_factor", -1)  # -1: the broker's default
+        self._options = options
+        self._lock = threading.Lock()
+        self._admin: KafkaAdminClient | None = None
+        self._known: set[str] = set()
+
+    def client_config(self, *kinds: tuple[str, ...]) -> dict[str, Any]:
+        """kafka-python settings from the URL options for one kind of client."""
+        names = set(_CLIENT_OPTIONS).union(*kinds)
+        config: dict[str, Any] = {"bootstrap_servers": self.servers, "client_id": CLIENT_ID}
+        config.update({k: v for k, v in self._options.items() if k in names})
+        return config
+
+    def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` with ``partitions`` partitions if it does not exist."""
+        with self._lock:
+            if topic in self._known:
+                return
+            with _boundary(f"create topic {topic!r}"):
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(**self.client_config())
+                try:
+                    self._admin.create_topics([NewTopic(topic, partitions, self._replication)])
+                    log.info("kafka bus: created topic %s with %d partitions", topic, partitions)
+                except TopicAlreadyExistsError:
+                    pass
+            self._known.add(topic)
+
+    def producer(self) -> KafkaBusProducer:
+        return KafkaBusProducer(self)
+
+    def consumer(self, topics: Sequence[str], group: str) -> KafkaBusConsumer:
+        return KafkaBusConsumer(self, topics, group)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
+
+class KafkaBusProducer:
+    def __init__(self, bus: KafkaBus) -> None:
+        self._bus = bus
+        config = {"linger_ms": 5} | bus.client_config(_PRODUCER_OPTIONS)
+        with _boundary("connect producer"):
+            self._producer = KafkaProducer(
+                acks="all", enable_idempotence=True, compression_type=None, **config
+            )
+        self._futures: list[Future[Any]] = []
+        self._topics: set[str] = set()
+        self._lock = threading.Lock()
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        timestamp_ns: int | None = None,
+    ) -> None:
+        if topic not in self._topics:
+            self._bus.ensure_topic(topic, self._bus.partitions)
+            self._topics.add(topic)
+        ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        with self._lock, _boundary(f"publish to {topic!r}"):
+            self._futures.append(self._producer.send(
+                topic,
+                value=value,
+                key=key,
+                timestamp_ms=ts // 1_000_000,
+                headers=[(TS_HEADER, ts.to_bytes(8, "big", signed=True))],
+            ))
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        with self._lock:
+            with _boundary("flush"):
+                self._producer.flush(timeout=timeout_seconds)
+            futures, self._futures = self._futures, []
+            failed = [f.exception for f in futures if f.failed()]
+            if failed:
+                exc = failed[0]
+                retriable = isinstance(exc, KafkaError) and bool(exc.retriable)
+                raise BusError(
+                    f"kafka bus: {len(failed)} of {len(futures)} messages were not delivered: {exc}",
+                    retriable=retriable,
+                ) from exc
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except BusError as exc:
+            log.warning("kafka bus: messages not delivered at close: %s", exc)
+        with self._lock:
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError as exc:
+                log.warning("kafka bus: producer did not close cleanly: %s", exc)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO loop: only notes what was assigned, never blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._assigned: set[TopicPartition] = set()
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        with self._lock:
+            self._assigned.difference_update(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        with self._lock:
+            self._assigned.update(assigned)
+
+    def take(self) -> set[TopicPartition]:
+        """The partitions assigned since the last call."""
+        with self._lock:
+            taken, self._assigned = self._assigned, set()
+        return taken
+
+
+class KafkaBusConsumer:
+    """A consumer-group member; see the module docstring for ``seek_to_time``."""
+
+    def __init__(self, bus: KafkaBus, topics: Sequence[str], group: str) -> None:
+        if not topics:
+            raise ConfigError("bus consumer: at least one topic is required")
+        self._bus = bus
+        for topic in topics:
+            bus.ensure_topic(topic, bus.partitions)
+        self._timeout_ms = bus.client_config().get("request_timeout_ms", 30_000)
+        config = bus.client_config(_CONSUMER_OPTIONS)
+        self._listener = _Listener()
+        self._lock = threading.Lock()
+        self._min_ts: int | None = None
+        with _boundary("connect consumer"):
+            self._consumer = KafkaConsumer(
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                allow_auto_create_topics=False,
+                **config,
+            )
+            self._consumer.subscribe(list(topics), listener=self._listener)
+        _keep_finished_joins(self._consumer)
+
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        with self._lock, _boundary("poll"):
+            batches = self._consumer.poll(
+                timeout_ms=int(timeout_seconds * 1000), max_records=max_records
+            )
+            fresh = self._listener.take() & self._consumer.assignment()
+            if fresh and self._min_ts is not None:
+                # Newly assigned partitions: whatever came from their committed offsets
+                # is dropped; the seek below fetches them again from the right place.
+                self._seek(sorted(fresh), self._min_ts, keep_committed=True)
+                batches = {tp: recs for tp, recs in batches.items() if tp not in fresh}
+            min_ts = self._min_ts
+            out: list[Message] = []
+            for tp in sorted(batches):
+                for rec in batches[tp]:
+                    ts = _timestamp_ns(rec)
+                    if min_ts is None or ts >= min_ts:
+                        out.append(Message(tp.topic, tp.partition, rec.offset, rec.key, rec.value, ts))
+            return out
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        """Commit; a BusError(retriable=False) here means the group rebalanced meanwhile:
+        the partitions' new owner will get the uncommitted messages again."""
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in next_positions(messages).items()
+        }
+        if not offsets:
+            return
+        with self._lock, _boundary("commit"):
+            self._consumer.commit(offsets, timeout_ms=self._timeout_ms)
+
+    def seek_to_time(self, timestamp_ns: int) -> None:
+        with self._lock, _boundary("seek"):
+            self._min_ts = int(timestamp_ns)
+            self._listener.take()  # what is assigned now is sought exactly, below
+            assigned = sorted(self._consumer.assignment())
+            if assigned:
+                self._seek(assigned, self._min_ts, keep_committed=False)
+
+    def _seek(self, tps: list[TopicPartition], timestamp_ns: int, *, keep_committed: bool) -> None:
+        targets = _offsets_for_time(self._bus, self._consumer, tps, timestamp_ns, self._timeout_ms)
+        for tp in tps:
+            position = targets[tp]
+            if keep_committed:
+                committed = self._consumer.committed(tp, timeout_ms=self._timeout_ms)
+                position = max(position, committed or 0)
+            self._consumer.seek(tp, position)
+        log.info("kafka bus: sought %d partitions to %d ns", len(tps), timestamp_ns)
+
+    def assignment(self) -> list[tuple[str, int]]:
+        # No lock: a read of kafka-python's subscription state, which it guards itself.
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("kafka bus: consumer did not leave its group cleanly: %s", exc)
+
+
+def _offsets_for_time(
+    bus: KafkaBus,
+    consumer: KafkaConsumer,
+    tps: list[TopicPartition],
+    timestamp_ns: int,
+    timeout_ms: int,
+) -> dict[TopicPartition, int]:
+    """For each partition, an offset at or before its first record with time >= T."""
+    target_ms = timestamp_ns // 1_000_000
+    answers = consumer.offsets_for_times({tp: target_ms for tp in tps}, timeout_ms=timeout_ms)
+    out: dict[TopicPartition, int] = {}
+    unanswered: list[TopicPartition] = []
+    for tp in tps:
+        answer = answers.get(tp)
+        if answer is None:
+            out[tp] = consumer.end_offsets([tp], timeout_ms=timeout_ms)[tp]
+        else:
+            unanswered.append(tp)
+    if not unanswered:
+        return out
+    probe = _Probe(bus, timeout_ms)
+    try:
+        for tp in unanswered:
+            answer = answers[tp]
+            hint = answer.offset if answer.timestamp >= target_ms else None
+            out[tp] = probe.first_at_or_after(tp, target_ms, hint)
+    finally:
+        probe.close()
+    return out
+
+
+class _Probe:
+    """Reads single records at chosen offsets, to check or replace the broker's answer."""
+
+    def __init__(self, bus: KafkaBus, timeout_ms: int) -> None:
+        config = bus.client_config(_CONSUMER_OPTIONS)
+        config.pop("max_poll_interval_ms", None)
+        self._consumer = KafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=1,
+            **(config | {"fetch_max_wait_ms": 50}),
+        )
+        self._timeout = timeout_ms / 1000
+        self._assigned: TopicPartition | None = None
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+    def _read(self, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
+        """(offset, timestamp ms) of the first record at or after ``offset``, or None."""
+        if self._assigned != tp:
+            self._consumer.assign([tp])
+            self._assigned = tp
+        self._consumer.seek(tp, offset)
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp)
+            if records:
+                return records[0].offset, records[0].timestamp
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None and offset >= highwater:
+                return None
+        raise BusError(f"kafka bus: seek: no answer reading {tp} at {offset}", retriable=True)
+
+    def first_at_or_after(self, tp: TopicPartition, target_ms: int, hint: int | None) -> int:
+        def reached(offset: int) -> bool:
+            found = self._read(tp, offset)
+            return found is None or found[1] >= target_ms
+
+        low = self._consumer.beginning_offsets([tp], timeout_ms=int(self._timeout * 1000))[tp]
+        if hint is not None and hint >= low and reached(hint) and (hint == low or not reached(hint - 1)):
+            return hint
+        first = self._read(tp, low)
+        if first is None or first[1] >= target_ms:
+            return low
+        # Invariant: the record at `low` is older than the target; `high` is past it.
+        low = first[0]
+        high = self._consumer.highwater(tp)
+        if high is None or high <= low:
+            return low + 1
+        while high - low > 1:
+            mid = (low + high) // 2
+            found = self._read(tp, mid)
+            if found is None or found[1] >= target_ms:
+                high = mid
+            else:
+                low = max(mid, found[0])
+        return high
+
+
+def _keep_finished_joins(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 bug that can keep a group from ever forming.
+
+    ``poll`` starts a JoinGroup/SyncGroup round as a task and, when its timeout ends
+    first, leaves the task running for the next ``poll`` to await. But if the task
+    finishes *between* two polls, the next poll sees a done task, throws its result
+    (the member's assignment) away and sends a new JoinGroup, which restarts the
+    rebalance for every member; with short polls or several members this can repeat
+    for ever. Here a finished, successful round is completed exactly as kafka-python
+    completes one it awaited. Skipped (with a warning) if the internals differ.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    needed = ("_join_task", "_lock", "join_group_async", "_enable_heartbeat", "rejoining",
+              "rejoin_needed", "state", "_on_join_complete_async", "_generation", "need_rejoin")
+    if coordinator is None or not all(hasattr(coordinator, name) for name in needed):
+        log.warning("kafka bus: kafka-python internals changed; join workaround not applied")
+        return
+    original = coordinator.join_group_async
+
+    async def join_group_async(timeout_ms: int | None = None) -> bool:
+        task = coordinator._join_task
+        if task is not None and task.succeeded() and coordinator.need_rejoin():
+            coordinator._join_task = None
+            with coordinator._lock:
+                coordinator.rejoining = False
+                coordinator.rejoin_needed = False
+                coordinator.state = MemberState.STABLE
+                coordinator._enable_heartbeat()
+            generation = coordinator._generation
+            await coordinator._on_join_complete_async(
+                generation.generation_id, generation.member_id, generation.protocol, task.value
+            )
+            return True
+        return bool(await original(timeout_ms=timeout_ms))
+
+    coordinator.join_group_async = join_group_async

@@ -1,0 +1,476 @@
+"""The embedded bus: Kafka's model (topics, partitions, dense offsets, consumer groups)
+in one SQLite file, safe to share between processes on one machine.
+
+Durability: WAL journal with ``synchronous=FULL``. A producer's ``flush`` is one
+transaction, so it costs one fsync however many messages it carries; in exchange, a
+flushed message survives power loss, not just a crash of the process. The collector
+acknowledges forward-protocol chunks on the strength of ``flush``, so the stronger
+promise is the one worth paying for (NORMAL could lose the last commits on power loss).
+
+Groups: each consumer is a row in ``members`` with a heartbeat it refreshes while it
+polls; a member silent for ``session_timeout_ms`` is dead. The partitions of the
+subscribed topics, sorted, are dealt round-robin over the live members, sorted by id.
+A partition changes hands through the ``owners`` table: a member releases what is no
+longer its own and claims what is, only when the previous owner has let go (or died),
+so no two live members read one partition at the same time. A member that gains a
+partition starts from the group's committed offset (or 0).
+
+Timestamps are int nanoseconds and are kept exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from shadowreplay.bus.base import Message, next_positions
+from shadowreplay.errors import BusError, ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+MAX_BUFFERED = 10_000
+POLL_STEP_SECONDS = 0.025
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS topics ("
+    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " topic INTEGER NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,"
+    " ts INTEGER NOT NULL, key BLOB, value BLOB NOT NULL,"
+    " PRIMARY KEY (topic, part, off))",
+    "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (topic, part, ts, off)",
+    "CREATE TABLE IF NOT EXISTS group_offsets ("
+    " grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,"
+    " PRIMARY KEY (grp, topic, part)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS members ("
+    " grp TEXT NOT NULL, member TEXT NOT NULL, topics TEXT NOT NULL,"
+    " heartbeat_ns INTEGER NOT NULL, PRIMARY KEY (grp, member)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS owners ("
+    " grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, member TEXT NOT NULL,"
+    " PRIMARY KEY (grp, topic, part)) WITHOUT ROWID",
+)
+
+OPTIONS = ("session_timeout_ms", "rebalance_interval_ms", "busy_timeout_ms")
+
+
+def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) and reads are one
+    # statement each, so no read transaction is ever held open across calls. One
+    # connection per producer/consumer, guarded by that object's lock; the aio adapter
+    # may create it on one thread and close it from another, hence check_same_thread.
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as exc:
+        raise BusError(f"cannot open sqlite bus {path!r}: {exc}", retriable=False) from exc
+    return conn
+
+
+def _translate(exc: sqlite3.Error, what: str) -> BusError:
+    # A locked/busy database may succeed later; anything else (corrupt file, disk full,
+    # schema trouble) will not by itself.
+    busy = isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+    return BusError(f"sqlite bus: {what} failed: {exc}", retriable=busy)
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+    """One short write transaction; sqlite errors come out as BusError."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _translate(exc, what) from exc
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("sqlite bus: rollback after failed %s", what)
+        if isinstance(exc, sqlite3.Error):
+            raise _translate(exc, what) from exc
+        raise
+
+
+def _read(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except sqlite3.Error as exc:
+        raise _translate(exc, what) from exc
+
+
+def _ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int) -> tuple[int, int]:
+    """Create ``topic`` if missing; return its (id, partition count) as stored."""
+    if partitions < 1:
+        raise ConfigError(f"bus.partitions: must be >= 1, got {partitions} for topic {topic!r}")
+    row = _read("topic lookup", lambda: conn.execute(
+        "SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone())
+    if row is None:
+        with _write(conn, "create topic"):
+            conn.execute(
+                "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)", (topic, partitions)
+            )
+            row = conn.execute(
+                "SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+class SqliteBus:
+    """A bus in one SQLite file. Producers and consumers each open their own connection."""
+
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        partitions: int = 4,
+        *,
+        session_timeout_ms: int = 10_000,
+        rebalance_interval_ms: int = 500,
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
+        if partitions < 1:
+            raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
+        if rebalance_interval_ms * 2 > session_timeout_ms:
+            raise ConfigError(f"{url}: rebalance_interval_ms must be at most half of session_timeout_ms")
+        self.url = url
+        self.path = path
+        self.partitions = partitions
+        self.session_timeout_ms = session_timeout_ms
+        self.rebalance_interval_ms = rebalance_interval_ms
+        self.busy_timeout_ms = busy_timeout_ms
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise ConfigError(f"{url}: directory {str(parent)!r} does not exist")
+        self._lock = threading.Lock()
+        self._conn = _connect(path, busy_timeout_ms)
+        with _write(self._conn, "create schema"):
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def connect(self) -> sqlite3.Connection:
+        return _connect(self.path, self.busy_timeout_ms)
+
+    def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` with ``partitions`` partitions if it does not exist."""
+        with self._lock:
+            _ensure_topic(self._conn, topic, partitions)
+
+    def producer(self) -> SqliteProducer:
+        return SqliteProducer(self)
+
+    def consumer(self, topics: Sequence[str], group: str) -> SqliteConsumer:
+        return SqliteConsumer(self, topics, group)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class SqliteProducer:
+    """Buffers in memory (at most ``MAX_BUFFERED`` messages); ``flush`` is one transaction."""
+
+    def __init__(self, bus: SqliteBus, max_buffered: int = MAX_BUFFERED) -> None:
+        self._bus = bus
+        self._max_buffered = max_buffered
+        self._lock = threading.Lock()
+        self._conn = bus.connect()
+        self._topics: dict[str, tuple[int, int]] = {}
+        self._round_robin: dict[int, int] = {}
+        # (topic id, partition, timestamp ns, key, value)
+        self._buffer: list[tuple[int, int, int, bytes | None, bytes]] = []
+        self._closed = False
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        timestamp_ns: int | None = None,
+    ) -> None:
+        with self._lock:
+            if self._closed:
+                raise BusError("sqlite bus: producer is closed", retriable=False)
+            if len(self._buffer) >= self._max_buffered:
+                self._flush_locked()
+            spec = self._topics.get(topic)
+            if spec is None:
+                spec = self._topics[topic] = _ensure_topic(self._conn, topic, self._bus.partitions)
+            topic_id, partitions = spec
+            if key is None:
+                n = self._round_robin.get(topic_id, 0)
+                self._round_robin[topic_id] = n + 1
+                partition = n % partitions
+            else:
+                partition = zlib.crc32(key) % partitions
+            ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+            self._buffer.append((topic_id, partition, ts, key, value))
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        with self._lock:
+            self._flush_locked(timeout_seconds)
+
+    def _flush_locked(self, timeout_seconds: float | None = None) -> None:
+        if not self._buffer:
+            return
+        if timeout_seconds is not None:
+            # The only wait in a flush is for the write lock: bound it by the timeout.
+            busy_ms = max(1, int(timeout_seconds * 1000))
+            self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        counts: dict[tuple[int, int], int] = {}
+        for topic_id, partition, _, _, _ in self._buffer:
+            counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
+        with _write(self._conn, "flush"):
+            next_offset: dict[tuple[int, int], int] = {}
+            for topic_id, partition in counts:
+                row = self._conn.execute(
+                    "SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?",
+                    (topic_id, partition),
+                ).fetchone()
+                next_offset[(topic_id, partition)] = 0 if row[0] is None else int(row[0]) + 1
+            rows = []
+            for topic_id, partition, ts, key, value in self._buffer:
+                off = next_offset[(topic_id, partition)]
+                next_offset[(topic_id, partition)] = off + 1
+                rows.append((topic_id, partition, off, ts, key, value))
+            self._conn.executemany(
+                "INSERT INTO messages (topic, part, off, ts, key, value) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._buffer.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._flush_locked()
+            except BusError as exc:
+                log.warning("sqlite bus: %d messages not flushed at close: %s", len(self._buffer), exc)
+            self._conn.close()
+
+
+class SqliteConsumer:
+    """One member of a consumer group; see the module docstring for how partitions are shared.
+
+    ``seek_to_time(T)`` moves the partitions it owns to their first message with
+    timestamp >= T; a partition it gains later starts at the later of the group's
+    committed offset and that message. From then on, messages older than T are skipped.
+    """
+
+    def __init__(self, bus: SqliteBus, topics: Sequence[str], group: str) -> None:
+        if not topics:
+            raise ConfigError("bus consumer: at least one topic is required")
+        self._bus = bus
+        self._group = group
+        self._member = uuid.uuid4().hex
+        self._topics = sorted(set(topics))
+        self._session_ns = bus.session_timeout_ms * 1_000_000
+        self._interval = bus.rebalance_interval_ms / 1000
+        self._lock = threading.Lock()
+        self._conn = bus.connect()
+        self._topic_ids: dict[str, int] = {}
+        for topic in self._topics:
+            self._topic_ids[topic] = _ensure_topic(self._conn, topic, bus.partitions)[0]
+        self._positions: dict[tuple[str, int], int] = {}
+        self._assigned: tuple[tuple[str, int], ...] = ()
+        self._next_rebalance = 0.0
+        self._rotate = 0
+        self._min_ts: int | None = None
+        self._closed = False
+        # Join now, so that members created together are dealt partitions together.
+        with _write(self._conn, "join group"):
+            self._heartbeat(time.time_ns())
+
+    def _heartbeat(self, now_ns: int) -> None:
+        self._conn.execute(
+            "INSERT INTO members (grp, member, topics, heartbeat_ns) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (grp, member) DO UPDATE SET heartbeat_ns = excluded.heartbeat_ns",
+            (self._group, self._member, json.dumps(self._topics), now_ns),
+        )
+
+    def _rebalance(self) -> None:
+        conn, grp = self._conn, self._group
+        with _write(conn, "rebalance"):
+            now = time.time_ns()
+            self._heartbeat(now)
+            conn.execute(
+                "DELETE FROM members WHERE grp = ? AND heartbeat_ns < ?", (grp, now - self._session_ns)
+            )
+            conn.execute(
+                "DELETE FROM owners WHERE grp = ? AND member NOT IN"
+                " (SELECT member FROM members WHERE grp = ?)",
+                (grp, grp),
+            )
+            members = [
+                (m, set(json.loads(t)))
+                for m, t in conn.execute(
+                    "SELECT member, topics FROM members WHERE grp = ? ORDER BY member", (grp,)
+                )
+            ]
+            wanted = sorted(set().union(*(t for _, t in members)))
+            counts = dict(conn.execute(
+                f"SELECT name, partitions FROM topics WHERE name IN ({','.join('?' * len(wanted))})",
+                wanted,
+            ).fetchall())
+            mine: set[tuple[str, int]] = set()
+            dealt = 0
+            for topic in sorted(counts):
+                eligible = [m for m, t in members if topic in t]
+                for partition in range(counts[topic]):
+                    if eligible[dealt % len(eligible)] == self._member:
+                        mine.add((topic, partition))
+                    dealt += 1
+            owned = set(conn.execute(
+                "SELECT topic, part FROM owners WHERE grp = ? AND member = ?", (grp, self._member)
+            ).fetchall())
+            conn.executemany(
+                "DELETE FROM owners WHERE grp = ? AND topic = ? AND part = ? AND member = ?",
+                [(grp, t, p, self._member) for t, p in owned - mine],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO owners (grp, topic, part, member) VALUES (?, ?, ?, ?)",
+                [(grp, t, p, self._member) for t, p in mine - owned],
+            )
+            now_owned = set(conn.execute(
+                "SELECT topic, part FROM owners WHERE grp = ? AND member = ?", (grp, self._member)
+            ).fetchall())
+            gained = now_owned - set(self._positions)
+            committed = {
+                (t, p): int(o)
+                for t, p, o in conn.execute(
+                    "SELECT topic, part, off FROM group_offsets WHERE grp = ?", (grp,)
+                )
+                if (t, p) in gained
+            }
+        for tp in set(self._positions) - now_owned:
+            del self._positions[tp]
+        self._assigned = tuple(sorted(now_owned))
+        for tp in sorted(gained):
+            position = committed.get(tp, 0)
+            if self._min_ts is not None:
+                position = max(position, self._offset_for_time(tp, self._min_ts))
+            self._positions[tp] = position
+        if gained or len(now_owned) != len(owned):
+            log.debug("sqlite bus: member %s of %s owns %s", self._member, grp, sorted(now_owned))
+
+    def _offset_for_time(self, tp: tuple[str, int], timestamp_ns: int) -> int:
+        topic_id = self._topic_ids[tp[0]]
+        row = _read("seek", lambda: self._conn.execute(
+            "SELECT MIN(off) FROM messages WHERE topic = ? AND part = ? AND ts >= ?",
+            (topic_id, tp[1], timestamp_ns),
+        ).fetchone())
+        if row[0] is not None:
+            return int(row[0])
+        row = _read("seek", lambda: self._conn.execute(
+            "SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?", (topic_id, tp[1])
+        ).fetchone())
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def _fetch(self, max_records: int) -> tuple[list[Message], bool]:
+        """Read from owned partitions; also say whether any position moved."""
+        out: list[Message] = []
+        moved = False
+        tps = sorted(self._positions)
+        if not tps:
+            return out, moved
+        self._rotate = (self._rotate + 1) % len(tps)
+        for topic, partition in tps[self._rotate:] + tps[: self._rotate]:
+            room = max_records - len(out)
+            if room <= 0:
+                break
+            position = self._positions[(topic, partition)]
+            rows = _read("poll", lambda: self._conn.execute(
+                "SELECT off, ts, key, value FROM messages"
+                " WHERE topic = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?",
+                (self._topic_ids[topic], partition, position, room),
+            ).fetchall())
+            if not rows:
+                continue
+            moved = True
+            self._positions[(topic, partition)] = rows[-1][0] + 1
+            min_ts = self._min_ts
+            out.extend(
+                Message(topic, partition, off, key, value, ts)
+                for off, ts, key, value in rows
+                if min_ts is None or ts >= min_ts
+            )
+        return out, moved
+
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        deadline = time.monotonic() + timeout_seconds
+        with self._lock:
+            if self._closed:
+                raise BusError("sqlite bus: consumer is closed", retriable=False)
+            while True:
+                now = time.monotonic()
+                if now >= self._next_rebalance:
+                    self._rebalance()
+                    self._next_rebalance = time.monotonic() + self._interval
+                out, moved = self._fetch(max_records)
+                now = time.monotonic()
+                if out or now >= deadline:
+                    return out
+                if not moved:
+                    time.sleep(min(POLL_STEP_SECONDS, deadline - now))
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        positions = next_positions(messages)
+        if not positions:
+            return
+        with self._lock, _write(self._conn, "commit"):
+            self._conn.executemany(
+                "INSERT INTO group_offsets (grp, topic, part, off) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (grp, topic, part) DO UPDATE SET off = excluded.off",
+                [(self._group, t, p, o) for (t, p), o in positions.items()],
+            )
+
+    def seek_to_time(self, timestamp_ns: int) -> None:
+        with self._lock:
+            self._min_ts = int(timestamp_ns)
+            for tp in self._positions:
+                self._positions[tp] = self._offset_for_time(tp, self._min_ts)
+
+    def assignment(self) -> list[tuple[str, int]]:
+        # No lock, so another thread can watch a member that is blocked in poll.
+        return list(self._assigned)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._assigned = ()
+            try:
+                with _write(self._conn, "leave group"):
+                    self._conn.execute(
+                        "DELETE FROM owners WHERE grp = ? AND member = ?", (self._group, self._member)
+                    )
+                    self._conn.execute(
+                        "DELETE FROM members WHERE grp = ? AND member = ?", (self._group, self._member)
+                    )
+            except BusError as exc:
+                log.warning("sqlite bus: could not leave group %s cleanly: %s", self._group, exc)
+            finally:
+                self._conn.close()

@@ -1,0 +1,225 @@
+"""The ``shadowreplay`` command. The only place that prints errors and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from shadowreplay import config as configmod
+from shadowreplay.config import Config
+from shadowreplay.errors import ShadowError
+
+log = logging.getLogger("shadowreplay")
+
+EXAMPLE_CONFIG = Path(__file__).with_name("example.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shadowreplay",
+        description=(
+            "Replay production traffic from access logs against staging and watch divergence.\n"
+            "Logs arrive over the Fluentd forward protocol (collector), are kept on a bus\n"
+            "(Kafka, or an embedded SQLite log), are re-sent to staging at N× recorded speed\n"
+            "(replayer) and the responses are diffed (comparer), with Prometheus metrics."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, help_: str, *, collect: bool, replay: bool, compare: bool) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", metavar="FILE", help="TOML config file (see `shadowreplay config example`)")
+        sp.add_argument(
+            "--bus",
+            metavar="URL",
+            help="sqlite:///path/to.db (embedded, default sqlite:///shadowreplay.db) or kafka://host:port[,host:port]",
+        )
+        sp.add_argument("--metrics-listen", metavar="HOST:PORT", help="where /metrics is served (default 127.0.0.1:9464)")
+        if collect:
+            sp.add_argument("--listen", metavar="HOST:PORT", help="forward-protocol listen address (default 127.0.0.1:24224)")
+        if replay:
+            sp.add_argument("--candidate", metavar="URL", help="base URL of the release under test (required)")
+            sp.add_argument("--baseline", metavar="URL", help="base URL of the current release (optional)")
+            sp.add_argument("--speed", type=float, metavar="N", help="replay at N× recorded speed (default 1)")
+            sp.add_argument("--group", metavar="NAME", help="replayer consumer group (default shadow-replayer)")
+            sp.add_argument(
+                "--idle-exit",
+                type=float,
+                metavar="SECONDS",
+                help="exit once caught up and idle this long (default: follow forever)",
+            )
+        if compare and not replay:
+            sp.add_argument("--group", metavar="NAME", help="comparer consumer group (default shadow-comparer)")
+        return sp
+
+    stage("run", "run collector, replayer and comparer in one process", collect=True, replay=True, compare=True)
+    stage("collect", "run the collector: forward protocol in, request records onto the bus", collect=True, replay=False, compare=False)
+    stage("replay", "run the replayer: request records from the bus to staging, results onto the bus", collect=False, replay=True, compare=False)
+    stage("compare", "run the comparer: results from the bus, diffs to /metrics", collect=False, replay=False, compare=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on this machine with a bundled access log and two local backends",
+        description=(
+            "Start two local backends (the current release, and a candidate with a changed field, "
+            "a 500 on one route and a slower route), feed the bundled nginx JSON access log "
+            "through the forward protocol into the collector, replay it at 10x speed, print a "
+            "per-endpoint divergence table, and keep /metrics up until Ctrl-C."
+        ),
+    )
+    demo.add_argument("--speed", type=float, default=10.0, metavar="N", help="replay speed (default 10)")
+    demo.add_argument("--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="default 127.0.0.1:9464")
+    demo.add_argument("--no-wait", action="store_true", help="exit after printing the table instead of serving /metrics")
+
+    bus = sub.add_parser("bus", help="inspect the bus").add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")
+    dump = bus.add_parser("dump", help="print a topic's messages as JSON lines (from the beginning)")
+    dump.add_argument("--config", metavar="FILE")
+    dump.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
+    dump.add_argument("--topic", required=True, metavar="T", help="e.g. shadow.requests or shadow.results")
+    dump.add_argument("--limit", type=int, default=0, metavar="N", help="stop after N messages (default: all)")
+    dump.add_argument("--idle-seconds", type=float, default=2.0, metavar="S", help="stop when nothing new for S seconds")
+    dump.add_argument("--meta", action="store_true", help="wrap each message with partition, offset and timestamp")
+
+    cfg = sub.add_parser("config", help="print an example config or check one").add_subparsers(
+        dest="config_command", required=True, metavar="SUBCOMMAND"
+    )
+    cfg.add_parser("example", help="print a commented example config")
+    check = cfg.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = configmod.load(getattr(args, "config", None))
+    cfg = configmod.override(cfg, "bus", url=getattr(args, "bus", None))
+    cfg = configmod.override(cfg, "metrics", listen=getattr(args, "metrics_listen", None))
+    cfg = configmod.override(cfg, "collector", listen=getattr(args, "listen", None))
+    if args.command in ("run", "replay"):
+        cfg = configmod.override(
+            cfg,
+            "replayer",
+            candidate=args.candidate,
+            baseline=args.baseline,
+            speed=args.speed,
+            group=args.group,
+            idle_exit_seconds=args.idle_exit,
+        )
+    elif args.command == "compare":
+        cfg = configmod.override(cfg, "comparer", group=args.group)
+    configmod.validate(cfg)
+    return cfg
+
+
+async def _run_stages(cfg: Config, stages: tuple[str, ...]) -> None:
+    from shadowreplay.app import Pipeline
+
+    pipeline = Pipeline(cfg, stages)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with pipeline:
+        waiter = asyncio.create_task(pipeline.wait())
+        stopper = asyncio.create_task(stop.wait())
+        done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if waiter in done:
+            waiter.result()
+        log.info("stopping")
+
+
+def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) -> int:
+    from shadowreplay.bus import open_bus
+
+    bus = open_bus(cfg.bus.url, cfg.bus.partitions)
+    consumer = bus.consumer([topic], f"shadowreplay-dump-{uuid.uuid4().hex[:12]}")
+    count = 0
+    last = time.monotonic()
+    out = sys.stdout.buffer
+    try:
+        while not limit or count < limit:
+            batch = consumer.poll(max_records=500, timeout_seconds=0.5)
+            if not batch:
+                if time.monotonic() - last > idle_seconds:
+                    break
+                continue
+            last = time.monotonic()
+            for m in batch[: (limit - count) if limit else None]:
+                if meta:
+                    try:
+                        value = orjson.loads(m.value)
+                    except orjson.JSONDecodeError:
+                        value = m.value.decode("utf-8", "replace")
+                    line = orjson.dumps(
+                        {"partition": m.partition, "offset": m.offset, "timestamp_ns": m.timestamp_ns, "value": value}
+                    )
+                else:
+                    line = m.value
+                out.write(line + b"\n")
+                count += 1
+            out.flush()
+    finally:
+        consumer.close()
+        bus.close()
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command in ("run", "collect", "replay", "compare"):
+            cfg = config_from_args(args)
+            stages = {"run": ("collect", "replay", "compare")}.get(args.command, (args.command,))
+            asyncio.run(_run_stages(cfg, stages))
+        elif args.command == "demo":
+            from shadowreplay.demo.run import run_demo
+
+            outcome = asyncio.run(
+                run_demo(speed=args.speed, metrics_listen=args.metrics_listen, keep_serving=not args.no_wait)
+            )
+            if outcome.diverged != outcome.expected_diverged or outcome.compared != outcome.replayable:
+                print(
+                    f"shadowreplay: demo check failed: {outcome.diverged} diverged "
+                    f"(expected {outcome.expected_diverged}), {outcome.compared} compared (expected {outcome.replayable})",
+                    file=sys.stderr,
+                )
+                return 1
+        elif args.command == "bus":
+            cfg = config_from_args(args)
+            n = _dump(cfg, args.topic, args.limit, args.idle_seconds, args.meta)
+            print(f"{n} messages", file=sys.stderr)
+        elif args.command == "config":
+            if args.config_command == "example":
+                sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+            else:
+                configmod.load(args.file)
+                print(f"{args.file}: ok")
+    except ShadowError as exc:
+        print(f"shadowreplay: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

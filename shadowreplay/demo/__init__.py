@@ -1,0 +1,1 @@
+"""``shadowreplay demo``: the whole pipeline on one machine with nothing else installed."""

@@ -1,0 +1,250 @@
+"""The comparer against a real SQLite bus: publish known results, compare, read the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from comparer.loop import Comparer, format_table
+from comparer.metrics import ComparerMetrics
+from shadowreplay.bus import Bus, open_bus
+from shadowreplay.bus.aio import AsyncConsumer
+from shadowreplay.config import ComparerConfig
+from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_result
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "shadow.results"
+GROUP = "shadow-comparer"
+JSON = (("content-type", "application/json"),)
+
+
+def jresp(value: Any, *, status: int = 200, latency: float | None = 0.01) -> Response:
+    return Response(status=status, headers=JSON, body=orjson.dumps(value), latency=latency)
+
+
+def make(
+    i: int,
+    endpoint: str,
+    candidate: Response | None,
+    baseline: Response | None = None,
+    origin: Origin | None = None,
+) -> ReplayResult:
+    responses = {}
+    if candidate is not None:
+        responses["candidate"] = candidate
+    if baseline is not None:
+        responses["baseline"] = baseline
+    method, path = endpoint.split(" ", 1)
+    req = RequestRecord(
+        id=f"r{i}",
+        ts=1_700_000_000_000_000_000 + i,
+        method=method,
+        target=path.replace("{id}", str(i)),
+    )
+    return ReplayResult(
+        id=f"r{i}",
+        request=req,
+        endpoint=endpoint,
+        scheduled=req.ts,
+        sent=req.ts + 1,
+        responses=responses,
+        origin=origin,
+    )
+
+
+def scenario() -> list[ReplayResult]:
+    users, orders, health = "GET /users/{id}", "GET /orders", "GET /health"
+    out: list[ReplayResult] = []
+    user = {"id": 1, "name": "ann", "tags": ["a", "b"]}
+    for _ in range(5):  # matching
+        out.append(make(len(out), users, jresp(user), jresp(user)))
+    for i in range(3):  # $.name differs; the last also has a status diff
+        status = 500 if i == 2 else 200
+        out.append(
+            make(len(out), users, jresp({**user, "name": f"bob{i}"}, status=status), jresp(user))
+        )
+    out.append(make(len(out), orders, jresp({"items": [1, 2, 3]}), jresp({"items": [1, 2, 4, 5]})))
+    out.append(make(len(out), orders, jresp({"items": [1]}), jresp({"items": [1.0]})))
+    out.append(make(len(out), health, jresp({}), origin=Origin(status=200, bytes=2)))
+    out.append(make(len(out), health, jresp({}, status=503), origin=Origin(status=200, bytes=2)))
+    out.append(make(len(out), users, None, jresp(user, latency=None)))  # no candidate
+    return out
+
+
+def publish(bus: Bus, results: list[ReplayResult], extra: tuple[bytes, ...] = ()) -> None:
+    producer = bus.producer()
+    for r in results:
+        producer.publish(TOPIC, encode_result(r), key=r.id.encode(), timestamp_ns=r.request.ts)
+    for raw in extra:
+        producer.publish(TOPIC, raw, key=b"garbage")
+    producer.flush()
+    producer.close()
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+async def run_until(comparer: Comparer, total: int, timeout_seconds: float = 15.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(comparer.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while comparer.compared + comparer.skipped < total:
+            assert not task.done(), task.exception()
+            assert asyncio.get_running_loop().time() < deadline, (
+                comparer.compared,
+                comparer.skipped,
+            )
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def drain(consumer: AsyncConsumer, want: int, polls: int = 40) -> list[bytes]:
+    got: list[bytes] = []
+    for _ in range(polls):
+        got.extend(m.value for m in await consumer.poll(500, 0.1))
+        if len(got) >= want and len(await consumer.assignment()) == 2:
+            break
+    return got
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Any:
+    b = open_bus(f"sqlite:///{tmp_path / 'bus.db'}", partitions=2)
+    b.ensure_topic(TOPIC, 2)
+    yield b
+    b.close()
+
+
+async def test_comparer_counts_summary_metrics_and_commits(bus: Bus) -> None:
+    results = scenario()
+    publish(bus, results, extra=(b"not json", orjson.dumps({"v": 1, "id": "x"})))
+    total = len(results) + 2
+
+    registry = CollectorRegistry()
+    metrics = ComparerMetrics(registry)
+    consumer = AsyncConsumer(bus, [TOPIC], GROUP)
+    comparer = Comparer(ComparerConfig(), consumer, metrics, poll_timeout_seconds=0.1)
+    await run_until(comparer, total)
+    await consumer.close()
+
+    assert (comparer.compared, comparer.diverged, comparer.skipped) == (12, 5, 3)
+    summary = {s.endpoint: s for s in comparer.summary()}
+    assert [s.endpoint for s in comparer.summary()] == [
+        "GET /health",
+        "GET /orders",
+        "GET /users/{id}",
+    ]
+    users = summary["GET /users/{id}"]
+    assert (users.compared, users.diverged) == (8, 3)
+    assert users.kinds == {"value": 3, "status": 1}
+    assert users.fields == {"$.name": 3, "status": 1}
+    orders = summary["GET /orders"]
+    assert (orders.compared, orders.diverged, orders.kinds) == (
+        2,
+        1,
+        {"array_length": 1, "value": 1},
+    )
+    assert orders.fields == {"$.items": 1, "$.items[2]": 1}
+    health = summary["GET /health"]
+    assert (health.compared, health.diverged, health.kinds, health.fields) == (
+        2,
+        1,
+        {"status": 1},
+        {"status": 1},
+    )
+    table = format_table(comparer.summary())
+    assert "GET /users/{id}" in table and "37.5%" in table and "$.name (3)" in table
+
+    found = samples(registry)
+    for s in summary.values():
+        assert value(found, "shadow_compare_compared_total", endpoint=s.endpoint) == s.compared
+        assert (
+            value(found, "shadow_compare_matched_total", endpoint=s.endpoint)
+            == s.compared - s.diverged
+        )
+        for kind, n in s.kinds.items():
+            assert (
+                value(found, "shadow_compare_diverged_total", endpoint=s.endpoint, kind=kind) == n
+            )
+    assert (
+        value(found, "shadow_compare_field_diffs_total", endpoint="GET /users/{id}", kind="value")
+        == 3
+    )
+    assert value(found, "shadow_compare_errors_total", reason="undecodable") == 2
+    assert value(found, "shadow_compare_errors_total", reason="no_candidate") == 1
+    assert value(found, "shadow_compare_errors_total", reason="no_reference") == 0
+    assert (
+        value(
+            found,
+            "shadow_compare_latency_seconds_count",
+            target="candidate",
+            endpoint="GET /users/{id}",
+        )
+        == 8
+    )
+    assert (
+        value(
+            found, "shadow_compare_latency_seconds_count", target="baseline", endpoint="GET /orders"
+        )
+        == 2
+    )
+
+    # Offsets were committed: the group resumes after everything it compared...
+    late = make(99, "GET /late", jresp({"late": True}), jresp({"late": True}))
+    publish(bus, [late])
+    again = AsyncConsumer(bus, [TOPIC], GROUP)
+    try:
+        assert await drain(again, 1) == [encode_result(late)]
+    finally:
+        await again.close()
+    # ...while another group still sees every message on the topic.
+    other = AsyncConsumer(bus, [TOPIC], "someone-else")
+    try:
+        assert len(await drain(other, total + 1)) == total + 1
+    finally:
+        await other.close()
+
+
+async def test_endpoint_labels_are_bounded(bus: Bus) -> None:
+    results = [make(i, f"GET /e{i}", jresp({"i": i}), jresp({"i": 0})) for i in range(6)]
+    publish(bus, results)
+    registry = CollectorRegistry()
+    consumer = AsyncConsumer(bus, [TOPIC], GROUP)
+    comparer = Comparer(
+        ComparerConfig(max_endpoints=2), consumer, ComparerMetrics(registry, max_endpoints=2)
+    )
+    await run_until(comparer, len(results))
+    await consumer.close()
+
+    found = samples(registry)
+    compared = {
+        dict(labels)["endpoint"]: v
+        for (name, labels), v in found.items()
+        if name == "shadow_compare_compared_total"
+    }
+    assert len(compared) == 3 and "other" in compared
+    assert sum(compared.values()) == 6 and compared["other"] == 4
+    assert {s.endpoint for s in comparer.summary()} == set(compared)
+    assert sum(s.diverged for s in comparer.summary()) == 5  # every result but e0 differs

@@ -1,0 +1,290 @@
+"""The replayer end to end on the embedded SQLite bus against two real aiohttp backends."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from replayer.loop import Replayer
+from replayer.metrics import ReplayerMetrics
+from replayer.schedule import Anchor
+from shadowreplay.bus import open_bus
+from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.bus.base import Bus, Message
+from shadowreplay.config import ReplayerConfig
+from shadowreplay.record import Origin, RequestRecord, decode_request, decode_result, encode_request
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = "shadow.requests"
+RESULTS = "shadow.results"
+GROUP = "replayers"
+LOG_T0 = 1_700_000_000_000_000_000
+
+
+@dataclass
+class Hit:
+    id: str
+    arrival_ns: int
+    raw_path: str
+    forwarded_for: str | None
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str = ""
+    hits: list[Hit] = field(default_factory=list)
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    b = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    b.ensure_topic(REQUESTS, 4)
+    b.ensure_topic(RESULTS, 4)
+    yield b
+    b.close()
+
+
+async def _start_backend(name: str) -> tuple[Backend, web.AppRunner]:
+    backend = Backend(name)
+
+    async def handle(request: web.Request) -> web.Response:
+        backend.hits.append(
+            Hit(
+                id=request.headers.get("X-Shadow-Replay", ""),
+                arrival_ns=time.time_ns(),
+                raw_path=request.raw_path,
+                forwarded_for=request.headers.get("X-Forwarded-For"),
+            )
+        )
+        return web.json_response({"backend": name, "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    backend.url = f"http://{host}:{port}"
+    return backend, runner
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
+    candidate, r1 = await _start_backend("candidate")
+    baseline, r2 = await _start_backend("baseline")
+    yield candidate, baseline
+    await r1.cleanup()
+    await r2.cleanup()
+
+
+def _records(n: int, gap_ns: int) -> list[RequestRecord]:
+    return [
+        RequestRecord(
+            id=f"r{i:05d}",
+            ts=LOG_T0 + i * gap_ns,
+            method="GET",
+            target=f"/items/{i}?b=2&a=1&b=1&q=%20x",
+            host="prod.example.com",
+            headers=(("Accept", "application/json"), ("Connection", "keep-alive")),
+            client=f"10.0.{i % 3}.{i % 7}",
+            origin=Origin(status=200, bytes=10, duration=0.01),
+        )
+        for i in range(n)
+    ]
+
+
+def _publish(bus: Bus, records: list[RequestRecord], extra: Sequence[bytes] = ()) -> None:
+    producer = bus.producer()
+    for r in records:
+        producer.publish(REQUESTS, encode_request(r), key=r.partition_key(), timestamp_ns=r.ts)
+    for raw in extra:
+        producer.publish(REQUESTS, raw, key=b"x", timestamp_ns=LOG_T0)
+    producer.flush()
+    producer.close()
+
+
+def _drain(
+    bus: Bus, topic: str, group: str, expected: int, max_seconds: float = 10.0
+) -> list[Message]:
+    """Everything a fresh member of ``group`` can read: until ``expected`` or two empty polls."""
+    consumer = bus.consumer([topic], group)
+    out: list[Message] = []
+    empty = 0
+    deadline = time.monotonic() + max_seconds
+    try:
+        while time.monotonic() < deadline and empty < 2 and len(out) < expected + 1:
+            got = consumer.poll(500, 0.3)
+            out.extend(got)
+            empty = 0 if got else empty + 1
+    finally:
+        consumer.close()
+    return out
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    v = registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def _p(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def _run_replayer(
+    bus: Bus,
+    cfg: ReplayerConfig,
+    anchor: Anchor | None,
+    stop: asyncio.Event,
+    registry: CollectorRegistry,
+) -> Replayer:
+    consumer = AsyncConsumer(bus, [REQUESTS], GROUP)
+    producer = AsyncProducer(bus)
+    replayer = Replayer(cfg, consumer, producer, RESULTS, ReplayerMetrics(registry), anchor=anchor)
+    try:
+        await asyncio.wait_for(replayer.run(stop), timeout=30)
+    finally:
+        await consumer.close()
+        await producer.close()
+    return replayer
+
+
+async def test_replays_each_record_once_on_schedule(
+    bus: Bus, backends: tuple[Backend, Backend]
+) -> None:
+    candidate, baseline = backends
+    # 20 s of log in 2 s: 250 records/s, 500 requests/s — modest, since the backends share
+    # this process's event loop (bench/ measures the replayer alone).
+    n, gap_ns, speed = 500, 40_000_000, 10.0
+    records = _records(n, gap_ns)
+    post = RequestRecord(id="post-1", ts=LOG_T0 + 5, method="POST", target="/orders", body=b"{}")
+    _publish(bus, records + [post], extra=[b"not json at all"])
+
+    cfg = ReplayerConfig(
+        candidate=candidate.url,
+        baseline=baseline.url,
+        speed=speed,
+        concurrency=64,
+        idle_exit_seconds=0.5,
+    )
+    anchor = Anchor(log_t0_ns=LOG_T0, wall_t0_ns=time.time_ns() + 300_000_000, speed=speed)
+    registry = CollectorRegistry()
+    replayer = await _run_replayer(bus, cfg, anchor, asyncio.Event(), registry)
+
+    ids = [r.id for r in records]
+    assert replayer.replayed == n
+    for backend in (candidate, baseline):
+        # each exactly once, and never the POST
+        assert Counter(h.id for h in backend.hits) == Counter(ids), backend.name
+        by_id = {h.id: h for h in backend.hits}
+        for r in records:
+            assert by_id[r.id].raw_path == r.target
+            assert by_id[r.id].forwarded_for == r.client
+
+    # Arrival at the backends follows the schedule: never early, rarely late.
+    due = {r.id: anchor.due_ns(r.ts) for r in records}
+    lags = [(h.arrival_ns - due[h.id]) / 1e9 for b in backends for h in b.hits]
+    assert min(lags) > -0.0005
+    summary = f"p50={_p(lags, 0.5):.4f}s p99={_p(lags, 0.99):.4f}s max={max(lags):.4f}s"
+    assert _p(lags, 0.99) < 0.020, summary
+    # ... and the recorded gaps shrink by the speed: first to last arrival spans log span / speed.
+    arrivals = {h.id: h.arrival_ns for h in candidate.hits}
+    span = (arrivals[ids[-1]] - arrivals[ids[0]]) / 1e9
+    assert span == pytest.approx((n - 1) * gap_ns / speed / 1e9, abs=0.020)
+
+    # One result per record on the results topic, each with both targets' answers.
+    results = [decode_result(m.value) for m in _drain(bus, RESULTS, "checker", n)]
+    assert sorted(r.id for r in results) == sorted(ids)
+    for res in results:
+        rec = records[int(res.id[1:])]
+        assert res.request == rec
+        assert res.endpoint == "GET /items/{id}"
+        assert res.scheduled == due[res.id]
+        assert res.sent >= res.scheduled - 200_000
+        assert res.origin == rec.origin
+        assert set(res.responses) == {"candidate", "baseline"}
+        for name, resp in res.responses.items():
+            assert resp.status == 200 and resp.error is None
+            path = f"/items/{int(res.id[1:])}"
+            assert orjson.loads(resp.body) == {"backend": name, "path": path}
+            assert resp.ttfb is not None and resp.latency is not None and resp.ttfb <= resp.latency
+
+    # Offsets committed: the group has nothing left, while a new group sees everything.
+    assert _drain(bus, REQUESTS, GROUP, 0, max_seconds=3) == []
+    assert len(_drain(bus, REQUESTS, "someone-else", n + 2)) == n + 2
+
+    assert _value(registry, "shadow_replay_records_total") == n
+    assert _value(registry, "shadow_replay_skipped_total", reason="bad_record") == 1
+    assert _value(registry, "shadow_replay_skipped_total", reason="method_not_allowed") == 1
+    for name in ("candidate", "baseline"):
+        assert _value(registry, "shadow_replay_requests_total", target=name, outcome="ok") == n
+        assert _value(registry, "shadow_replay_response_seconds_count", target=name) == n
+    assert _value(registry, "shadow_replay_schedule_lag_seconds_count") == n
+    assert _value(registry, "shadow_replay_inflight") == 0
+
+
+async def test_stop_finishes_inflight_and_leaves_the_rest_uncommitted(
+    bus: Bus, backends: tuple[Backend, Backend]
+) -> None:
+    candidate, baseline = backends
+    n = 300
+    records = _records(n, 10_000_000)  # 3 s of log at speed 1: stopped long before the end
+    _publish(bus, records)
+    cfg = ReplayerConfig(candidate=candidate.url, baseline=baseline.url, speed=1.0, concurrency=16)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.6, stop.set)
+    t0 = time.monotonic()
+    # no anchor given: the replayer anchors on the first record it polls
+    replayer = await _run_replayer(bus, cfg, None, stop, CollectorRegistry())
+    assert time.monotonic() - t0 < 2.5
+
+    assert 0 < replayer.replayed < n
+    sent = {h.id for h in candidate.hits}
+    assert sent == {h.id for h in baseline.hits}
+    results = {decode_result(m.value).id for m in _drain(bus, RESULTS, "checker", n)}
+    # every request that reached a backend has its result on the bus, and nothing else does
+    assert results == sent
+    assert len(results) == replayer.replayed
+    # at-least-once: whatever has no result yet is redelivered to the group
+    redelivered = {decode_request(m.value).id for m in _drain(bus, REQUESTS, GROUP, n)}
+    assert redelivered
+    assert len(redelivered) < n  # the done prefix of each partition was committed
+    assert results | redelivered == {r.id for r in records}
+
+
+async def test_unreachable_target_gives_error_results_not_a_crash(
+    bus: Bus, backends: tuple[Backend, Backend]
+) -> None:
+    candidate, _ = backends
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    n = 20
+    records = _records(n, 1_000_000)
+    _publish(bus, records)
+    cfg = ReplayerConfig(candidate=candidate.url, baseline=dead, speed=1.0, idle_exit_seconds=0.3)
+    registry = CollectorRegistry()
+    replayer = await _run_replayer(bus, cfg, None, asyncio.Event(), registry)
+
+    assert replayer.replayed == n
+    results = [decode_result(m.value) for m in _drain(bus, RESULTS, "checker", n)]
+    assert sorted(r.id for r in results) == [r.id for r in records]
+    for res in results:
+        assert res.responses["candidate"].status == 200
+        assert res.responses["baseline"].status is None
+        assert res.responses["baseline"].error == "connect"
+    assert _value(registry, "shadow_replay_requests_total", target="baseline", outcome="error") == n
+    assert _value(registry, "shadow_replay_requests_total", target="candidate", outcome="ok") == n
+    assert _drain(bus, REQUESTS, GROUP, 0, max_seconds=3) == []

@@ -1,0 +1,196 @@
+"""Fast checks of the embedded SQLite bus and of bus URL parsing (no broker needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from shadowreplay.bus import Consumer, Message, open_bus
+from shadowreplay.bus.sqlite import SqliteBus, SqliteProducer
+from shadowreplay.errors import ConfigError
+
+FAST_GROUPS = "?session_timeout_ms=600&rebalance_interval_ms=100"
+
+
+def poll_until(consumer: Consumer, want: int, seconds: float = 5.0) -> list[Message]:
+    got: list[Message] = []
+    deadline = time.monotonic() + seconds
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(consumer.poll(max_records=1000, timeout_seconds=0.05))
+    return got
+
+
+def settle(consumers: Sequence[Consumer], want: Sequence[int], seconds: float = 5.0) -> None:
+    """Poll every consumer until each owns as many partitions as ``want`` says."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if [len(c.assignment()) for c in consumers] == list(want):
+            return
+        for c in consumers:
+            c.poll(timeout_seconds=0.02)
+    pytest.fail(f"assignment never became {want}: {[c.assignment() for c in consumers]}")
+
+
+def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_bus("sqlite:///rel.db")
+    assert isinstance(relative, SqliteBus) and relative.path == "rel.db"
+    relative.close()
+    assert (tmp_path / "rel.db").exists()
+    absolute = open_bus(f"sqlite:///{tmp_path / 'abs.db'}?session_timeout_ms=5000")
+    assert isinstance(absolute, SqliteBus) and absolute.path == str(tmp_path / "abs.db")
+    assert absolute.session_timeout_ms == 5000
+    absolute.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379",
+        "sqlite://relative.db",
+        "sqlite:///:memory:",
+        "sqlite:///bus.db?unknown_ms=3",
+        "sqlite:///bus.db?session_timeout_ms=soon",
+        "kafka://",
+        "kafka://host-without-port",
+        "kafka://127.0.0.1:9092?acks=1",
+    ],
+)
+def test_bad_urls_are_config_errors_naming_the_url(url: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        open_bus(url)
+    assert url in str(caught.value)
+
+
+def test_kafka_is_imported_only_for_kafka_urls(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from shadowreplay.bus import open_bus\n"
+        f"open_bus('sqlite:///{tmp_path / 'x.db'}').close()\n"
+        "assert 'kafka' not in sys.modules, 'kafka-python was imported'\n"
+        "assert 'shadowreplay.bus.kafka' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_full_buffer_flushes_by_itself(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    assert isinstance(bus, SqliteBus)
+    producer = SqliteProducer(bus, max_buffered=5)
+    consumer = bus.consumer(["t"], "g")
+    for i in range(6):
+        producer.publish("t", b"%d" % i)
+    assert sorted(int(m.value) for m in poll_until(consumer, 5)) == [0, 1, 2, 3, 4]
+    producer.flush()
+    assert [m.value for m in poll_until(consumer, 1)] == [b"5"]
+    producer.close()
+    consumer.close()
+    bus.close()
+
+
+def test_interleaved_producers_get_dense_offsets_and_commits_are_durable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bus.db'}"
+    bus = open_bus(url, partitions=1)
+    p1, p2 = bus.producer(), bus.producer()
+    for i in range(5):
+        p1.publish("t", b"a%d" % i)
+        p2.publish("t", b"b%d" % i)
+        (p1 if i % 2 else p2).flush()
+    p1.close()
+    p2.close()
+    consumer = bus.consumer(["t"], "g")
+    got = poll_until(consumer, 10)
+    assert [m.offset for m in got] == list(range(10))
+    consumer.commit(got[:4])
+    consumer.close()
+    bus.close()
+    reopened = open_bus(url, partitions=1)
+    again = reopened.consumer(["t"], "g")
+    assert [m.offset for m in poll_until(again, 6)] == list(range(4, 10))
+    again.close()
+    reopened.close()
+
+
+def test_ensure_topic_keeps_an_existing_partition_count(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}", partitions=2)
+    bus.ensure_topic("t", 3)
+    bus.ensure_topic("t", 8)
+    c = bus.consumer(["t", "auto"], "g")
+    settle([c], [3 + 2])  # "auto" was created with the bus default
+    c.close()
+    bus.close()
+
+
+def test_a_silent_member_is_declared_dead_and_a_closed_one_hands_over_at_once(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}{FAST_GROUPS}")
+    bus.ensure_topic("t", 4)
+    a, b, c = (bus.consumer(["t"], "g") for _ in range(3))
+    deadline = time.monotonic() + 5
+    while sorted(len(x.assignment()) for x in (a, b, c)) != [1, 1, 2] and time.monotonic() < deadline:
+        for x in (a, b, c):
+            x.poll(timeout_seconds=0.02)
+    owned = [p for x in (a, b, c) for p in x.assignment()]
+    assert sorted(owned) == [("t", p) for p in range(4)]
+    c.close()
+    settle([a, b], [2, 2], seconds=1.0)  # well before c's session would time out
+    started = time.monotonic()
+    settle([b], [4])  # a goes silent: it neither polls nor closes
+    assert 0.4 < time.monotonic() - started < 3.0
+    producer = bus.producer()
+    for i in range(40):
+        producer.publish("t", b"%d" % i, key=b"%d" % i)
+    producer.close()
+    assert len(poll_until(b, 40)) == 40
+    a.close()
+    b.close()
+    bus.close()
+
+
+def test_poll_waits_without_spinning(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    c = bus.consumer(["t"], "g")
+    c.poll(timeout_seconds=0)
+    wall, cpu = time.monotonic(), time.process_time()
+    assert c.poll(timeout_seconds=1.0) == []
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert 0.95 <= wall < 1.5
+    assert cpu < 0.25
+    c.close()
+    bus.close()
+
+
+def test_seek_applies_to_partitions_gained_later(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}{FAST_GROUPS}")
+    bus.ensure_topic("t", 4)
+    producer = bus.producer()
+    base = 1_700_000_000_000_000_000
+    for i in range(200):
+        producer.publish("t", b"%d" % i, key=b"k%d" % (i % 10), timestamp_ns=base + i)
+    producer.close()
+    group = uuid.uuid4().hex
+    a, b = bus.consumer(["t"], group), bus.consumer(["t"], group)
+    settle([a, b], [2, 2])
+    a.seek_to_time(base + 150)
+    b.close()  # a gains b's partitions, where nothing was committed
+    settle_without_reading = time.monotonic() + 5
+    while len(a.assignment()) < 4 and time.monotonic() < settle_without_reading:
+        a.poll(max_records=0, timeout_seconds=0.05)
+    assert len(a.assignment()) == 4
+    # White-box: every partition starts at its first message >= T (not merely filtered).
+    partition_of = [zlib.crc32(b"k%d" % (i % 10)) % 4 for i in range(200)]
+    expected = {("t", p): partition_of[:150].count(p) for p in range(4)}
+    assert a._positions == expected  # type: ignore[attr-defined]
+    got = poll_until(a, 50)
+    assert sorted(int(m.value) for m in got) == list(range(150, 200))
+    assert a.poll(timeout_seconds=0.2) == []
+    a.close()
+    bus.close()

@@ -1,0 +1,67 @@
+"""Config: strict keys, typed values, flags override the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shadowreplay import config as configmod
+from shadowreplay.cli import EXAMPLE_CONFIG, build_parser, config_from_args
+from shadowreplay.config import Config
+from shadowreplay.errors import ConfigError
+
+
+def test_example_config_is_valid_and_matches_defaults() -> None:
+    cfg = configmod.load(EXAMPLE_CONFIG)
+    assert cfg == Config()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[bus]\nurll = 'x'\n", "bus.urll"),
+        ("[nope]\n", "nope"),
+        ("[collector.fields]\nmethodd = 'm'\n", "collector.fields.methodd"),
+        ("[replayer]\nspeed = 'fast'\n", "replayer.speed"),
+        ("[replayer]\nspeed = 0\n", "replayer.speed"),
+        ("[replayer]\nmethods = 'GET'\n", "replayer.methods"),
+        ("[replayer]\nconcurrency = true\n", "replayer.concurrency"),
+        ("[bus]\nurl = 'redis://x'\n", "bus.url"),
+        ("[collector]\nlisten = 'nowhere'\n", "collector.listen"),
+        ("[replayer]\ncandidate = 'ftp://x'\n", "replayer.candidate"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        configmod.load(f)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        configmod.load(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bus\n")
+    with pytest.raises(ConfigError, match="TOML"):
+        configmod.load(bad)
+
+
+def test_flags_override_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[replayer]\ncandidate = 'http://127.0.0.1:1'\nspeed = 2.0\n[bus]\nurl = 'sqlite:///a.db'\n")
+    args = build_parser().parse_args(
+        ["replay", "--config", str(f), "--speed", "5", "--bus", "kafka://127.0.0.1:9092", "--group", "g2"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.replayer.speed == 5.0
+    assert cfg.replayer.candidate == "http://127.0.0.1:1"
+    assert cfg.replayer.group == "g2"
+    assert cfg.bus.url == "kafka://127.0.0.1:9092"
+
+
+def test_bad_flag_value_is_rejected() -> None:
+    args = build_parser().parse_args(["replay", "--candidate", "http://127.0.0.1:1", "--speed", "-1"])
+    with pytest.raises(ConfigError, match="replayer.speed"):
+        config_from_args(args)

@@ -1,0 +1,133 @@
+"""The wire contract: what goes on the bus comes back unchanged."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shadowreplay.errors import RecordError
+from shadowreplay.record import (
+    SCHEMA_VERSION,
+    Origin,
+    ReplayResult,
+    RequestRecord,
+    Response,
+    decode_request,
+    decode_result,
+    encode_request,
+    encode_result,
+    stable_id,
+)
+
+
+def _record(**kw: object) -> RequestRecord:
+    base: dict[str, object] = dict(
+        id="r1",
+        ts=1_464_845_619_123_450_040,
+        tag="nginx.access",
+        method="GET",
+        scheme="https",
+        host="shop.example.com",
+        target="/search?q=a&q=b&z=1&a=2&q=a%20b",
+        headers=(("Accept", "a/b"), ("X-Multi", "1"), ("X-Multi", "2"), ("accept", "c/d")),
+        body=bytes(range(256)),
+        client="10.0.0.7",
+        origin=Origin(status=200, bytes=512, duration=0.004, body_sha256="ab" * 32),
+    )
+    base.update(kw)
+    return RequestRecord(**base)  # type: ignore[arg-type]
+
+
+def test_request_round_trip_keeps_everything() -> None:
+    rec = _record()
+    back = decode_request(encode_request(rec))
+    assert back == rec
+    assert back.ts == 1_464_845_619_123_450_040  # nanoseconds, exactly
+    assert back.target == "/search?q=a&q=b&z=1&a=2&q=a%20b"  # order and repeats survive
+    assert back.headers[1:3] == (("X-Multi", "1"), ("X-Multi", "2"))
+    assert back.body == bytes(range(256))
+
+
+def test_wire_field_names_are_the_documented_api() -> None:
+    wire = orjson.loads(encode_request(_record()))
+    assert set(wire) == {"v", "id", "ts", "tag", "method", "scheme", "host", "target", "headers", "body", "client", "origin"}
+    assert wire["v"] == SCHEMA_VERSION
+    assert wire["headers"][0] == ["Accept", "a/b"]
+    assert set(wire["origin"]) == {"status", "bytes", "duration", "body_sha256"}
+
+
+def test_absent_body_is_null_and_empty_body_is_empty() -> None:
+    assert decode_request(encode_request(_record(body=None))).body is None
+    assert decode_request(encode_request(_record(body=b""))).body == b""
+
+
+def test_result_round_trip() -> None:
+    rec = _record()
+    result = ReplayResult(
+        id=rec.id,
+        request=rec,
+        endpoint="GET /search",
+        scheduled=1_700_000_000_000_000_001,
+        sent=1_700_000_000_000_500_002,
+        responses={
+            "candidate": Response(status=200, headers=(("Set-Cookie", "a"), ("Set-Cookie", "b")), body=b"\x00\xff", latency=0.01, ttfb=0.005),
+            "baseline": Response(error="timeout", latency=10.0),
+        },
+        origin=rec.origin,
+    )
+    back = decode_result(encode_result(result))
+    assert back == result
+    assert back.responses["candidate"].body == b"\x00\xff"
+    assert back.responses["baseline"].status is None
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda w: w.pop("ts"), "missing field 'ts'"),
+        (lambda w: w.update(ts="1"), "'ts' must be int"),
+        (lambda w: w.update(v=SCHEMA_VERSION + 1), "newer"),
+        (lambda w: w.pop("v"), "schema version"),
+        (lambda w: w.update(body="***"), "base64"),
+        (lambda w: w.update(headers=[["a"]]), "pairs"),
+        (lambda w: w.update(origin=[1]), "origin"),
+    ],
+)
+def test_bad_records_raise_record_error(mutate: object, message: str) -> None:
+    wire = orjson.loads(encode_request(_record()))
+    mutate(wire)  # type: ignore[operator]
+    with pytest.raises(RecordError, match=message):
+        decode_request(orjson.dumps(wire))
+
+
+def test_not_json_is_a_record_error() -> None:
+    with pytest.raises(RecordError):
+        decode_request(b"\xff{")
+    with pytest.raises(RecordError):
+        decode_result(b"[]")
+
+
+def test_helpers() -> None:
+    rec = _record()
+    assert rec.path == "/search"
+    assert rec.header("ACCEPT") == "a/b"
+    assert rec.header("missing") is None
+    assert rec.partition_key() == b"10.0.0.7"
+    assert _record(client=None).partition_key() == b"r1"
+    assert stable_id(1, "a") == stable_id(1, "a") != stable_id(1, "b")
+
+
+text = st.text(max_size=30)
+
+
+@given(
+    ts=st.integers(min_value=0, max_value=2**63 - 1),
+    target=text,
+    headers=st.lists(st.tuples(text, text), max_size=6),
+    body=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_round_trip_property(ts: int, target: str, headers: list[tuple[str, str]], body: bytes | None) -> None:
+    rec = _record(ts=ts, target=target, headers=tuple(headers), body=body)
+    assert decode_request(encode_request(rec)) == rec
