@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv unit integration lint clean
+.PHONY: run test venv unit integration lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/shadowreplay demo
 
-test: $(STAMP)
+test: lint system-deps
 	$(PY) -m pytest -q
+
+system-deps:
+	bash tests/system-deps.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shadowreplay collector replayer comparer
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(PY) -m pytest -q tests/integration
 
 clean:

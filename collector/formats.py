@@ -7,7 +7,7 @@ request, so the hot path avoids regexes and caches what it learns about field na
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -198,7 +198,7 @@ def _parse_msec(value: Any) -> int:
     return ns
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _parse_iso8601(value: Any) -> int:
@@ -210,7 +210,7 @@ def _parse_iso8601(value: Any) -> int:
     except ValueError as exc:
         raise _bad_time(value) from exc
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     delta = dt - _EPOCH
     ns = (delta.days * 86400 + delta.seconds) * _NS + delta.microseconds * 1000
     # datetime keeps microseconds; take the nanoseconds beyond them from the text.

@@ -167,7 +167,7 @@ class TargetClient:
                     latency=latency,
                     ttfb=ttfb,
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = error_kind(exc)
             log.debug("target %s: %s %s failed: %s: %r",
                       self.name, record.method, record.id, kind, exc)

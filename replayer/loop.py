@@ -275,7 +275,7 @@ class Replayer:
                 metrics.late.inc()
             names = list(self.targets)
             answers = await asyncio.gather(*(self.targets[name].send(record) for name in names))
-            responses = dict(zip(names, answers))
+            responses = dict(zip(names, answers, strict=True))
             for name, response in responses.items():
                 outcome = "ok" if response.status is not None else "error"
                 metrics.requests.labels(target=name, outcome=outcome).inc()

@@ -52,8 +52,8 @@ class MetricsServer:
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -155,7 +155,7 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await asyncio.wait_for(asyncio.shield(task), timeout=30)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("stage %s did not stop within 30 s; cancelling", task.get_name())
                     task.cancel()
                 except Exception:  # already logged by the stage; stopping goes on

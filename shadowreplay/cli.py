@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--idle-seconds", type=float, default=2.0, metavar="S", help="stop when nothing new for S seconds")
     dump.add_argument("--meta", action="store_true", help="wrap each message with partition, offset and timestamp")
 
+    # -- collector commands (tail, ...) --
+    # -- replayer commands --
+    # -- comparer commands (diffs, report, noise, ...) --
+
     cfg = sub.add_parser("config", help="print an example config or check one").add_subparsers(
         dest="config_command", required=True, metavar="SUBCOMMAND"
     )
@@ -207,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = config_from_args(args)
             n = _dump(cfg, args.topic, args.limit, args.idle_seconds, args.meta)
             print(f"{n} messages", file=sys.stderr)
+        # -- collector dispatch --
+        # -- replayer dispatch --
+        # -- comparer dispatch --
         elif args.command == "config":
             if args.config_command == "example":
                 sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))

@@ -139,27 +139,43 @@ def override(cfg: Config, section: str, **values: Any) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Check values that types alone do not constrain."""
-    if not (cfg.bus.url.startswith("sqlite://") or cfg.bus.url.startswith("kafka://")):
-        raise ConfigError(f"bus.url: must start with sqlite:// or kafka://, got {cfg.bus.url!r}")
-    if cfg.bus.partitions < 1:
-        raise ConfigError("bus.partitions: must be >= 1")
-    parse_hostport(cfg.collector.listen, "collector.listen")
+    """Check values that types alone do not constrain (one function per section)."""
+    _validate_bus(cfg.bus)
+    _validate_collector(cfg.collector)
+    _validate_replayer(cfg.replayer)
+    _validate_comparer(cfg.comparer)
     parse_hostport(cfg.metrics.listen, "metrics.listen")
-    if cfg.collector.format not in ("nginx_json",):
-        raise ConfigError(f"collector.format: unknown format {cfg.collector.format!r} (known: nginx_json)")
-    if cfg.collector.max_chunk_bytes < 1024:
+
+
+def _validate_bus(bus: BusConfig) -> None:
+    if not bus.url.startswith(("sqlite://", "kafka://")):
+        raise ConfigError(f"bus.url: must start with sqlite:// or kafka://, got {bus.url!r}")
+    if bus.partitions < 1:
+        raise ConfigError("bus.partitions: must be >= 1")
+
+
+def _validate_collector(c: CollectorConfig) -> None:
+    parse_hostport(c.listen, "collector.listen")
+    if c.format not in ("nginx_json",):
+        raise ConfigError(f"collector.format: unknown format {c.format!r} (known: nginx_json)")
+    if c.max_chunk_bytes < 1024:
         raise ConfigError("collector.max_chunk_bytes: must be >= 1024")
-    if not cfg.replayer.speed > 0:
+
+
+def _validate_replayer(r: ReplayerConfig) -> None:
+    if not r.speed > 0:
         raise ConfigError("replayer.speed: must be > 0")
-    if cfg.replayer.concurrency < 1:
+    if r.concurrency < 1:
         raise ConfigError("replayer.concurrency: must be >= 1")
-    if cfg.replayer.timeout_seconds <= 0:
+    if r.timeout_seconds <= 0:
         raise ConfigError("replayer.timeout_seconds: must be > 0")
-    for key, url in (("replayer.candidate", cfg.replayer.candidate), ("replayer.baseline", cfg.replayer.baseline)):
-        if url and not (url.startswith("http://") or url.startswith("https://")):
+    for key, url in (("replayer.candidate", r.candidate), ("replayer.baseline", r.baseline)):
+        if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}: must be an http:// or https:// URL, got {url!r}")
-    if cfg.comparer.max_endpoints < 1:
+
+
+def _validate_comparer(c: ComparerConfig) -> None:
+    if c.max_endpoints < 1:
         raise ConfigError("comparer.max_endpoints: must be >= 1")
 
 
@@ -187,7 +203,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     origin = typing.get_origin(hint)
     if origin is tuple:

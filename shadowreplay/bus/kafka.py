@@ -166,7 +166,7 @@ class KafkaBusProducer:
             with _boundary("flush"):
                 self._producer.flush(timeout=timeout_seconds)
             futures, self._futures = self._futures, []
-            failed = [f.exception for f in futures if f.failed()]
+            failed: list[Any] = [f.exception for f in futures if f.failed()]  # type: ignore[attr-defined]
             if failed:
                 exc = failed[0]
                 retriable = isinstance(exc, KafkaError) and bool(exc.retriable)

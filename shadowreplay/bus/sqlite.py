@@ -401,10 +401,11 @@ class SqliteConsumer:
             if room <= 0:
                 break
             position = self._positions[(topic, partition)]
-            rows = _read("poll", lambda: self._conn.execute(
+            args = (self._topic_ids[topic], partition, position, room)
+            rows = _read("poll", lambda args=args: self._conn.execute(  # type: ignore[misc]
                 "SELECT off, ts, key, value FROM messages"
                 " WHERE topic = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?",
-                (self._topic_ids[topic], partition, position, room),
+                args,
             ).fetchall())
             if not rows:
                 continue

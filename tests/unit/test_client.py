@@ -65,7 +65,7 @@ async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse
 async def backend() -> AsyncIterator[Backend]:
     state = Backend(url="")
     app = web.Application()
-    
+
     async def handle(request: web.Request) -> web.StreamResponse:
         return await _handler(request, state)
 
