@@ -9,11 +9,23 @@ Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry`
   one per event, or one per refused frame.
 * ``decode_errors_total{reason}`` counts fatal stream errors (``msgpack``,
   ``chunk_too_large``, ``truncated``): each closed one connection.
+* ``limit_hits_total{limit}`` counts hits of ``max_chunk_bytes``,
+  ``max_decompressed_bytes`` and ``max_connections`` (each also logged once).
+* ``connections_refused_total{reason}``: ``max_connections`` or ``not_allowed``.
+* ``auth_failures_total{reason}``: see ``AUTH_REASONS`` (plus ``timeout``).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+# PONG failure reason (Fluentd's wording) → metric label.
+AUTH_REASONS = {
+    "invalid ping message": "invalid_ping",
+    "shared_key mismatch": "shared_key_mismatch",
+    "username/password mismatch": "user_mismatch",
+    "same hostname as the server": "same_hostname",
+}
 
 
 class CollectorMetrics:
@@ -47,7 +59,35 @@ class CollectorMetrics:
         )
         self.connections_refused = Counter(
             "shadow_collector_connections_refused_total",
-            "Client connections closed at once because max_connections were open.",
+            "Client connections closed at once, by reason (max_connections, not_allowed).",
+            ["reason"],
+            registry=registry,
+        )
+        self.limit_hits = Counter(
+            "shadow_collector_limit_hits_total",
+            "Hits of a configured limit, by its config key.",
+            ["limit"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "shadow_collector_auth_failures_total",
+            "Shared-key handshakes refused (PONG false, then closed), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_ok = Counter(
+            "shadow_collector_auth_successes_total",
+            "Shared-key handshakes that succeeded.",
+            registry=registry,
+        )
+        self.tls_failures = Counter(
+            "shadow_collector_tls_handshake_failures_total",
+            "TLS handshakes that failed (no certificate, bad certificate, plain text, timeout).",
+            registry=registry,
+        )
+        self.udp_heartbeats = Counter(
+            "shadow_collector_udp_heartbeats_total",
+            "UDP heartbeat datagrams answered.",
             registry=registry,
         )
         self.connections_active = Gauge(

@@ -16,17 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
+
+import msgpack
 
 from collector.formats import LogFormat, make_format
 from collector.forward import ForwardDecoder, Frame, encode_ack
-from collector.metrics import CollectorMetrics
+from collector.handshake import Handshake, Secrets
+from collector.metrics import AUTH_REASONS, CollectorMetrics
+from collector.tls import server_context
 from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig, parse_hostport
 from shadowreplay.errors import DecodeError
-from shadowreplay.record import encode_request
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,14 @@ READ_BYTES = 256 * 1024
 FLUSH_RECORDS = 1000
 FLUSH_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
+TLS_HANDSHAKE_SECONDS = 10.0
+# A PING is a few hundred bytes; a client sending more before one is not speaking the protocol.
+MAX_PING_BYTES = 64 * 1024
+# Limits (config key → the decoder's reason when it is hit).
+_LIMIT_REASONS = {"chunk_too_large": "max_chunk_bytes", "decompressed_too_large": "max_decompressed_bytes"}
 
 Item = tuple[bytes | None, bytes, int | None]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _BusFailed(Exception):
@@ -43,7 +57,10 @@ class _BusFailed(Exception):
 
 
 class CollectorServer:
-    """Listens on ``config.listen`` and publishes one RequestRecord per logged request."""
+    """Listens on ``config.listen`` and publishes one RequestRecord per logged request.
+
+    Secrets named in ``config.security`` are read from ``environ`` (default: the process
+    environment) here, so a missing one is a ConfigError before anything listens."""
 
     def __init__(
         self,
@@ -51,15 +68,27 @@ class CollectorServer:
         producer: AsyncProducer,
         topic: str,
         metrics: CollectorMetrics,
+        *,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._config = config
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
-        self._format = make_format(config.format, config.fields)
+        self._format = make_format(config.format, config.fields, config.redact)
+        security = config.security
+        self._secrets: Secrets | None = None
+        if security.shared_key_env:
+            env = os.environ if environ is None else environ
+            self._secrets = Secrets.from_config(security, env, socket.gethostname())
+        self._networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(net, strict=False) for net in security.allow_networks
+        )
+        self._tls: ssl.SSLContext | None = server_context(config.tls)
         self._server: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[asyncio.Task[Any], _Connection] = {}
-        self._refused = 0
+        self._logged: set[str] = set()
 
     @property
     def port(self) -> int:
@@ -71,7 +100,22 @@ class CollectorServer:
     async def start(self) -> None:
         host, port = parse_hostport(self._config.listen, "collector.listen")
         self._server = await asyncio.start_server(self._on_connect, host, port, limit=READ_BYTES)
-        log.info("collector listening on %s:%d", host, self.port)
+        if self._config.udp_heartbeat:
+            loop = asyncio.get_running_loop()
+            try:
+                self._udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _Heartbeat(self), local_addr=(host, self.port)
+                )
+            except OSError as exc:
+                log.warning("no UDP heartbeat on %s:%d: %s", host, self.port, exc)
+        log.info(
+            "collector listening on %s:%d (tls %s, shared key %s, udp heartbeat %s)",
+            host,
+            self.port,
+            "on" if self._tls else "off",
+            "on" if self._secrets else "off",
+            "on" if self._udp else "off",
+        )
 
     async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         """Stop accepting, let chunks being processed finish (flushed and acked), then
@@ -80,6 +124,9 @@ class CollectorServer:
         if server is None:
             return
         server.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         for conn in list(self._conns.values()):
             conn.stop()
         tasks = list(self._conns)
@@ -102,19 +149,53 @@ class CollectorServer:
     ) -> None:
         await self.stop()
 
+    def allowed(self, peer: Any) -> bool:
+        """Whether a client at ``peer`` (a socket address) may connect."""
+        if not self._networks:
+            return True
+        try:
+            addr = ipaddress.ip_address(peer[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._networks)
+
+    def limit_hit(self, limit: str, detail: str) -> None:
+        """Count a hit of limit ``limit`` (its config key); log the first one per limit."""
+        self._metrics.limit_hits.labels(limit).inc()
+        self.warn_once(
+            limit,
+            f"limit collector.{limit} hit: {detail}; further hits are only counted "
+            f"(shadow_collector_limit_hits_total{{limit={limit!r}}})",
+        )
+
+    def warn_once(self, what: str, message: str) -> None:
+        """Log ``message`` as a warning the first time ``what`` happens, then at debug level."""
+        if what in self._logged:
+            log.debug("%s", message)
+        else:
+            self._logged.add(what)
+            log.warning("%s", message)
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Nothing may await before TLS starts (in _Connection.run): the client's first TLS
+        # bytes would land in the plain-text reader.
         metrics = self._metrics
+        peer = writer.get_extra_info("peername")
+        if not self.allowed(peer):
+            metrics.connections_refused.labels("not_allowed").inc()
+            self.warn_once(
+                "not_allowed",
+                f"refused a connection from {_addr(peer)}: not in collector.security.allow_networks; "
+                "further ones are only counted (shadow_collector_connections_refused_total)",
+            )
+            writer.transport.abort()
+            return
         if len(self._conns) >= self._config.max_connections or self._server is None:
-            metrics.connections_refused.inc()
-            if self._refused % 1000 == 0:
-                log.warning(
-                    "refusing a connection: %d connections open (collector.max_connections=%d); %d refused so far",
-                    len(self._conns),
-                    self._config.max_connections,
-                    self._refused + 1,
-                )
-            self._refused += 1
-            writer.close()
+            metrics.connections_refused.labels("max_connections").inc()
+            self.limit_hit("max_connections", f"{len(self._conns)} connections open")
+            writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
@@ -129,6 +210,30 @@ class CollectorServer:
             del self._conns[task]
 
 
+class _Heartbeat(asyncio.DatagramProtocol):
+    """Fluentd ``heartbeat_type udp``: answer every datagram with one 0x00 byte."""
+
+    def __init__(self, server: CollectorServer) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self._transport is None or not self._server.allowed(addr):
+            return
+        self._server._metrics.udp_heartbeats.inc()
+        self._transport.sendto(b"\x00", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp heartbeat: %r", exc)
+
+
+def _addr(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
 class _Connection:
     def __init__(
         self,
@@ -137,15 +242,18 @@ class _Connection:
         writer: asyncio.StreamWriter,
         task: asyncio.Task[Any],
     ) -> None:
+        config = server._config
         self._server = server
         self._metrics = server._metrics
         self._format: LogFormat = server._format
+        self._to_bus: Callable[[str, int, dict[Any, Any]], Item] = server._format.to_bus
         self._reader = reader
         self._writer = writer
         self._task = task
-        peer = writer.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._decoder = ForwardDecoder(max_frame_bytes=server._config.max_chunk_bytes)
+        self._peer = _addr(writer.get_extra_info("peername"))
+        self._decoder = ForwardDecoder(
+            max_frame_bytes=config.max_chunk_bytes, max_decompressed_bytes=config.max_decompressed_bytes
+        )
         self._pending: list[Item] = []
         self._pending_since = 0.0
         self._reading = False
@@ -162,17 +270,23 @@ class _Connection:
     async def run(self) -> None:
         bus_failed = False
         try:
-            await self._serve()
+            first = await self._open()
+            if first is not None:
+                await self._serve(first)
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
             self._task.uncancel()
         except DecodeError as exc:
             self._metrics.decode_errors.labels(exc.reason).inc()
-            log.warning("closing connection from %s: %s (%s)", self._peer, exc, exc.reason)
+            limit = _LIMIT_REASONS.get(exc.reason)
+            if limit is not None:
+                self._server.limit_hit(limit, f"closed the connection from {self._peer}: {exc}")
+            else:
+                log.warning("closing connection from %s: %s (%s)", self._peer, exc, exc.reason)
         except _BusFailed:
             bus_failed = True
-        except ConnectionError as exc:
+        except (ConnectionError, ssl.SSLError) as exc:
             log.debug("connection from %s lost: %r", self._peer, exc)
         finally:
             try:
@@ -183,27 +297,119 @@ class _Connection:
             finally:
                 await self._close()
 
-    async def _serve(self) -> None:
-        decoder = self._decoder
-        metrics = self._metrics
+    # -- opening: TLS, then the shared-key handshake ----------------------------------
+
+    async def _open(self) -> bytes | None:
+        """Start TLS and authenticate as configured; the bytes that followed the PING
+        (b"" if none), or None when the connection must close."""
+        server = self._server
+        if server._tls is not None:
+            self._reading = True
+            try:
+                await self._writer.start_tls(server._tls, ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                self._metrics.tls_failures.inc()
+                server.warn_once(
+                    "tls",
+                    f"TLS handshake with {self._peer} failed: {exc!r}; further failures are only counted "
+                    "(shadow_collector_tls_handshake_failures_total)",
+                )
+                return None
+            finally:
+                self._reading = False
+        if server._secrets is None:
+            return b""
+        return await self._authenticate(server._secrets)
+
+    async def _authenticate(self, secrets: Secrets) -> bytes | None:
+        handshake = Handshake(secrets)
+        self._writer.write(handshake.helo())
+        await self._writer.drain()
+        unpacker = msgpack.Unpacker(
+            raw=False, unicode_errors="surrogateescape", strict_map_key=False, max_buffer_size=MAX_PING_BYTES
+        )
+        received = bytearray()
+        ping: Any = None
+        self._reading = True
+        try:
+            async with asyncio.timeout(self._server._config.security.handshake_timeout_seconds):
+                while ping is None:
+                    data = await self._reader.read(READ_BYTES)
+                    if not data:
+                        # A heartbeat connection, or a client that gave up: nothing to say.
+                        log.debug("connection from %s closed before its PING", self._peer)
+                        return None
+                    if len(received) + len(data) > MAX_PING_BYTES:
+                        await self._refuse_ping("invalid ping message", "too large")
+                        return None
+                    received += data
+                    unpacker.feed(data)
+                    try:
+                        for obj in unpacker:
+                            if obj is not None:  # skip keep-alives
+                                ping = obj
+                                break
+                    except (ValueError, TypeError, msgpack.UnpackException):
+                        await self._refuse_ping("invalid ping message", "not msgpack")
+                        return None
+        except TimeoutError:
+            self._metrics.auth_failures.labels("timeout").inc()
+            server_key = "collector.security.handshake_timeout_seconds"
+            self._server.warn_once("auth:timeout", f"no PING from {self._peer} within {server_key}; closing")
+            return None
+        finally:
+            self._reading = False
+        result = handshake.check(ping)
+        if not result.ok:
+            await self._refuse_ping(result.reason, f"host {result.client_hostname!r}, user {result.username!r}")
+            return None
+        self._writer.write(result.pong)
+        await self._writer.drain()
+        self._metrics.auth_ok.inc()
+        log.debug("authenticated %s as host %r user %r", self._peer, result.client_hostname, result.username)
+        return bytes(received[unpacker.tell() :])
+
+    async def _refuse_ping(self, reason: str, detail: str) -> None:
+        self._metrics.auth_failures.labels(AUTH_REASONS.get(reason, "invalid_ping")).inc()
+        self._server.warn_once(
+            f"auth:{reason}",
+            f"authentication of {self._peer} failed: {reason} ({detail}); further failures are only counted "
+            "(shadow_collector_auth_failures_total)",
+        )
+        try:
+            self._writer.write(Handshake.refusal(reason))
+            await self._writer.drain()
+        except ConnectionError:
+            pass
+        return None
+
+    # -- records ------------------------------------------------------------------------
+
+    async def _serve(self, first: bytes) -> None:
+        if first:
+            await self._process(first)
         while not self._stopping:
             data = await self._read()
             if data is None:  # the flush deadline passed while waiting
                 await self._flush()
-                continue
-            if not data:
-                decoder.eof()
+            elif not data:
+                self._decoder.eof()
                 return
-            metrics.received_bytes.inc(len(data))
-            for frame in decoder.feed(data):
-                await self._on_frame(frame)
-            if decoder.failed is not None:
-                raise decoder.failed
-            if self._pending and (
-                len(self._pending) >= FLUSH_RECORDS
-                or asyncio.get_running_loop().time() - self._pending_since >= FLUSH_SECONDS
-            ):
-                await self._flush()
+            else:
+                await self._process(data)
+
+    async def _process(self, data: bytes) -> None:
+        decoder = self._decoder
+        self._metrics.received_bytes.inc(len(data))
+        for frame in decoder.feed(data):
+            await self._on_frame(frame)
+        if decoder.failed is not None:
+            raise decoder.failed
+        if self._pending and (
+            len(self._pending) >= FLUSH_RECORDS
+            or asyncio.get_running_loop().time() - self._pending_since >= FLUSH_SECONDS
+        ):
+            await self._flush()
 
     async def _read(self) -> bytes | None:
         self._reading = True
@@ -248,15 +454,14 @@ class _Connection:
             await self._flush()
 
     def _records(self, frame: Frame) -> list[Item]:
-        to_request = self._format.to_request
+        to_bus = self._to_bus
         tag = frame.tag
         items: list[Item] = []
         append = items.append
         bad: dict[str, int] | None = None
         for time_ns, rec in frame.events:
             try:
-                record = to_request(tag, time_ns, rec)
-                append((record.partition_key(), encode_request(record), record.ts))
+                append(to_bus(tag, time_ns, rec))
             except DecodeError as exc:
                 bad = bad or {}
                 bad[exc.reason] = bad.get(exc.reason, 0) + 1
@@ -290,7 +495,10 @@ class _Connection:
         if child is None:
             child = self._rejected[reason] = self._metrics.rejected.labels(reason)
         child.inc(n)
-        if reason not in self._logged:
+        limit = _LIMIT_REASONS.get(reason)
+        if limit is not None:
+            self._server.limit_hit(limit, f"{what} from {self._peer}")
+        elif reason not in self._logged:
             self._logged.add(reason)
             log.warning("skipped %d from %s: %s (%s); further ones are only counted", n, self._peer, what, reason)
 
@@ -301,4 +509,3 @@ class _Connection:
             await writer.wait_closed()
         except (ConnectionError, OSError):
             pass
-

@@ -4,23 +4,64 @@ No I/O and no asyncio. ``left`` is always the reference (baseline, or the logged
 production origin) and ``right`` the candidate.
 
 Paths are JSONPath: ``$`` is the body root, ``$.items[3].price`` a nested field,
-``$['a b']`` a key that is not an identifier. Non-body differences use ``status``,
-``error`` and ``header:<name>``.
+``$['a b']`` a key that is not an identifier, ``$[?(@.id==7)]`` the JSON-RPC answer with
+id 7. Other paths: ``status``, ``error``, ``latency``, ``size``, ``header:<name>`` and
+``line:<n>`` (text bodies, 1-based line of the reference, or of the candidate for an
+``extra`` line).
+
+Entry points: :class:`Differ` (``Differ(config).compare(result) -> Verdict``) is what
+the comparer loop, ``compare --rediff`` and ``noise learn`` use; :func:`compare` is the
+older keyword form, kept for callers that only set header rules.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import hashlib
-import re
-from dataclasses import dataclass
-from itertools import compress
-from operator import ne
-from typing import Any
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
 
 import orjson
 
-from shadowreplay.endpoint import endpoint_name
+from comparer.endpoints import EndpointNamer
+from comparer.jsondiff import (
+    DEFAULT_OPTIONS,
+    MAX_DIFFS,
+    MAX_VALUE_CHARS,
+    FieldDiff,
+    JsonOptions,
+    _clip,
+    diff_json,
+    diff_jsonrpc,
+)
+from comparer.paths import PathSet, is_within
+from shadowreplay.config import ComparerConfig
+from shadowreplay.errors import ConfigError
 from shadowreplay.record import Origin, ReplayResult, Response
+
+__all__ = [
+    "KINDS",
+    "MAX_DIFFS",
+    "MAX_VALUE_CHARS",
+    "DivergenceSink",
+    "Differ",
+    "FieldDiff",
+    "JsonOptions",
+    "Rules",
+    "Verdict",
+    "compare",
+    "diff_bodies",
+    "diff_headers",
+    "diff_json",
+    "diff_jsonrpc",
+    "diff_text",
+    "error_kind",
+    "is_json_content_type",
+    "is_text_content_type",
+]
 
 #: Every ``FieldDiff.kind`` this module produces (a bounded metric label set).
 KINDS: tuple[str, ...] = (
@@ -29,28 +70,18 @@ KINDS: tuple[str, ...] = (
     "missing",
     "extra",
     "array_length",
+    "order",
     "status",
     "body_digest",
+    "size",
+    "latency",
     "error",
 )
 
-#: At most this many diffs are reported for one pair of responses.
-MAX_DIFFS = 100
-#: Strings (and JSON renderings of containers) longer than this are clipped in a FieldDiff.
-MAX_VALUE_CHARS = 200
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTAINERS = (dict, list)
-
-
-@dataclass(frozen=True, slots=True)
-class FieldDiff:
-    """One difference between the reference (``left``) and the candidate (``right``)."""
-
-    path: str
-    kind: str
-    left: Any
-    right: Any
+#: A gzip body that slipped through undecoded is inflated up to this size, else digested.
+MAX_GUNZIP_BYTES = 16 * 1024 * 1024
+#: Text bodies with more lines than this are compared by digest only.
+MAX_TEXT_LINES = 20000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,171 +89,75 @@ class Verdict:
     """The comparison of one ReplayResult.
 
     ``reference`` is ``"baseline"`` or ``"origin"``. ``error`` is set when the result
-    could not be compared at all (``no_candidate``, ``no_reference``); such a verdict
-    has no diffs.
+    could not be compared at all (``no_candidate``, ``no_reference``,
+    ``compare_failed``); such a verdict has no diffs.
+
+    ``diffs`` are the real differences (the result *diverged* when there is one);
+    ``noise`` the candidate differences cancelled in this request, because the baseline
+    and the secondary differed on the same field (or beneath it), or because the path
+    is listed in ``noise_paths``; ``secondary`` the baseline-vs-secondary differences
+    themselves (the evidence, empty without a secondary). ``latency_ratio`` is
+    candidate/baseline latency when both were measured. Everything is JSON-serialisable:
+    see :meth:`to_dict` / :meth:`from_dict`.
     """
 
     endpoint: str
     reference: str
     diffs: tuple[FieldDiff, ...] = ()
     error: str | None = None
+    noise: tuple[FieldDiff, ...] = ()
+    secondary: tuple[FieldDiff, ...] = ()
+    latency_ratio: float | None = None
 
     @property
     def diverged(self) -> bool:
         return bool(self.diffs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-serialisable dict (FieldDiffs as ``{path, kind, left, right}``)."""
+        return {
+            "endpoint": self.endpoint,
+            "reference": self.reference,
+            "error": self.error,
+            "diffs": [_fd_dict(d) for d in self.diffs],
+            "noise": [_fd_dict(d) for d in self.noise],
+            "secondary": [_fd_dict(d) for d in self.secondary],
+            "latency_ratio": self.latency_ratio,
+        }
 
-# -- JSON ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Verdict:
+        """The inverse of :meth:`to_dict` (missing lists are empty)."""
+        return cls(
+            endpoint=str(obj.get("endpoint", "")),
+            reference=str(obj.get("reference", "")),
+            diffs=tuple(_fd(d) for d in obj.get("diffs") or ()),
+            error=obj.get("error"),
+            noise=tuple(_fd(d) for d in obj.get("noise") or ()),
+            secondary=tuple(_fd(d) for d in obj.get("secondary") or ()),
+            latency_ratio=obj.get("latency_ratio"),
+        )
 
 
-def diff_json(
-    left: Any, right: Any, path: str = "$", *, max_diffs: int = MAX_DIFFS
-) -> list[FieldDiff]:
-    """Structural differences between two decoded JSON values, at most ``max_diffs``.
+def _fd_dict(d: FieldDiff) -> dict[str, Any]:
+    return {"path": d.path, "kind": d.kind, "left": d.left, "right": d.right}
 
-    Numbers compare by value (``1`` equals ``1.0``); a boolean is not a number. Arrays
-    are compared element by element over their common prefix, plus one
-    ``array_length`` diff when the lengths differ.
+
+def _fd(obj: dict[str, Any]) -> FieldDiff:
+    return FieldDiff(str(obj["path"]), str(obj["kind"]), obj.get("left"), obj.get("right"))
+
+
+class DivergenceSink(Protocol):
+    """Where the comparer loop hands diverging results (the divergence store implements it).
+
+    ``add`` is called for every *diverging* verdict (``verdict.diverged``) in a batch, then
+    ``flush`` once, before the batch's offsets are committed: a sink that has flushed
+    owns the results (at-least-once; the same result may be added again after a crash).
     """
-    out: list[FieldDiff] = []
-    if not _same(left, right):
-        _diff(left, right, path, out, max_diffs)
-    return out[:max_diffs]
 
+    def add(self, result: ReplayResult, verdict: Verdict) -> None: ...
 
-def _same(left: Any, right: Any) -> bool:
-    """A fast, exact equality test for two JSON values (C speed for whole subtrees).
-
-    Python's ``==`` alone would equate ``true`` with ``1``; canonical orjson text tells
-    them apart. It also tells ``1`` from ``1.0``, which only costs a walk.
-    """
-    if left != right:
-        return False
-    if type(left) not in _CONTAINERS:
-        return type(left) is type(right)
-    canon = _canon(left)
-    return canon is not None and canon == _canon(right)
-
-
-def _canon(value: Any) -> bytes | None:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # not JSON (e.g. an int beyond 64 bits): compare the slow way
-        return None
-
-
-def _suspects(lvals: list[Any], rvals: list[Any]) -> list[int]:
-    """Indexes (over the common prefix) where the two lists may differ, in order.
-
-    ``!=`` finds most in C; the pairs it calls equal are checked all at once through
-    their canonical text, and only if that disagrees is each pair tested on its own.
-    """
-    n = min(len(lvals), len(rvals))
-    differing = list(compress(range(n), map(ne, lvals, rvals)))
-    if len(differing) == n:
-        return differing
-    lc, rc = lvals[:n], rvals[:n]
-    for i in differing:
-        lc[i] = rc[i] = None
-    canon = _canon(lc)
-    if canon is not None and canon == _canon(rc):
-        return differing
-    return [i for i in range(n) if not _same(lvals[i], rvals[i])]
-
-
-def _json_type(value: Any) -> str:
-    # bool first: it is a subclass of int in Python but not a number in JSON.
-    if value is None:
-        return "null"
-    if value is True or value is False:
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _diff(left: Any, right: Any, path: str, out: list[FieldDiff], limit: int) -> None:
-    tl = type(left)
-    if tl is type(right):
-        if tl is dict:
-            _diff_object(left, right, path, out, limit)
-        elif tl is list:
-            _diff_array(left, right, path, out, limit)
-        elif left != right and not (tl is float and left != left and right != right):
-            out.append(FieldDiff(path, "value", _clip(left), _clip(right)))
-        return
-    jl, jr = _json_type(left), _json_type(right)
-    if jl != jr:
-        out.append(FieldDiff(path, "type", _clip(left), _clip(right)))
-    elif left != right:  # int vs float
-        out.append(FieldDiff(path, "value", left, right))
-
-
-def _diff_object(
-    left: dict[str, Any], right: dict[str, Any], path: str, out: list[FieldDiff], limit: int
-) -> None:
-    keys = list(left)
-    if keys == list(right):  # the common case: same keys in the same order
-        suspects = _suspects(list(left.values()), list(right.values()))
-    else:
-        keys = [k for k in keys if k in right]
-        suspects = _suspects([left[k] for k in keys], [right[k] for k in keys])
-    if len(keys) == len(left):
-        for i in suspects:
-            if len(out) >= limit:
-                return
-            key = keys[i]
-            _diff(left[key], right[key], _child(path, key), out, limit)
-    else:
-        bad = {keys[i] for i in suspects}
-        for key, lv in left.items():
-            if len(out) >= limit:
-                return
-            if key in bad:
-                _diff(lv, right[key], _child(path, key), out, limit)
-            elif key not in right:
-                out.append(FieldDiff(_child(path, key), "missing", _clip(lv), None))
-    if len(keys) == len(right):
-        return
-    for key, rv in right.items():
-        if len(out) >= limit:
-            return
-        if key not in left:
-            out.append(FieldDiff(_child(path, key), "extra", None, _clip(rv)))
-
-
-def _diff_array(
-    left: list[Any], right: list[Any], path: str, out: list[FieldDiff], limit: int
-) -> None:
-    if len(left) != len(right):
-        out.append(FieldDiff(path, "array_length", len(left), len(right)))
-    for i in _suspects(left, right):
-        if len(out) >= limit:
-            return
-        _diff(left[i], right[i], f"{path}[{i}]", out, limit)
-
-
-def _child(path: str, key: str) -> str:
-    if _IDENT.match(key):
-        return f"{path}.{key}"
-    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{path}['{escaped}']"
-
-
-def _clip(value: Any) -> Any:
-    """Keep a FieldDiff value small: long strings clipped, big containers as clipped JSON text."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "…"
-    if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
-        return value if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
-    return value
+    def flush(self) -> None: ...
 
 
 # -- bodies ----------------------------------------------------------------------------
@@ -236,25 +171,135 @@ def is_json_content_type(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def diff_bodies(left: Response, right: Response, *, max_diffs: int = MAX_DIFFS) -> list[FieldDiff]:
-    """Body differences: JSON structurally when both sides are JSON and parse, else by sha256.
+_TEXT_MEDIA = frozenset(
+    {
+        "application/xml",
+        "application/javascript",
+        "application/x-www-form-urlencoded",
+        "application/yaml",
+        "application/x-yaml",
+        "application/x-ndjson",
+    }
+)
 
-    A truncated body cannot be compared structurally, so when either side is
-    truncated only the digests of what was captured are compared.
+
+def is_text_content_type(content_type: str | None) -> bool:
+    """``text/*``, XML, JavaScript, YAML, forms and NDJSON: compared by normalised lines."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith("text/") or media.endswith("+xml") or media in _TEXT_MEDIA
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    kind: str  # "json", "text", "binary", "truncated"
+    raw: bytes
+    value: Any = None
+
+
+_NOT_JSON = object()
+
+
+def _view(response: Response) -> _Body:
+    body = response.body
+    if response.truncated:
+        return _Body("truncated", body)
+    if body[:2] == b"\x1f\x8b":
+        body = _gunzip(body)
+    ctype = response.header("content-type")
+    if is_json_content_type(ctype) or (not ctype and body[:1] in (b"{", b"[")):
+        try:
+            return _Body("json", body, orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return _Body("binary", body)
+    if is_text_content_type(ctype):
+        return _Body("text", body)
+    return _Body("binary", body)
+
+
+def _gunzip(body: bytes) -> bytes:
+    try:
+        d = zlib.decompressobj(wbits=31)
+        out = d.decompress(body, MAX_GUNZIP_BYTES)
+    except zlib.error:
+        return body
+    return out if d.eof and not d.unconsumed_tail else body
+
+
+def diff_bodies(
+    left: Response,
+    right: Response,
+    *,
+    max_diffs: int = MAX_DIFFS,
+    options: JsonOptions = DEFAULT_OPTIONS,
+) -> list[FieldDiff]:
+    """Body differences by content type (a gzip body is inflated first).
+
+    JSON structurally when both sides are JSON and parse (JSON-RPC batches by id); text
+    types by normalised lines; anything else by sha256. A truncated body cannot be
+    compared structurally, so when either side is truncated only the digests of what
+    was captured are compared.
     """
     if left.body == right.body:
         return []
-    if not (left.truncated or right.truncated) and (
-        is_json_content_type(left.header("content-type"))
-        and is_json_content_type(right.header("content-type"))
-    ):
-        try:
-            lv, rv = orjson.loads(left.body), orjson.loads(right.body)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return diff_json(lv, rv, max_diffs=max_diffs)
-    return [FieldDiff("$", "body_digest", _sha256(left.body), _sha256(right.body))]
+    return _diff_views(_view(left), _view(right), max_diffs, options)
+
+
+def _diff_views(lb: _Body, rb: _Body, max_diffs: int, options: JsonOptions) -> list[FieldDiff]:
+    if lb.raw == rb.raw:
+        return []
+    if lb.kind == rb.kind == "json":
+        if _is_rpc_batch(lb.value) or _is_rpc_batch(rb.value):
+            return diff_jsonrpc(lb.value, rb.value, max_diffs=max_diffs, options=options)
+        return diff_json(lb.value, rb.value, max_diffs=max_diffs, options=options)
+    if lb.kind == rb.kind == "text":
+        diffs = diff_text(lb.raw, rb.raw, max_diffs=max_diffs)
+        if diffs is not None:
+            return [d for d in diffs if d.path not in options.ignore]
+    if "$" in options.ignore:
+        return []
+    return [FieldDiff("$", "body_digest", _sha256(lb.raw), _sha256(rb.raw))]
+
+
+def _is_rpc_batch(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "jsonrpc" in value[0]
+
+
+def _lines(body: bytes) -> list[str]:
+    lines = [line.rstrip() for line in body.decode("utf-8", "replace").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def diff_text(left: bytes, right: bytes, *, max_diffs: int = MAX_DIFFS) -> list[FieldDiff] | None:
+    """Line differences after normalising (line endings, trailing blanks, final newlines).
+
+    None when a side has more than MAX_TEXT_LINES lines (the caller digests instead).
+    """
+    ll, rl = _lines(left), _lines(right)
+    if ll == rl:
+        return []
+    if len(ll) > MAX_TEXT_LINES or len(rl) > MAX_TEXT_LINES:
+        return None
+    out: list[FieldDiff] = []
+    matcher = difflib.SequenceMatcher(None, ll, rl, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        n = max(i2 - i1, j2 - j1)
+        for k in range(n):
+            i, j = i1 + k, j1 + k
+            if i < i2 and j < j2:
+                out.append(FieldDiff(f"line:{i + 1}", "value", _clip(ll[i]), _clip(rl[j])))
+            elif i < i2:
+                out.append(FieldDiff(f"line:{i + 1}", "missing", _clip(ll[i]), None))
+            else:
+                out.append(FieldDiff(f"line:{j + 1}", "extra", None, _clip(rl[j])))
+            if len(out) >= max_diffs:
+                return out
+    return out
 
 
 def _sha256(body: bytes) -> str:
@@ -297,59 +342,209 @@ def error_kind(error: str | None) -> str | None:
     return error.split(":", 1)[0].strip()
 
 
+# -- rules -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The diff rules in force for one endpoint (``[comparer]`` plus matching ``[[comparer.endpoints]]``)."""
+
+    ignore_headers: frozenset[str]
+    compare_headers: bool
+    json: JsonOptions
+    noise: PathSet = field(default_factory=PathSet)
+    latency_ratio_threshold: float = 0.0
+    latency_min_delta_seconds: float = 0.05
+    compare_origin_size: bool = False
+    origin_size_tolerance_relative: float = 0.05
+
+
+def _pathset(patterns: tuple[str, ...], key: str) -> PathSet:
+    try:
+        return PathSet(patterns)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+def _rules(c: ComparerConfig, endpoint: str) -> Rules:
+    ignore_headers = set(h.lower() for h in c.ignore_headers)
+    ignore, noise, unordered = list(c.ignore_paths), list(c.noise_paths), list(c.unordered_paths)
+    tol_abs, tol_rel, latency = c.tolerance_absolute, c.tolerance_relative, c.latency_ratio_threshold
+    for rule in c.endpoints:
+        if rule.match != endpoint and not fnmatch.fnmatchcase(endpoint, rule.match):
+            continue
+        ignore_headers.update(h.lower() for h in rule.ignore_headers)
+        ignore += rule.ignore_paths
+        noise += rule.noise_paths
+        unordered += rule.unordered_paths
+        tol_abs = rule.tolerance_absolute if rule.tolerance_absolute >= 0 else tol_abs
+        tol_rel = rule.tolerance_relative if rule.tolerance_relative >= 0 else tol_rel
+        latency = rule.latency_ratio_threshold if rule.latency_ratio_threshold >= 0 else latency
+    return Rules(
+        ignore_headers=frozenset(ignore_headers),
+        compare_headers=c.compare_headers,
+        json=JsonOptions(
+            ignore=_pathset(tuple(ignore), "comparer.ignore_paths"),
+            unordered=_pathset(tuple(unordered), "comparer.unordered_paths"),
+            tolerance_absolute=tol_abs,
+            tolerance_relative=tol_rel,
+        ),
+        noise=_pathset(tuple(noise), "comparer.noise_paths"),
+        latency_ratio_threshold=latency,
+        latency_min_delta_seconds=c.latency_min_delta_seconds,
+        compare_origin_size=c.compare_origin_size,
+        origin_size_tolerance_relative=c.origin_size_tolerance_relative,
+    )
+
+
 # -- one result ------------------------------------------------------------------------
 
 
-def compare(
-    result: ReplayResult, *, ignore_headers: frozenset[str], compare_headers: bool
-) -> Verdict:
-    """Compare the candidate's response with the baseline's, or with the logged origin.
+class Differ:
+    """Compares ReplayResults under one ComparerConfig. Pure and reusable; not thread-safe.
 
-    With a baseline: errors (same error kind on both sides is no diff; when either side
-    errored nothing else is compared), status, headers when ``compare_headers`` (names
-    in ``ignore_headers``, lower case, skipped), then bodies. Without one: the candidate
-    status against ``origin.status``, and the candidate body's sha256 against
-    ``origin.body_sha256`` when the log carried one and the body was not truncated.
+    ``Differ(config).compare(result) -> Verdict`` is the one comparison used by the
+    comparer loop, by ``compare --rediff`` (re-diffing stored results under the current
+    rules) and by ``noise learn``. Construction compiles every route and path pattern
+    and raises ConfigError naming a bad one.
     """
-    endpoint = result.endpoint or endpoint_name(result.request.method, result.request.target)
-    candidate = result.responses.get("candidate")
-    baseline = result.responses.get("baseline")
-    reference = "baseline" if baseline is not None else "origin"
-    if candidate is None:
-        return Verdict(endpoint, reference, (), "no_candidate")
-    if baseline is not None:
-        diffs = _against_baseline(baseline, candidate, ignore_headers, compare_headers)
-    elif result.origin is not None:
-        diffs = _against_origin(result.origin, candidate)
-    else:
-        return Verdict(endpoint, reference, (), "no_reference")
-    return Verdict(endpoint, reference, tuple(diffs[:MAX_DIFFS]))
+
+    MAX_CACHED_ENDPOINTS = 4096
+
+    def __init__(self, config: ComparerConfig) -> None:
+        self.config = config
+        self.namer = EndpointNamer(config.routes)
+        self._rules: dict[str, Rules] = {}
+        self.rules("")  # compile the global patterns now, so bad ones fail at start-up
+        for rule in config.endpoints:
+            self.rules(rule.match)
+
+    def rules(self, endpoint: str) -> Rules:
+        """The rules for ``endpoint`` (cached)."""
+        found = self._rules.get(endpoint)
+        if found is None:
+            if len(self._rules) >= self.MAX_CACHED_ENDPOINTS:
+                self._rules.clear()
+            found = self._rules[endpoint] = _rules(self.config, endpoint)
+        return found
+
+    def endpoint(self, result: ReplayResult) -> str:
+        """The endpoint name of ``result`` (JSON-RPC method, configured route, else the stamped name)."""
+        return self.namer.name(result.request, result.endpoint)
+
+    def compare(self, result: ReplayResult) -> Verdict:
+        """Compare the candidate with the baseline (noise-cancelled by the secondary), or with the logged origin.
+
+        With a baseline: errors (the same error kind on both sides is no diff; when either
+        side errored nothing else is compared), status, headers when ``compare_headers``,
+        bodies, latency. Then each candidate diff on a path where the baseline and the
+        secondary also differ (or beneath one) in this same request, or on a
+        ``noise_paths`` path, moves to ``Verdict.noise``. Without a baseline: the
+        candidate's status against ``origin.status``, its size against ``origin.bytes``
+        when ``compare_origin_size``, and its body's sha256 against ``origin.body_sha256``
+        when logged (and the body was not truncated).
+        """
+        endpoint = self.endpoint(result)
+        candidate = result.responses.get("candidate")
+        baseline = result.responses.get("baseline")
+        reference = "baseline" if baseline is not None else "origin"
+        if candidate is None:
+            return Verdict(endpoint, reference, (), "no_candidate")
+        rules = self.rules(endpoint)
+        ratio = None
+        if baseline is not None:
+            base_view = _view(baseline) if baseline.error is None else None
+            raw = self.diff_pair(baseline, candidate, rules, base_view)
+            ratio = _latency_ratio(baseline, candidate)
+            if ratio is not None and rules.latency_ratio_threshold > 0:
+                assert baseline.latency is not None and candidate.latency is not None
+                slower = candidate.latency - baseline.latency
+                if ratio > rules.latency_ratio_threshold and slower > rules.latency_min_delta_seconds:
+                    raw.append(FieldDiff("latency", "latency", baseline.latency, candidate.latency))
+            secondary = result.responses.get("secondary")
+            evidence = self.diff_pair(baseline, secondary, rules, base_view) if secondary is not None else []
+        elif result.origin is not None:
+            raw = _against_origin(result.origin, candidate, rules)
+            evidence = []
+        else:
+            return Verdict(endpoint, reference, (), "no_reference")
+        if rules.json.ignore:
+            raw = [d for d in raw if d.path not in rules.json.ignore]
+            evidence = [d for d in evidence if d.path not in rules.json.ignore]
+        real, noise = split_noise(raw, evidence, rules.noise)
+        return Verdict(endpoint, reference, tuple(real[:MAX_DIFFS]), None, tuple(noise), tuple(evidence), ratio)
+
+    def diff_pair(
+        self, reference: Response, other: Response, rules: Rules, reference_view: _Body | None = None
+    ) -> list[FieldDiff]:
+        """Every difference between two responses to the same request under ``rules``."""
+        if reference.error is not None or other.error is not None:
+            if error_kind(reference.error) != error_kind(other.error):
+                return [FieldDiff("error", "error", reference.error, other.error)]
+            return []
+        diffs: list[FieldDiff] = []
+        if reference.status != other.status:
+            diffs.append(FieldDiff("status", "status", reference.status, other.status))
+        if rules.compare_headers:
+            diffs.extend(diff_headers(reference, other, rules.ignore_headers))
+        if reference.body != other.body:
+            left = reference_view if reference_view is not None else _view(reference)
+            budget = max(0, MAX_DIFFS - len(diffs))
+            diffs.extend(_diff_views(left, _view(other), budget, rules.json))
+        return diffs
 
 
-def _against_baseline(
-    baseline: Response, candidate: Response, ignore_headers: frozenset[str], compare_headers: bool
-) -> list[FieldDiff]:
+def split_noise(
+    raw: list[FieldDiff], evidence: list[FieldDiff], noise_paths: PathSet
+) -> tuple[list[FieldDiff], list[FieldDiff]]:
+    """(real, noise): a diff is noise when its path is in ``noise_paths`` or lies at or
+    beneath a path where the baseline and the secondary differ (``evidence``)."""
+    if not evidence and not noise_paths:
+        return raw, []
+    noisy = [e.path for e in evidence]
+    real: list[FieldDiff] = []
+    noise: list[FieldDiff] = []
+    for d in raw:
+        if d.path in noise_paths or any(is_within(d.path, p) for p in noisy):
+            noise.append(d)
+        else:
+            real.append(d)
+    return real, noise
+
+
+def _latency_ratio(baseline: Response, candidate: Response) -> float | None:
     if baseline.error is not None or candidate.error is not None:
-        if error_kind(baseline.error) != error_kind(candidate.error):
-            return [FieldDiff("error", "error", baseline.error, candidate.error)]
-        return []
-    diffs: list[FieldDiff] = []
-    if baseline.status != candidate.status:
-        diffs.append(FieldDiff("status", "status", baseline.status, candidate.status))
-    if compare_headers:
-        diffs.extend(diff_headers(baseline, candidate, ignore_headers))
-    diffs.extend(diff_bodies(baseline, candidate, max_diffs=max(0, MAX_DIFFS - len(diffs))))
-    return diffs
+        return None
+    if baseline.latency is None or candidate.latency is None or baseline.latency <= 0:
+        return None
+    return candidate.latency / baseline.latency
 
 
-def _against_origin(origin: Origin, candidate: Response) -> list[FieldDiff]:
+def _against_origin(origin: Origin, candidate: Response, rules: Rules) -> list[FieldDiff]:
     if candidate.error is not None:
         return [FieldDiff("error", "error", None, candidate.error)]
     diffs: list[FieldDiff] = []
     if origin.status is not None and origin.status != candidate.status:
         diffs.append(FieldDiff("status", "status", origin.status, candidate.status))
+    if rules.compare_origin_size and origin.bytes is not None and not candidate.truncated:
+        size = len(candidate.body)
+        if abs(size - origin.bytes) > rules.origin_size_tolerance_relative * max(size, origin.bytes):
+            diffs.append(FieldDiff("size", "size", origin.bytes, size))
     if origin.body_sha256 is not None and not candidate.truncated:
         digest = _sha256(candidate.body)
         if digest != origin.body_sha256.lower():
             diffs.append(FieldDiff("$", "body_digest", origin.body_sha256, digest))
     return diffs
+
+
+@lru_cache(maxsize=32)
+def _differ_for(ignore_headers: frozenset[str], compare_headers: bool) -> Differ:
+    return Differ(ComparerConfig(ignore_headers=tuple(sorted(ignore_headers)), compare_headers=compare_headers))
+
+
+def compare(result: ReplayResult, *, ignore_headers: frozenset[str], compare_headers: bool) -> Verdict:
+    """``Differ(ComparerConfig(ignore_headers=..., compare_headers=...)).compare(result)``.
+
+    Kept for callers that only set header rules; everything else takes its default.
+    """
+    return _differ_for(frozenset(ignore_headers), compare_headers).compare(result)

@@ -5,6 +5,11 @@ Results are polled in batches from the bus, each one decoded, compared and count
 once every message in it has been handled (at-least-once). A message that cannot be
 decoded or compared is counted under ``shadow_compare_errors_total{reason}``, logged,
 and skipped; it is still committed, since replaying it would fail the same way.
+
+Diverging results go to an optional :class:`~comparer.diff.DivergenceSink` (the
+divergence store): ``add(result, verdict)`` for each diverging verdict, then ``flush()``
+once per batch, before the batch's offsets are committed. Both are called on the event
+loop's thread and should be quick.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from comparer.diff import Verdict, compare
+from comparer.diff import Differ, DivergenceSink, Verdict
 from comparer.metrics import ComparerMetrics
+from comparer.noise import OTHER_FIELDS, FieldStat, NoiseTable, NoiseThresholds
 from shadowreplay.bus.aio import AsyncConsumer
 from shadowreplay.bus.base import Message
 from shadowreplay.config import ComparerConfig
@@ -25,9 +31,10 @@ from shadowreplay.record import ReplayResult, decode_result
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Comparer", "DivergenceSink", "EndpointSummary", "FieldStat", "format_table"]
+
 #: Distinct field paths remembered per endpoint; further new paths are pooled here.
 MAX_FIELDS_PER_ENDPOINT = 256
-OTHER_FIELDS = "(other fields)"
 #: Field paths kept in an EndpointSummary.
 SUMMARY_TOP_FIELDS = 10
 #: Give the event loop a turn after this much uninterrupted comparing.
@@ -43,6 +50,7 @@ class EndpointSummary:
     diverged: int
     kinds: dict[str, int]
     fields: dict[str, int]
+    noisy: int = 0  # compared results in which some difference was cancelled as noise
 
     @property
     def rate(self) -> float:
@@ -54,11 +62,13 @@ class EndpointSummary:
 class _EndpointStats:
     compared: int = 0
     diverged: int = 0
+    noisy: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     fields: dict[str, int] = field(default_factory=dict)
 
     def add(self, verdict: Verdict) -> None:
         self.compared += 1
+        self.noisy += bool(verdict.noise)
         if not verdict.diverged:
             return
         self.diverged += 1
@@ -77,6 +87,10 @@ class Comparer:
     ``compared`` and ``diverged`` count results since start; ``skipped`` counts those
     that could not be compared at all. Bus errors from poll or commit propagate out of
     :meth:`run` (the caller decides whether to restart).
+
+    ``store`` receives every diverging result (see the module docstring); ``differ``
+    defaults to ``Differ(config)`` (raises ConfigError on a bad route or path pattern).
+    :meth:`summary` and :meth:`field_stats` are the in-memory views since start.
     """
 
     def __init__(
@@ -85,13 +99,20 @@ class Comparer:
         consumer: AsyncConsumer,
         metrics: ComparerMetrics,
         *,
+        store: DivergenceSink | None = None,
+        differ: Differ | None = None,
         max_batch: int = 500,
         poll_timeout_seconds: float = 0.5,
     ) -> None:
         self._config = config
         self._consumer = consumer
         self._metrics = metrics
-        self._ignore_headers = frozenset(h.lower() for h in config.ignore_headers)
+        self._store = store
+        self.differ = differ if differ is not None else Differ(config)
+        self._noise = NoiseTable(
+            NoiseThresholds(config.noise_relative_threshold, config.noise_absolute_threshold),
+            MAX_FIELDS_PER_ENDPOINT,
+        )
         self._max_batch = max_batch
         self._poll_timeout = poll_timeout_seconds
         self._endpoints = metrics.endpoints  # the same bound for labels and summary keys
@@ -107,6 +128,8 @@ class Comparer:
             if not messages:
                 continue
             await self._handle_batch(messages)
+            if self._store is not None:
+                self._store.flush()
             await self._consumer.commit(messages)
 
     async def _handle_batch(self, messages: Sequence[Message]) -> None:
@@ -129,11 +152,7 @@ class Comparer:
     def handle_result(self, result: ReplayResult) -> Verdict:
         """Compare and count one decoded result."""
         try:
-            verdict = compare(
-                result,
-                ignore_headers=self._ignore_headers,
-                compare_headers=self._config.compare_headers,
-            )
+            verdict = self.differ.compare(result)
         except Exception:  # a bug in the diff engine must not stop the stream
             log.exception("comparing result %s failed", result.id)
             verdict = Verdict(result.endpoint, "", (), "compare_failed")
@@ -155,6 +174,9 @@ class Comparer:
         if stats is None:
             stats = self._stats[key] = _EndpointStats()
         stats.add(verdict)
+        self._noise.add(key, verdict)
+        if verdict.diverged and self._store is not None:
+            self._store.add(result, verdict)
         return verdict
 
     def _skip(self, reason: str, message: Message, detail: str) -> None:
@@ -182,11 +204,17 @@ class Comparer:
                 fields=dict(
                     sorted(s.fields.items(), key=lambda kv: (-kv[1], kv[0]))[:SUMMARY_TOP_FIELDS]
                 ),
+                noisy=s.noisy,
             )
             for name, s in self._stats.items()
         ]
         out.sort(key=lambda e: (-e.rate, -e.compared, e.endpoint))
         return out
+
+    def field_stats(self, endpoint: str) -> list[FieldStat]:
+        """Per-field raw and noise counts of ``endpoint`` (a name as in :meth:`summary`),
+        real divergences first (the aggregate rule of ``comparer.noise``)."""
+        return self._noise.field_stats(endpoint)
 
 
 def format_table(summaries: Sequence[EndpointSummary], top_fields: int = 3) -> str:

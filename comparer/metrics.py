@@ -13,6 +13,15 @@ Counting rules (dashboards rely on them):
 * ``shadow_compare_errors_total{reason}`` — results that could not be compared
   (``undecodable``, ``no_candidate``, ``no_reference``, ``compare_failed``).
 * ``shadow_compare_latency_seconds{target, endpoint}`` — each target's response latency.
+* ``shadow_compare_latency_ratio{endpoint}`` — candidate latency / baseline latency, per
+  result where both were measured (1.0 = as fast; 2.0 = twice as slow).
+* ``shadow_compare_noise_total{endpoint}`` — compared results in which at least one
+  candidate difference was cancelled as noise (the result may still have diverged).
+* ``shadow_compare_noisy_field_diffs_total{endpoint}`` — individual differences cancelled
+  as noise.
+* ``shadow_compare_status_total{target, class}`` — responses by target and status class
+  (``2xx``, ``3xx``, ``4xx``, ``5xx``, ``1xx``, or ``error`` when there was no status),
+  for every result that named an endpoint (compared or not).
 
 ``endpoint`` takes at most ``max_endpoints`` distinct values, then ``"other"``;
 ``target`` is one of candidate, baseline, secondary or ``"other"``.
@@ -29,6 +38,8 @@ OTHER = "other"
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed")
 TARGETS = frozenset({"candidate", "baseline", "secondary"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RATIO_BUCKETS = (0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 
 
 class EndpointLimiter:
@@ -94,6 +105,31 @@ class ComparerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.latency_ratio = Histogram(
+            "shadow_compare_latency_ratio",
+            "Candidate latency divided by baseline latency, per compared result.",
+            ["endpoint"],
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.noise = Counter(
+            "shadow_compare_noise_total",
+            "Compared results in which at least one difference was cancelled as noise.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.noisy_field_diffs = Counter(
+            "shadow_compare_noisy_field_diffs_total",
+            "Individual differences cancelled as noise (baseline and secondary differed too, or noise_paths).",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.status = Counter(
+            "shadow_compare_status_total",
+            "Responses by target and status class (error: no status, the request failed).",
+            ["target", "class"],
+            registry=registry,
+        )
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
 
@@ -104,13 +140,19 @@ class ComparerMetrics:
         """Record one compared result: its verdict and every target's latency."""
         endpoint = self.endpoints(verdict.endpoint)
         for target, response in result.responses.items():
+            label = target if target in TARGETS else OTHER
+            self.status.labels(target=label, **{"class": status_class(response.status, response.error)}).inc()
             if response.latency is not None:
-                label = target if target in TARGETS else OTHER
                 self.latency.labels(target=label, endpoint=endpoint).observe(response.latency)
         if verdict.error is not None:
             self.error(verdict.error)
             return
         self.compared.labels(endpoint=endpoint).inc()
+        if verdict.latency_ratio is not None:
+            self.latency_ratio.labels(endpoint=endpoint).observe(verdict.latency_ratio)
+        if verdict.noise:
+            self.noise.labels(endpoint=endpoint).inc()
+            self.noisy_field_diffs.labels(endpoint=endpoint).inc(len(verdict.noise))
         matched = self.matched.labels(endpoint=endpoint)  # exported as 0 until the first match
         if not verdict.diverged:
             matched.inc()
@@ -122,3 +164,10 @@ class ComparerMetrics:
             label = kind if kind in KINDS else OTHER
             self.diverged.labels(endpoint=endpoint, kind=label).inc()
             self.field_diffs.labels(endpoint=endpoint, kind=label).inc(n)
+
+
+def status_class(status: int | None, error: str | None = None) -> str:
+    """``2xx`` … ``5xx`` (``1xx`` too), or ``error`` for a failed request or an odd status."""
+    if error is not None or status is None or not 100 <= status <= 599:
+        return "error"
+    return f"{status // 100}xx"

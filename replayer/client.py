@@ -3,7 +3,8 @@
 The request-target is sent exactly as logged (no re-encoding, query order kept);
 hop-by-hop headers are dropped, Host is the target's unless kept, X-Forwarded-For is
 the trusted client address and X-Shadow-Replay carries the record id. The response is
-read streaming up to a cap, with time to first byte. Failures never raise: they come
+read streaming up to a cap, with time to first byte; a ``Content-Encoding`` of gzip,
+deflate or br is decoded before the body is stored (br needs the ``brotli`` package). Failures never raise: they come
 back as a ``Response`` whose ``error`` names the kind and whose ``status`` is None.
 """
 
@@ -38,15 +39,17 @@ HOP_BY_HOP = frozenset(
 # Recomputed or set by the replayer, never copied from the record.
 _REPLACED = frozenset({"content-length", "host", "x-forwarded-for", "x-shadow-replay"})
 # aiohttp adds these when absent; a replay sends only what was logged.
+_DROPPED = HOP_BY_HOP | _REPLACED
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _READ_CHUNK = 64 * 1024
 
 
 def outgoing_headers(record: RequestRecord, *, keep_host: bool) -> list[tuple[str, str]]:
     """The headers a replay of ``record`` carries (Host only when kept; else the target's)."""
-    dropped = set(HOP_BY_HOP) | _REPLACED
+    dropped: frozenset[str] | set[str] = _DROPPED
     for name, value in record.headers:
         if name.lower() == "connection":  # names listed in Connection are hop-by-hop too
+            dropped = set(dropped)
             dropped.update(t.strip().lower() for t in value.split(",") if t.strip())
     # Repeats keep their order; each name is spelled as at its first occurrence, because
     # aiohttp folds a repeat whose spelling differs (``X-A`` then ``x-a``) into one value.
@@ -108,8 +111,11 @@ class TargetClient:
         max_body_bytes: int,
         concurrency: int,
         keep_host: bool = False,
+        tls_verify: bool = True,
     ) -> None:
         self.name = name
+        self.concurrency = concurrency
+        self._tls_verify = tls_verify
         self.base_url = base_url
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_body_bytes = max_body_bytes
@@ -118,7 +124,13 @@ class TargetClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        # The connection limit is the target's concurrency bound: a request beyond it
+        # waits for a free connection (and is measured late), it is never dropped.
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency,
+            limit_per_host=self._concurrency,
+            ssl=True if self._tls_verify else False,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -157,7 +169,11 @@ class TargetClient:
                 allow_redirects=False,
             ) as resp:
                 ttfb = time.perf_counter() - t0
-                body, truncated = await _read_capped(resp.content, self._max_body_bytes)
+                length = resp.content_length
+                if length is not None and length <= self._max_body_bytes and "Content-Encoding" not in resp.headers:
+                    body, truncated = await resp.read(), False  # known small and not encoded: one read
+                else:
+                    body, truncated = await _read_capped(resp.content, self._max_body_bytes)
                 latency = time.perf_counter() - t0
                 return Response(
                     status=resp.status,

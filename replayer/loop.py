@@ -2,20 +2,27 @@
 
 Three tasks share the work:
 
-* the poll loop takes small batches from the bus, decodes and filters them and pushes
-  the records on a heap ordered by due time; it stops polling while too many polled
-  messages are not yet committed (bounded memory, no unbounded queue);
-* the scheduler pops the heap in due order, sleeps until each record is due (absolute
-  wall-clock times from the Anchor, re-checked after every wake-up) and starts one send
-  task per record, at most ``concurrency`` at a time;
+* the poll loop takes small batches from the bus, decodes them, applies the window
+  (``--from``/``--to``) and the rules, and pushes the records on a heap ordered by their
+  speed-schedule due time; it stops polling while too many polled messages are not yet
+  committed (bounded memory, no unbounded queue). That heap is the reorder window:
+  records polled out of timestamp order are sent in due order as long as they arrive
+  before they are due; later ones are late (measured, sent or dropped by policy),
+  never a reason to sleep;
+* the scheduler pops the heap in due order, passes each due time through the Pacer
+  (``--rate``, ``--max-gap-seconds``), sleeps until it (absolute wall-clock times,
+  re-checked after every wake-up, since timers may fire early) and starts the send, at
+  most ``concurrency`` records at a time;
 * the flusher publishes results as they come (one bus flush for all that piled up
   during the previous one) and then, partition by partition, commits the longest
   prefix of messages that are done — an offset is committed only once the results of
   it and of every message before it in its partition are durable (at-least-once).
 
-Polls are kept small because a bus hands out one partition's messages at a time: a
-large batch from one partition can reach far into that partition's future while the
-others, not yet read, are due now.
+Without an anchor handed in, the replayer anchors itself: it waits (briefly) until
+every partition it owns has delivered a record, so the smallest timestamp of the
+window's start, not that of whichever partition answered first, is replayed first.
+When the group rebalances, records of partitions this member lost and not yet sent are
+forgotten (their new owner replays them).
 """
 
 from __future__ import annotations
@@ -29,24 +36,34 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter, Histogram
+
 from replayer.client import TargetClient
 from replayer.metrics import ReplayerMetrics
-from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, is_late
+from replayer.rules import Rules
+from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, Pacer
+from replayer.window import parse_window
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Message
 from shadowreplay.config import ReplayerConfig
 from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
-from shadowreplay.record import ReplayResult, RequestRecord, decode_request, encode_result
+from shadowreplay.record import ReplayResult, RequestRecord, Response, decode_request, encode_result
 
 log = logging.getLogger(__name__)
 
-POLL_MAX_RECORDS = 100
+POLL_MAX_RECORDS = 200
 POLL_TIMEOUT_SECONDS = 0.2
 BUS_RETRY_SECONDS = 1.0
 BUS_ATTEMPTS = 5
+# A self-anchoring replayer waits at most this long for its other partitions' first records.
+ANCHOR_WAIT_SECONDS = 0.5
+# With --to and no idle_exit_seconds: exit once idle this long with nothing left to do.
+WINDOW_IDLE_EXIT_SECONDS = 2.0
+TARGET_NAMES = ("candidate", "baseline", "secondary")
 
 _Item = tuple[bytes | None, bytes, int | None]
+_TP = tuple[str, int]
 
 
 @dataclass(eq=False, slots=True)
@@ -55,6 +72,27 @@ class _Slot:
 
     message: Message
     done: bool = False
+    dropped: bool = False  # its partition was revoked before it was sent
+
+
+def build_targets(config: ReplayerConfig) -> dict[str, TargetClient]:
+    """One TargetClient per configured target, with its per-target overrides."""
+    out: dict[str, TargetClient] = {}
+    for name in TARGET_NAMES:
+        url = getattr(config, name)
+        if not url:
+            continue
+        opts = getattr(config.targets, name)
+        out[name] = TargetClient(
+            name,
+            url,
+            timeout_seconds=opts.timeout_seconds or config.timeout_seconds,
+            max_body_bytes=config.max_body_bytes,
+            concurrency=opts.concurrency or config.concurrency,
+            keep_host=config.keep_host,
+            tls_verify=opts.tls_verify,
+        )
+    return out
 
 
 class Replayer:
@@ -78,27 +116,27 @@ class Replayer:
         self._metrics = metrics
         self.anchor = anchor
         self.replayed = 0
-        self.targets: dict[str, TargetClient] = {
-            name: TargetClient(
-                name,
-                url,
-                timeout_seconds=config.timeout_seconds,
-                max_body_bytes=config.max_body_bytes,
-                concurrency=config.concurrency,
-                keep_host=config.keep_host,
-            )
-            for name, url in (("candidate", config.candidate), ("baseline", config.baseline))
-            if url
-        }
-        self._methods = frozenset(m.upper() for m in config.methods)
+        self.dispatched = 0  # records taken off the schedule heap (see schedule_position)
+        self.targets = build_targets(config)
+        self._names = tuple(self.targets)
+        self._rules = Rules(config.methods, config.rules)
+        self._window_from, self._window_to = parse_window(config.window_from, config.window_to)
+        self._late_after_ns = int(config.late_after_seconds * 1e9)
+        self._drop_late = config.late_policy == "drop"
+        self._pacer: Pacer | None = None
+        concurrency = max(c.concurrency for c in self.targets.values())
         # Messages polled but not yet committed; polling pauses at the cap.
-        self._max_pending = max(1024, 16 * config.concurrency)
+        self._max_pending = max(1024, 16 * concurrency)
         self._pending = 0
-        self._slots: dict[tuple[str, int], deque[_Slot]] = {}  # per partition, in offset order
+        self._slots: dict[_TP, deque[_Slot]] = {}  # per partition, in offset order
+        self._finished: set[_TP] = set()  # partitions that reached --to
+        self._assigned: set[_TP] = set()
         self._unflushed: list[tuple[_Slot, _Item]] = []
         self._heap: list[tuple[int, int, RequestRecord, _Slot]] = []
+        self._prebuffer: list[tuple[RequestRecord, _Slot]] = []  # until anchored
+        self._prebuffer_since: float | None = None
         self._seq = itertools.count()
-        self._sem = asyncio.Semaphore(config.concurrency)
+        self._sem = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Future[None] | None = None
         self._progress = asyncio.Event()  # a result or a skipped message: the flusher has work
@@ -106,9 +144,15 @@ class Replayer:
         self._closing = False
         self._skip_logged: set[str] = set()
         self._failure: BaseException | None = None
+        # Metric children looked up once, not per request.
+        self._ok: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="ok") for n in self._names}
+        self._err: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="error") for n in self._names}
+        self._resp: dict[str, Histogram] = {n: metrics.response_seconds.labels(target=n) for n in self._names}
+        metrics.inflight.set_function(lambda: len(self._tasks))  # read at scrape time, not per request
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Replay until ``stop`` is set (or idle for ``idle_exit_seconds``), then drain.
+        """Replay until ``stop`` is set (or idle for ``idle_exit_seconds``, or past
+        ``window_to``), then drain.
 
         On the way out, requests already sent are finished, their results flushed and
         every partition's done prefix committed; records not yet due are left uncommitted
@@ -117,11 +161,18 @@ class Replayer:
         for client in self.targets.values():
             await client.start()
         log.info(
-            "replayer started: targets=%s speed=%s concurrency=%d",
+            "replayer started: targets=%s speed=%s rate=%s concurrency=%s window=%s..%s",
             {n: c.base_url for n, c in self.targets.items()},
             self._config.speed,
-            self._config.concurrency,
+            self._config.rate,
+            {n: c.concurrency for n, c in self.targets.items()},
+            self._window_from,
+            self._window_to,
         )
+        if self._window_from is not None:
+            await self._consumer.seek_to_time(self._window_from)
+        if self.anchor is not None:
+            self._start_pacer(self.anchor)
         scheduler = asyncio.create_task(self._schedule_loop(), name="replayer-scheduler")
         flusher = asyncio.create_task(self._flush_loop(), name="replayer-flusher")
         try:
@@ -135,7 +186,7 @@ class Replayer:
             await flusher
             self._raise_if_failed()
             log.info("replayer stopped: %d records replayed, %d not yet due left uncommitted",
-                     self.replayed, len(self._heap))
+                     self.replayed, len(self._heap) + len(self._prebuffer))
         finally:
             leftovers = [scheduler, flusher, *self._tasks]
             for task in leftovers:
@@ -150,6 +201,8 @@ class Replayer:
         self, stop: asyncio.Event, scheduler: asyncio.Task[None], flusher: asyncio.Task[None]
     ) -> None:
         idle_exit = self._config.idle_exit_seconds
+        if idle_exit <= 0 and self._window_to is not None:
+            idle_exit = WINDOW_IDLE_EXIT_SECONDS
         idle_since: float | None = None
         while not stop.is_set():
             for task in (scheduler, flusher):
@@ -157,6 +210,9 @@ class Replayer:
                     task.result()  # re-raises its failure
                     raise RuntimeError(f"{task.get_name()} ended unexpectedly")
             self._raise_if_failed()
+            if self._window_done():
+                log.info("replayer reached the end of the window (%d ns): exiting", self._window_to)
+                return
             room = self._max_pending - self._pending
             if room <= 0:
                 self._capacity.clear()
@@ -166,18 +222,29 @@ class Replayer:
                     pass
                 continue
             messages = await self._poll(min(POLL_MAX_RECORDS, room))
+            await self._check_assignment()
             if messages:
                 idle_since = None
                 self._accept(messages)
-            elif idle_exit > 0 and self._pending == 0:
-                now = time.monotonic()
-                if idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= idle_exit:
-                    log.info("replayer idle for %.1fs with all work done: exiting", idle_exit)
-                    return
-            else:
-                idle_since = None
+            self._maybe_anchor()
+            if not messages:
+                if idle_exit > 0 and self._pending == 0:
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= idle_exit:
+                        log.info("replayer idle for %.1fs with all work done: exiting", idle_exit)
+                        return
+                else:
+                    idle_since = None
+
+    def _window_done(self) -> bool:
+        return (
+            self._window_to is not None
+            and bool(self._assigned)
+            and self._assigned <= self._finished
+            and self._pending == 0
+        )
 
     async def _poll(self, max_records: int) -> list[Message]:
         try:
@@ -189,26 +256,76 @@ class Replayer:
             await asyncio.sleep(BUS_RETRY_SECONDS)
             return []
 
+    async def _check_assignment(self) -> None:
+        assigned = set(await self._consumer.assignment())
+        if assigned == self._assigned:
+            return
+        lost = self._assigned - assigned
+        self._assigned = assigned
+        self._metrics.assigned_partitions.set(len(assigned))
+        log.info("replayer owns partitions %s", sorted(p for _, p in assigned))
+        if lost:
+            self._forget(lost)
+
+    def _forget(self, lost: set[_TP]) -> None:
+        """Drop what is buffered for partitions this member no longer owns."""
+        for tp in lost:
+            for slot in self._slots.pop(tp, ()):
+                slot.dropped = True
+                self._pending -= 1
+            self._finished.discard(tp)
+        before = len(self._heap)
+        self._heap = [item for item in self._heap if not item[3].dropped]
+        heapq.heapify(self._heap)
+        self._prebuffer = [(r, s) for r, s in self._prebuffer if not s.dropped]
+        if before != len(self._heap):
+            log.info("rebalance: %d buffered records of lost partitions left to their new owner",
+                     before - len(self._heap))
+        self._capacity.set()
+        self._kick()
+
     def _accept(self, messages: list[Message]) -> None:
-        self._pending += len(messages)
         records: list[tuple[RequestRecord, _Slot]] = []
         skipped: dict[str, int] = {}
+        rule_hits: dict[tuple[str, str], int] = {}
+        lo, hi = self._window_from, self._window_to
         for message in messages:
-            slot = _Slot(message)
-            self._slots.setdefault((message.topic, message.partition), deque()).append(slot)
+            tp = (message.topic, message.partition)
+            if tp in self._finished:
+                continue  # past --to: left uncommitted for a later window
             try:
                 record = decode_request(message.value)
             except RecordError as exc:
-                skipped["bad_record"] = skipped.get("bad_record", 0) + 1
-                slot.done = True
+                record = None
                 log.debug("undecodable record at %s/%d@%d: %s",
                           message.topic, message.partition, message.offset, exc)
+            if record is not None and hi is not None and record.ts >= hi:
+                self._finished.add(tp)
                 continue
-            if record.method.upper() not in self._methods:
-                skipped["method_not_allowed"] = skipped.get("method_not_allowed", 0) + 1
+            slot = _Slot(message)
+            self._slots.setdefault(tp, deque()).append(slot)
+            self._pending += 1
+            reason: str | None = None
+            if record is None:
+                reason = "bad_record"
+            elif lo is not None and record.ts < lo:
+                reason = "outside_window"
+            else:
+                outcome = self._rules.apply(record)
+                for label in outcome.acted:
+                    key = (label, "drop" if label == outcome.dropped_by else "rewrite")
+                    rule_hits[key] = rule_hits.get(key, 0) + 1
+                if outcome.record is None:
+                    by = outcome.dropped_by or ""
+                    reason = ("method_not_allowed" if by == "methods"
+                              else "sampled_out" if by.endswith(":sample") else "filtered")
+                else:
+                    records.append((outcome.record, slot))
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
                 slot.done = True
-                continue
-            records.append((record, slot))
+        for (label, action), count in rule_hits.items():
+            self._metrics.rule_hits.labels(rule=label, action=action).inc(count)
         for reason, count in skipped.items():
             self._metrics.skipped.labels(reason=reason).inc(count)
             if reason in self._skip_logged:
@@ -217,14 +334,45 @@ class Replayer:
                 self._skip_logged.add(reason)
                 log.warning("skipped %d records: %s (further ones are only counted in "
                             "shadow_replay_skipped_total)", count, reason)
-        if records and self.anchor is None:
-            self.anchor = Anchor.starting_now(min(r.ts for r, _ in records), self._config.speed)
-            log.info("schedule anchored: log %d ns -> wall %d ns at speed %s",
-                     self.anchor.log_t0_ns, self.anchor.wall_t0_ns, self.anchor.speed)
-        for record, slot in records:
-            self._push(record, slot)
+        if self.anchor is None:
+            if records and self._prebuffer_since is None:
+                self._prebuffer_since = time.monotonic()
+            self._prebuffer.extend(records)
+        else:
+            for record, slot in records:
+                self._push(record, slot)
         if skipped:
             self._progress.set()  # skipped messages are done: committable in their turn
+
+    def _maybe_anchor(self) -> None:
+        """Anchor on the smallest timestamp once every owned partition has answered."""
+        if self.anchor is not None or not self._prebuffer or self._prebuffer_since is None:
+            return
+        seen = {(s.message.topic, s.message.partition) for _, s in self._prebuffer}
+        waited = time.monotonic() - self._prebuffer_since
+        if not (self._assigned and self._assigned <= seen) and waited < ANCHOR_WAIT_SECONDS:
+            return
+        cfg = self._config
+        follow = int(cfg.follow_delay_seconds * 1e9) if cfg.follow else None
+        speed = cfg.speed if cfg.speed > 0 else 1.0  # rate without ceiling: ts only orders
+        self.anchor = Anchor.starting_now(
+            min(r.ts for r, _ in self._prebuffer), speed, cfg.lead_seconds, follow_delay_ns=follow
+        )
+        log.info("schedule anchored: log %d ns -> wall %d ns at speed %s",
+                 self.anchor.log_t0_ns, self.anchor.wall_t0_ns, self.anchor.speed)
+        self._start_pacer(self.anchor)
+        buffered, self._prebuffer = self._prebuffer, []
+        for record, slot in buffered:
+            self._push(record, slot)
+
+    def _start_pacer(self, anchor: Anchor) -> None:
+        cfg = self._config
+        self._pacer = Pacer(
+            rate=cfg.rate,
+            max_gap_ns=int(cfg.max_gap_seconds * 1e9),
+            rate_t0_ns=anchor.wall_t0_ns if cfg.rate > 0 else None,
+            ceiling=not (cfg.rate > 0 and cfg.speed == 0),
+        )
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -232,20 +380,37 @@ class Replayer:
         assert self.anchor is not None
         item = (self.anchor.due_ns(record.ts), next(self._seq), record, slot)
         heapq.heappush(self._heap, item)
-        if self._heap[0] is item and self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)  # a new earliest record: the scheduler re-times its sleep
+        if self._heap[0] is item:
+            self._kick()  # a new earliest record: the scheduler re-times its sleep
+
+    def _kick(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def _schedule_loop(self) -> None:
+        heap = self._heap
         while True:
-            if not self._heap:
+            heap = self._heap  # replaced on rebalance
+            if not heap or self._pacer is None:
                 await self._sleep(None)
                 continue
-            due = self._heap[0][0]
-            remaining = due - time.time_ns()
+            base = heap[0][0]
+            due = self._pacer.peek(base)
+            now = time.time_ns()
+            remaining = due - now
             if remaining > EARLY_TOLERANCE_NS:
                 await self._sleep(remaining / 1e9)  # timers may fire early: the loop re-checks
                 continue
-            _, _, record, slot = heapq.heappop(self._heap)
+            _, _, record, slot = heapq.heappop(heap)
+            due = self._pacer.take(base)
+            self.dispatched += 1
+            if self._drop_late and now - due > self._late_after_ns:
+                self._metrics.late.inc()
+                self._metrics.dropped.inc()
+                self._metrics.schedule_lag.observe((now - due) / 1e9)
+                slot.done = True
+                self._progress.set()
+                continue
             await self._sem.acquire()
             task = asyncio.create_task(self._replay(record, slot, due))
             self._tasks.add(task)
@@ -263,24 +428,34 @@ class Replayer:
             if timer is not None:
                 timer.cancel()
 
+    def schedule_position(self, now_ns: int | None = None) -> tuple[int, float]:
+        """(records that came due so far, seconds the oldest unsent due record is overdue).
+
+        The first is monotonic: its rate is the request rate the schedule asks for, to
+        set beside the achieved rate. Read on the event loop (e.g. at scrape time).
+        """
+        now = time.time_ns() if now_ns is None else now_ns
+        overdue = [item[0] for item in self._heap if item[0] <= now]
+        behind = (now - min(overdue)) / 1e9 if overdue else 0.0
+        return self.dispatched + len(overdue), behind
+
     # -- sending -------------------------------------------------------------------------
 
     async def _replay(self, record: RequestRecord, slot: _Slot, due_ns: int) -> None:
         metrics = self._metrics
-        metrics.inflight.inc()
         try:
             sent_ns = time.time_ns()
-            metrics.schedule_lag.observe(max(0.0, (sent_ns - due_ns) / 1e9))
-            if is_late(due_ns, sent_ns):
+            lag_ns = sent_ns - due_ns
+            metrics.schedule_lag.observe(lag_ns / 1e9 if lag_ns > 0 else 0.0)
+            if lag_ns > self._late_after_ns:
                 metrics.late.inc()
-            names = list(self.targets)
-            answers = await asyncio.gather(*(self.targets[name].send(record) for name in names))
-            responses = dict(zip(names, answers, strict=True))
-            for name, response in responses.items():
-                outcome = "ok" if response.status is not None else "error"
-                metrics.requests.labels(target=name, outcome=outcome).inc()
-                if response.latency is not None:
-                    metrics.response_seconds.labels(target=name).observe(response.latency)
+            names = self._names
+            if len(names) == 1:
+                responses = {names[0]: await self.targets[names[0]].send(record)}
+            else:
+                answers = await asyncio.gather(*(self.targets[n].send(record) for n in names))
+                responses = dict(zip(names, answers, strict=True))
+            self._count(responses)
             result = ReplayResult(
                 id=record.id,
                 request=record,
@@ -290,17 +465,29 @@ class Replayer:
                 responses=responses,
                 origin=record.origin,
             )
-            self._unflushed.append((slot, (record.id.encode(), encode_result(result), sent_ns)))
+            if not slot.dropped:
+                self._unflushed.append((slot, (record.id.encode(), encode_result(result), sent_ns)))
+                self._progress.set()
             self.replayed += 1
             metrics.records.inc()
-            self._progress.set()
         except Exception as exc:  # a bug, not a target failure (those come back as Responses)
             log.exception("replaying record %s failed", record.id)
             if self._failure is None:
                 self._failure = exc
         finally:
-            metrics.inflight.dec()
             self._sem.release()
+
+    def _count(self, responses: dict[str, Response]) -> None:
+        for name, response in responses.items():
+            if response.status is not None:
+                self._ok[name].inc()
+            else:
+                self._err[name].inc()
+                self._metrics.errors.labels(target=name, kind=response.error or "client").inc()
+            if response.truncated:
+                self._metrics.truncated.labels(target=name).inc()
+            if response.latency is not None:
+                self._resp[name].observe(response.latency)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -335,7 +522,13 @@ class Replayer:
             if head is not None:
                 last.append(head.message)  # committing the highest done offset covers the prefix
         if last:
-            await _retrying("commit offsets", lambda: self._consumer.commit(last))
+            try:
+                await _retrying("commit offsets", lambda: self._consumer.commit(last))
+            except BusError as exc:
+                if exc.retriable:
+                    raise
+                # The group rebalanced meanwhile: the partitions' new owner gets these again.
+                log.warning("commit refused (rebalance?); the new owner will redo them: %s", exc)
             self._pending -= freed
             self._capacity.set()
 

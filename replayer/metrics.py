@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 LAG_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -57,3 +60,63 @@ class ReplayerMetrics:
             "Records being sent right now.",
             registry=registry,
         )
+        self.dropped = Counter(
+            "shadow_replay_dropped_total",
+            "Records not sent because they were late and late_policy is drop.",
+            registry=registry,
+        )
+        self.rule_hits = Counter(
+            "shadow_replay_rule_hits_total",
+            "Records a rule acted on, by rule (index:kind, or methods) and action (drop, rewrite).",
+            ["rule", "action"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "shadow_replay_errors_total",
+            "Requests that got no HTTP status, by target and error kind.",
+            ["target", "kind"],
+            registry=registry,
+        )
+        self.truncated = Counter(
+            "shadow_replay_truncated_total",
+            "Responses whose body was cut at max_body_bytes, by target.",
+            ["target"],
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "shadow_replay_assigned_partitions",
+            "Bus partitions this replayer owns right now.",
+            registry=registry,
+        )
+
+
+class ScheduleCollector:
+    """Scrape-time view of the schedule (registered on ``registry``):
+
+    * ``shadow_replay_due_total`` — records whose due time has come, sent or not:
+      ``rate()`` of it is the request rate the schedule asks for (speed × recorded rate),
+      to compare with ``rate(shadow_replay_records_total)``, the rate achieved;
+    * ``shadow_replay_bus_lag_seconds`` — how far behind schedule the replay is: now
+      minus the due time of the oldest record due but not yet sent (0 when on time).
+
+    ``position`` returns both, e.g. ``Replayer.schedule_position``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, position: Callable[[], tuple[int, float]]) -> None:
+        self._position = position
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return [
+            CounterMetricFamily("shadow_replay_due", _DUE_HELP),
+            GaugeMetricFamily("shadow_replay_bus_lag_seconds", _LAG_HELP),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        due, behind = self._position()
+        yield CounterMetricFamily("shadow_replay_due", _DUE_HELP, value=due)
+        yield GaugeMetricFamily("shadow_replay_bus_lag_seconds", _LAG_HELP, value=behind)
+
+
+_DUE_HELP = "Records whose due time has come (sent or still waiting); rate() is the target rate."
+_LAG_HELP = "Now minus the due time of the oldest record due but not yet sent (0 when on time)."

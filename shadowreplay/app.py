@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -21,32 +22,55 @@ from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
 from comparer.loop import Comparer
 from comparer.metrics import ComparerMetrics
+from comparer.store import DivergenceStore, comparer_counts, resolve_store_path
+from comparer.web import DivergencePage
+from replayer.control import resolve_anchor
 from replayer.loop import Replayer
-from replayer.metrics import ReplayerMetrics
+from replayer.metrics import ReplayerMetrics, ScheduleCollector
 from shadowreplay.bus import open_bus
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Bus
 from shadowreplay.config import Config, parse_hostport
 from shadowreplay.errors import ConfigError
+from shadowreplay.health import probe_bus, probe_url
 
 log = logging.getLogger(__name__)
 
 STAGES = ("collect", "replay", "compare")
+#: How long a stage may take to finish its in-flight work on stop before it is cancelled.
+STAGE_STOP_SECONDS = 30.0
+#: On stop, the comparer keeps reading the replayer's last results until it has seen
+#: nothing new for this long (at most DRAIN_MAX_SECONDS), so they are counted and stored.
+DRAIN_QUIET_SECONDS = 1.5
+DRAIN_MAX_SECONDS = 10.0
+
+Checks = dict[str, str | None]
 
 
 class MetricsServer:
-    """Serves ``/metrics`` (Prometheus text format) and ``/healthz`` over aiohttp."""
+    """Serves ``/metrics`` (Prometheus text format), ``/healthz`` (the process is alive)
+    and ``/readyz`` (``ready()`` found no problem: 200, else 503 with the reasons)."""
 
-    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        ready: Callable[[], Awaitable[Checks]] | None = None,
+    ) -> None:
         self._host, self._port = parse_hostport(listen, "metrics.listen")
         self._registry = registry
+        self._ready = ready
         self._runner: web.AppRunner | None = None
+        self.mounts: list[Callable[[web.Application], None]] = []  # more routes, added before start()
         self.port = 0
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        for mount in self.mounts:
+            mount(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -67,6 +91,12 @@ class MetricsServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks: Checks = await self._ready() if self._ready is not None else {}
+        failing = {name: reason for name, reason in checks.items() if reason is not None}
+        body = {"status": "not ready" if failing else "ready", "checks": {k: v or "ok" for k, v in checks.items()}}
+        return web.json_response(body, status=503 if failing else 200)
+
 
 class Pipeline:
     """Runs the chosen stages over one bus. ``async with Pipeline(cfg): ...``."""
@@ -80,15 +110,24 @@ class Pipeline:
         if "replay" in self.stages and not cfg.replayer.candidate:
             raise ConfigError("replayer.candidate: a candidate URL is required to replay (--candidate URL)")
         self.registry = CollectorRegistry()
-        self.metrics_server = MetricsServer(cfg.metrics.listen, self.registry)
+        self.metrics_server = MetricsServer(cfg.metrics.listen, self.registry, self.readiness)
         self.bus: Bus | None = None
         self.collector: CollectorServer | None = None
         self.replayer: Replayer | None = None
         self.comparer: Comparer | None = None
+        # The comparer's divergence store and page: on the metrics listener unless comparer.web.listen is set.
+        self.store: DivergenceStore | None = None
+        self.page: DivergencePage | None = None
+        if "compare" in self.stages and cfg.comparer.web.enabled:
+            self.page = DivergencePage(resolve_store_path(cfg.comparer.store, cfg.bus.url), cfg.comparer.web)
+            if not cfg.comparer.web.listen:
+                self.metrics_server.mounts.append(self.page.mount)
         self._producers: list[AsyncProducer] = []
         self._consumers: list[AsyncConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self._stage_stops: dict[str, asyncio.Event] = {}  # per stage task, set in pipeline order
+        self._state = "starting"
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -98,21 +137,33 @@ class Pipeline:
         await self.metrics_server.start()
         if "compare" in self.stages:
             consumer = await self._consumer([cfg.bus.results_topic], cfg.comparer.group)
-            self.comparer = Comparer(cfg.comparer, consumer, ComparerMetrics(self.registry, cfg.comparer.max_endpoints))
-            self._tasks.append(asyncio.create_task(self.comparer.run(self._stop), name="comparer"))
+            store_path = resolve_store_path(cfg.comparer.store, cfg.bus.url)
+            self.store = await asyncio.to_thread(DivergenceStore, store_path, cfg.comparer.store)
+            self.comparer = Comparer(
+                cfg.comparer, consumer, ComparerMetrics(self.registry, cfg.comparer.max_endpoints), store=self.store
+            )
+            self.store.set_counts_source(comparer_counts(self.comparer))
+            if self.page is not None:
+                self.page.attach(self.store)
+                if cfg.comparer.web.listen:
+                    await self.page.start()
+            self._tasks.append(asyncio.create_task(self.comparer.run(self._stage_stop("comparer")), name="comparer"))
         if "replay" in self.stages:
             consumer = await self._consumer([cfg.bus.requests_topic], cfg.replayer.group)
             producer = await self._producer()
+            anchor = await resolve_anchor(bus, cfg.replayer)  # the group's shared anchor, if set
             self.replayer = Replayer(
-                cfg.replayer, consumer, producer, cfg.bus.results_topic, ReplayerMetrics(self.registry)
+                cfg.replayer, consumer, producer, cfg.bus.results_topic, ReplayerMetrics(self.registry), anchor
             )
-            self._tasks.append(asyncio.create_task(self.replayer.run(self._stop), name="replayer"))
+            ScheduleCollector(self.registry, self.replayer.schedule_position)
+            self._tasks.append(asyncio.create_task(self.replayer.run(self._stage_stop("replayer")), name="replayer"))
         if "collect" in self.stages:
             producer = await self._producer()
             self.collector = CollectorServer(
                 cfg.collector, producer, cfg.bus.requests_topic, CollectorMetrics(self.registry)
             )
             await self.collector.start()
+        self._state = "running"
         log.info(
             "pipeline up: stages=%s bus=%s metrics=http://%s:%d/metrics",
             ",".join(self.stages),
@@ -120,6 +171,24 @@ class Pipeline:
             parse_hostport(cfg.metrics.listen, "metrics.listen")[0],
             self.metrics_server.port,
         )
+
+    def _stage_stop(self, name: str) -> asyncio.Event:
+        event = self._stage_stops[name] = asyncio.Event()
+        return event
+
+    async def readiness(self) -> Checks:
+        """``/readyz``: the pipeline is running, its bus answers and its replay targets accept
+        connections. A stopping pipeline is not ready, so load balancers drain it first."""
+        checks: Checks = {"pipeline": None if self._state == "running" else self._state}
+        if self.bus is not None:
+            checks["bus"] = await probe_bus(self.bus)
+        if "replay" in self.stages:
+            r = self.cfg.replayer
+            for name in ("candidate", "baseline", "secondary"):
+                url = getattr(r, name, "")
+                if url:
+                    checks[f"target:{name}"] = await probe_url(url)
+        return checks
 
     async def _producer(self) -> AsyncProducer:
         assert self.bus is not None
@@ -146,28 +215,64 @@ class Pipeline:
             await self._stop.wait()
 
     async def stop(self) -> None:
-        """Stop in pipeline order: collector stops accepting, replayer and comparer finish
-        their in-flight work and commit, then the bus clients close."""
+        """Stop in pipeline order: the collector stops accepting and acks what it stored;
+        the replayer finishes its in-flight requests, publishes their results and commits;
+        the comparer reads those last results, then commits and flushes; then the bus
+        clients close. ``/readyz`` answers 503 from the first step on."""
+        self._state = "stopping"
         if self.collector is not None:
             await self.collector.stop()
+            log.info("collector stopped")
         self._stop.set()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), timeout=30)
-                except TimeoutError:
-                    log.warning("stage %s did not stop within 30 s; cancelling", task.get_name())
-                    task.cancel()
-                except Exception:  # already logged by the stage; stopping goes on
-                    log.exception("stage %s failed", task.get_name())
+        by_name = {task.get_name(): task for task in self._tasks}
+        for name in ("replayer", "comparer"):
+            task = by_name.get(name)
+            if task is None:
+                continue
+            if name == "comparer" and "replayer" in by_name:
+                await self._drain_comparer(task)
+            self._stage_stops[name].set()
+            await self._finish(task)
+            log.info("%s stopped", name)
         for consumer in self._consumers:
             await consumer.close()
         for producer in self._producers:
             await producer.close()
+        if self.page is not None:
+            await self.page.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         await self.metrics_server.stop()
         if self.bus is not None:
             await asyncio.to_thread(self.bus.close)
             self.bus = None
+
+    async def _finish(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=STAGE_STOP_SECONDS)
+            except TimeoutError:
+                log.warning("stage %s did not stop within %.0f s; cancelling", task.get_name(), STAGE_STOP_SECONDS)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            except Exception:  # already logged by the stage; stopping goes on
+                log.exception("stage %s failed", task.get_name())
+
+    async def _drain_comparer(self, task: asyncio.Task[None]) -> None:
+        """Let the comparer read what the replayer published last (bounded in time)."""
+        comparer = self.comparer
+        assert comparer is not None
+        seen = comparer.compared + comparer.skipped
+        quiet_since = time.monotonic()
+        deadline = quiet_since + DRAIN_MAX_SECONDS
+        while not task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            now_seen = comparer.compared + comparer.skipped
+            if now_seen != seen:
+                seen, quiet_since = now_seen, time.monotonic()
+            elif time.monotonic() - quiet_since >= DRAIN_QUIET_SECONDS:
+                return
 
     async def __aenter__(self) -> Pipeline:
         try:

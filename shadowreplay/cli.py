@@ -93,8 +93,73 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--meta", action="store_true", help="wrap each message with partition, offset and timestamp")
 
     # -- collector commands (tail, ...) --
+    from collector.tail import add_arguments as add_tail_arguments
+
+    tail = sub.add_parser(
+        "tail",
+        help="follow access-log files (like tail -F) and ship their lines to a collector, with acks",
+        description=(
+            "Follow access-log files across rename and copytruncate rotation, parse each line "
+            "(nginx_json, ltsv, combined) and ship the records to a collector as acknowledged "
+            "PackedForward chunks. The file position is saved (--state) only after the collector "
+            "acknowledged, so restarting either side neither skips nor repeats lines."
+        ),
+    )
+    add_tail_arguments(tail)
     # -- replayer commands --
+    from replayer.commands import add_replay_arguments, add_replay_subcommands
+
+    for stage_name in ("run", "replay"):
+        add_replay_arguments(sub.choices[stage_name], workers=stage_name == "replay")
+    add_replay_subcommands(sub.choices["replay"])
     # -- comparer commands (diffs, report, noise, ...) --
+    noise_sp = sub.add_parser("noise", help="noise rules for the comparer").add_subparsers(
+        dest="noise_command", required=True, metavar="SUBCOMMAND"
+    )
+    learn_sp = noise_sp.add_parser(
+        "learn",
+        help="replay a sample from the bus against the baseline twice and propose ignore rules (TOML)",
+        description=(
+            "Read a sample of recorded requests from the bus, send each one twice to the baseline, and "
+            "print, as TOML to paste into [comparer], ignore rules for every field that differed between "
+            "the two answers (timestamps, random ids, ...)."
+        ),
+    )
+    learn_sp.add_argument("--config", metavar="FILE", help="TOML config file")
+    learn_sp.add_argument("--bus", metavar="URL", help="bus URL (default from config)")
+    learn_sp.add_argument("--baseline", metavar="URL", help="base URL of the current release (default replayer.baseline)")
+    learn_sp.add_argument("--sample", type=int, default=200, metavar="N", help="requests to send twice (default 200)")
+    learn_sp.add_argument("--concurrency", type=int, default=8, metavar="N", help="pairs in flight (default 8)")
+    learn_sp.add_argument(
+        "--min-rate", type=float, default=0.0, metavar="F", help="propose only paths differing in more than F of requests"
+    )
+    compare_sp = sub.choices["compare"]
+    compare_sp.add_argument(
+        "--rediff",
+        action="store_true",
+        help="re-diff the stored divergences with the current config (after changing ignore rules), then exit",
+    )
+    compare_sp.add_argument("--store", metavar="FILE", help="with --rediff: the divergence store (default: comparer.store.path)")
+    diffs_sp = sub.add_parser(
+        "diffs",
+        help="print stored divergences: endpoints by divergence rate with their diverging fields",
+        description="Endpoints by divergence rate, with counts, noise and diverging fields, from the divergence store.",
+    )
+    report_sp = sub.add_parser(
+        "report",
+        help="write a self-contained HTML (or Markdown) summary of a replay run",
+        description="A self-contained HTML or Markdown summary of the divergence store, for a release ticket.",
+    )
+    for sp in (diffs_sp, report_sp):
+        sp.add_argument("--config", metavar="FILE", help="TOML config file")
+        sp.add_argument("--bus", metavar="URL", help="bus URL (the store defaults to <bus file>.diffs.db beside a sqlite bus)")
+        sp.add_argument("--store", metavar="FILE", help="divergence store (default: comparer.store.path)")
+        sp.add_argument("--since", metavar="T", help="only divergences stored since T: 30m, 2h, 7d, Unix seconds or ISO 8601")
+    diffs_sp.add_argument("--endpoint", metavar="E", help='only this endpoint, e.g. "GET /api/products/{id}"')
+    diffs_sp.add_argument("--json", action="store_true", help="one JSON object per endpoint (see README)")
+    report_sp.add_argument("--format", choices=("html", "md"), help="default: from --output's suffix, else html")
+    report_sp.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
+    report_sp.add_argument("--title", default="shadowreplay report", help="heading of the report")
 
     cfg = sub.add_parser("config", help="print an example config or check one").add_subparsers(
         dest="config_command", required=True, metavar="SUBCOMMAND"
@@ -120,6 +185,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             group=args.group,
             idle_exit_seconds=args.idle_exit,
         )
+        from replayer.commands import replay_overrides
+
+        cfg = replay_overrides(cfg, args)
     elif args.command == "compare":
         cfg = configmod.override(cfg, "comparer", group=args.group)
     configmod.validate(cfg)
@@ -136,11 +204,17 @@ async def _run_stages(cfg: Config, stages: tuple[str, ...]) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with pipeline:
+        from shadowreplay.status import StatusLine  # operations: live line on a terminal, logs otherwise
+
+        status_stop = asyncio.Event()
+        status = asyncio.create_task(StatusLine(pipeline.registry, sys.stderr).run(status_stop))
         waiter = asyncio.create_task(pipeline.wait())
         stopper = asyncio.create_task(stop.wait())
         done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
+        status_stop.set()
+        await status
         if waiter in done:
             waiter.result()
         log.info("stopping")
@@ -190,7 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.command in ("run", "collect", "replay", "compare"):
+        from replayer.commands import use_uvloop_if_asked, wants_dispatch
+
+        use_uvloop_if_asked(args)
+        if wants_dispatch(args):  # replayer: `replay start`, `replay --workers N`
+            from replayer.commands import dispatch as replay_dispatch
+
+            return replay_dispatch(config_from_args(args), args, list(argv) if argv is not None else sys.argv[1:])
+        if args.command in ("run", "collect", "replay", "compare") and not getattr(args, "rediff", False):
             cfg = config_from_args(args)
             stages = {"run": ("collect", "replay", "compare")}.get(args.command, (args.command,))
             asyncio.run(_run_stages(cfg, stages))
@@ -212,8 +293,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = _dump(cfg, args.topic, args.limit, args.idle_seconds, args.meta)
             print(f"{n} messages", file=sys.stderr)
         # -- collector dispatch --
+        elif args.command == "tail":
+            from collector.tail import run_from_args
+
+            stats = run_from_args(args)
+            print(
+                f"{stats.lines} lines shipped in {stats.chunks} chunks, {stats.unparseable_total} unparseable",
+                file=sys.stderr,
+            )
         # -- replayer dispatch --
         # -- comparer dispatch --
+        elif args.command == "noise":
+            from comparer import learn
+
+            cfg = config_from_args(args)
+            baseline = args.baseline or cfg.replayer.baseline
+            records = learn.read_sample(cfg, max(1, args.sample))
+            if not records:
+                raise ShadowError(f"noise learn: no replayable requests on {cfg.bus.requests_topic} at {cfg.bus.url}")
+            sample = asyncio.run(learn.learn(cfg, records, baseline, concurrency=max(1, args.concurrency)))
+            sys.stdout.write(learn.propose(sample, min_rate=args.min_rate))
+        elif args.command in ("diffs", "report") or (args.command == "compare" and args.rediff):
+            from comparer import commands
+
+            cfg = config_from_args(args)
+            if args.command == "diffs":
+                sys.stdout.write(
+                    commands.diffs(cfg, store=args.store, endpoint=args.endpoint, since=args.since, as_json=args.json)
+                )
+            elif args.command == "compare":
+                sys.stdout.write(commands.rediff_store(cfg, store=args.store))
+            else:
+                text, fmt = commands.report(
+                    cfg, store=args.store, fmt=args.format, output=args.output, title=args.title, since=args.since
+                )
+                if args.output:
+                    Path(args.output).write_text(text, encoding="utf-8")
+                    print(f"wrote {fmt} report to {args.output}", file=sys.stderr)
+                else:
+                    sys.stdout.write(text)
         elif args.command == "config":
             if args.config_command == "example":
                 sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))

@@ -7,6 +7,8 @@ CLI flags override the file (see ``cli.py``); secrets come from environment vari
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -42,10 +44,68 @@ class FieldMap:
     duration: str = "request_time"
     body: str = "request_body"
     request_id: str = "request_id"
-    # Empty: the event time comes from the forward protocol. "msec" is nginx's
-    # seconds.milliseconds; "time_iso8601" and other names are parsed as ISO 8601.
+    # Empty: the event time comes from the forward protocol. Else the field holding the
+    # request time, read as ``time_format``.
     time: str = ""
+    # auto (by value: $msec digits, CLF "10/Oct/2000:13:55:36 -0700", ISO 8601), msec, clf, iso8601.
+    time_format: str = "auto"
     header_prefix: str = "http_"
+    # Explicit headers, "Header-Name=field" (e.g. "User-Agent=ua" for LTSV), besides the prefix.
+    headers: tuple[str, ...] = ()
+    # The request line ("GET /a?b HTTP/1.1", nginx $request), used when method/target are absent.
+    request: str = "request"
+    # Fields that may hold a raw, unparsed log line (Fluent Bit: "log", Fluentd: "message");
+    # such a line is parsed with collector.format first.
+    line_fields: tuple[str, ...] = ("log", "message")
+
+
+@dataclass(frozen=True)
+class RedactConfig:
+    """Secrets replaced at ingest by ``redacted:hmac:<16 hex>`` (HMAC-SHA256) so they never
+    reach the bus. The key comes from the environment variable ``key_env``; unset, a random
+    per-process key is used (hashes then differ between collector processes)."""
+
+    headers: tuple[str, ...] = ("Authorization", "Cookie", "Proxy-Authorization")
+    # JSON body fields, by name, at any depth.
+    body_fields: tuple[str, ...] = (
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "client_secret",
+    )
+    key_env: str = "SHADOWREPLAY_REDACT_KEY"
+
+
+@dataclass(frozen=True)
+class ForwardUser:
+    """One forward-protocol user; the password comes from the environment variable named."""
+
+    username: str = ""
+    password_env: str = ""
+
+
+@dataclass(frozen=True)
+class ForwardSecurity:
+    """Shared-key handshake (on when ``shared_key_env`` is set) and the client allow-list."""
+
+    shared_key_env: str = ""
+    self_hostname: str = ""  # empty: this machine's hostname
+    users: tuple[ForwardUser, ...] = ()
+    allow_networks: tuple[str, ...] = ()  # CIDRs; empty: every address
+    handshake_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class ForwardTls:
+    """TLS on the forward port (on when ``cert_file`` is set)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    require_client_cert: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,16 +113,54 @@ class CollectorConfig:
     listen: str = "127.0.0.1:24224"
     format: str = "nginx_json"
     fields: FieldMap = field(default_factory=FieldMap)
+    redact: RedactConfig = field(default_factory=RedactConfig)
     max_chunk_bytes: int = 8 * 1024 * 1024
     max_connections: int = 1024
+    max_decompressed_bytes: int = 64 * 1024 * 1024
+    udp_heartbeat: bool = True
+    security: ForwardSecurity = field(default_factory=ForwardSecurity)
+    tls: ForwardTls = field(default_factory=ForwardTls)
+
+
+@dataclass(frozen=True)
+class ReplayRule:
+    """One ``[[replayer.rules]]`` entry: a filter or a rewrite, applied in order (see
+    replayer/rules.py for the kinds and which keys each uses)."""
+
+    kind: str = ""
+    pattern: str = ""  # regex: path (include_path, exclude_path, rewrite_path) or header value
+    name: str = ""  # header or query parameter name
+    value: str = ""  # value to set, or the replacement of rewrite_path
+    percent: float = 100.0  # sample: share of keys kept
+    key: str = "client"  # sample: client, header:NAME or query:NAME
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Per-target overrides; 0 means "use the [replayer] value"."""
+
+    timeout_seconds: float = 0.0
+    concurrency: int = 0
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class ReplayTargets:
+    candidate: TargetOptions = field(default_factory=TargetOptions)
+    baseline: TargetOptions = field(default_factory=TargetOptions)
+    secondary: TargetOptions = field(default_factory=TargetOptions)
 
 
 @dataclass(frozen=True)
 class ReplayerConfig:
     candidate: str = ""
     baseline: str = ""
+    secondary: str = ""
     group: str = "shadow-replayer"
     speed: float = 1.0
+    # > 0: paced to this many requests/s (open model, nothing dropped); speed is then a
+    # ceiling, or none when speed = 0.
+    rate: float = 0.0
     concurrency: int = 64
     timeout_seconds: float = 10.0
     max_body_bytes: int = 1024 * 1024
@@ -71,6 +169,58 @@ class ReplayerConfig:
     # A replay with no new records for this long is considered caught up by `demo`
     # and by one-shot replays (`--to`); `follow` waits forever.
     idle_exit_seconds: float = 0.0
+    max_gap_seconds: float = 0.0  # > 0: idle gaps in the schedule are cut to this
+    late_policy: str = "send"  # send | drop: what to do with a record later than late_after_seconds
+    late_after_seconds: float = 0.01
+    lead_seconds: float = 0.2  # head start of a locally anchored schedule
+    window_from: str = ""  # ISO time, epoch seconds or "-1h"; empty: where the group stands
+    window_to: str = ""  # same forms; empty: no end
+    follow: bool = False  # after catching up at N×, follow real time
+    follow_delay_seconds: float = 1.0
+    anchor: str = "auto"  # auto (bus anchor if set, else local) | bus (wait for one) | local
+    control_topic: str = "shadow.control"
+    workers: int = 1
+    rules: tuple[ReplayRule, ...] = ()
+    targets: ReplayTargets = field(default_factory=ReplayTargets)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[comparer.store]``: where diverging results are kept for the page and ``diffs``."""
+
+    # Empty: next to a sqlite:// bus file (bus.db -> bus.diffs.db), else ./shadowreplay-diffs.db.
+    path: str = ""
+    max_age_seconds: float = 7 * 24 * 3600.0
+    max_count: int = 20000
+    max_body_bytes: int = 65536
+    prune_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """``[comparer.web]``: the divergence page, its JSON API and live feed."""
+
+    enabled: bool = True
+    # Empty: served on the metrics listener (metrics.listen); else its own HOST:PORT.
+    listen: str = ""
+    heartbeat_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class EndpointRules:
+    """``[[comparer.endpoints]]``: extra diff rules for endpoints whose name matches ``match``.
+
+    Lists add to the ``[comparer]`` ones; a negative number means "the ``[comparer]`` value".
+    """
+
+    match: str = ""  # an endpoint name or a glob: "GET /api/users/*", "rpc:eth_*"
+    ignore_headers: tuple[str, ...] = ()
+    ignore_paths: tuple[str, ...] = ()
+    noise_paths: tuple[str, ...] = ()
+    unordered_paths: tuple[str, ...] = ()
+    tolerance_absolute: float = -1.0
+    tolerance_relative: float = -1.0
+    latency_ratio_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -90,9 +240,30 @@ class ComparerConfig:
         "connection",
         "keep-alive",
         "x-shadow-replay",
+        "x-runtime",
+        "x-response-time",
+        "traceparent",
+        "x-amzn-trace-id",
+        "cf-ray",
     )
     compare_headers: bool = False
     max_endpoints: int = 200
+    # -- verdicts (comparer/diff.py, noise.py, endpoints.py) --
+    routes: tuple[str, ...] = ()
+    ignore_paths: tuple[str, ...] = ()
+    noise_paths: tuple[str, ...] = ()
+    unordered_paths: tuple[str, ...] = ()
+    tolerance_absolute: float = 0.0
+    tolerance_relative: float = 0.0
+    latency_ratio_threshold: float = 0.0
+    latency_min_delta_seconds: float = 0.05
+    noise_relative_threshold: float = 0.20
+    noise_absolute_threshold: float = 0.0003
+    compare_origin_size: bool = False
+    origin_size_tolerance_relative: float = 0.05
+    endpoints: tuple[EndpointRules, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 @dataclass(frozen=True)
@@ -156,27 +327,146 @@ def _validate_bus(bus: BusConfig) -> None:
 
 def _validate_collector(c: CollectorConfig) -> None:
     parse_hostport(c.listen, "collector.listen")
-    if c.format not in ("nginx_json",):
-        raise ConfigError(f"collector.format: unknown format {c.format!r} (known: nginx_json)")
+    if c.format not in ("nginx_json", "ltsv", "combined"):
+        raise ConfigError(f"collector.format: unknown format {c.format!r} (known: nginx_json, ltsv, combined)")
+    _validate_fields(c.fields, c.redact)
     if c.max_chunk_bytes < 1024:
         raise ConfigError("collector.max_chunk_bytes: must be >= 1024")
+    _validate_forward_limits(c)
+    _validate_forward_security(c.security)
+    _validate_forward_tls(c.tls)
+
+
+def _validate_fields(f: FieldMap, r: RedactConfig) -> None:
+    if f.time_format not in ("auto", "msec", "clf", "iso8601"):
+        raise ConfigError(f"collector.fields.time_format: one of auto, msec, clf, iso8601, got {f.time_format!r}")
+    for i, entry in enumerate(f.headers):
+        name, sep, src = entry.partition("=")
+        if not sep or not name.strip() or not src.strip():
+            raise ConfigError(f"collector.fields.headers[{i}]: expected 'Header-Name=field', got {entry!r}")
+    if r.key_env and not r.key_env.replace("_", "a").isalnum():
+        raise ConfigError(f"collector.redact.key_env: not an environment variable name: {r.key_env!r}")
+
+
+def _validate_forward_limits(c: CollectorConfig) -> None:
+    if c.max_connections < 1:
+        raise ConfigError("collector.max_connections: must be >= 1")
+    if c.max_decompressed_bytes < c.max_chunk_bytes:
+        raise ConfigError("collector.max_decompressed_bytes: must be >= collector.max_chunk_bytes")
+
+
+def _validate_forward_security(s: ForwardSecurity) -> None:
+    key = "collector.security"
+    for name, value in (("shared_key_env", s.shared_key_env),) + tuple(
+        (f"users[{i}].password_env", u.password_env) for i, u in enumerate(s.users)
+    ):
+        if value and not value.replace("_", "a").isalnum():
+            raise ConfigError(f"{key}.{name}: not an environment variable name: {value!r}")
+    if s.users and not s.shared_key_env:
+        raise ConfigError(f"{key}.users: user authentication needs {key}.shared_key_env")
+    seen: set[str] = set()
+    for i, u in enumerate(s.users):
+        if not u.username or not u.password_env:
+            raise ConfigError(f"{key}.users[{i}]: needs username and password_env")
+        if u.username in seen:
+            raise ConfigError(f"{key}.users[{i}].username: duplicate user {u.username!r}")
+        seen.add(u.username)
+    for i, net in enumerate(s.allow_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.allow_networks[{i}]: not a CIDR network: {net!r}") from exc
+    if not s.handshake_timeout_seconds > 0:
+        raise ConfigError(f"{key}.handshake_timeout_seconds: must be > 0")
+
+
+def _validate_forward_tls(t: ForwardTls) -> None:
+    key = "collector.tls"
+    if bool(t.cert_file) != bool(t.key_file):
+        raise ConfigError(f"{key}.{'key_file' if t.cert_file else 'cert_file'}: cert_file and key_file go together")
+    if (t.ca_file or t.require_client_cert) and not t.cert_file:
+        raise ConfigError(f"{key}.cert_file: needed for {key}.ca_file / require_client_cert")
+    if t.require_client_cert and not t.ca_file:
+        raise ConfigError(f"{key}.ca_file: require_client_cert needs the CA that signs client certificates")
+    for name in ("cert_file", "key_file", "ca_file"):
+        path = getattr(t, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}.{name}: no such file: {path!r}")
 
 
 def _validate_replayer(r: ReplayerConfig) -> None:
-    if not r.speed > 0:
-        raise ConfigError("replayer.speed: must be > 0")
+    if not r.speed > 0 and not (r.speed == 0 and r.rate > 0):
+        raise ConfigError("replayer.speed: must be > 0 (0, no ceiling, only with a rate)")
+    if r.rate < 0:
+        raise ConfigError("replayer.rate: must be >= 0")
     if r.concurrency < 1:
         raise ConfigError("replayer.concurrency: must be >= 1")
     if r.timeout_seconds <= 0:
         raise ConfigError("replayer.timeout_seconds: must be > 0")
-    for key, url in (("replayer.candidate", r.candidate), ("replayer.baseline", r.baseline)):
+    for key, url in (("replayer.candidate", r.candidate), ("replayer.baseline", r.baseline),
+                     ("replayer.secondary", r.secondary)):
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}: must be an http:// or https:// URL, got {url!r}")
+    for name in ("candidate", "baseline", "secondary"):
+        opts: TargetOptions = getattr(r.targets, name)
+        if opts.timeout_seconds < 0 or opts.concurrency < 0:
+            raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
+    if r.late_policy not in ("send", "drop"):
+        raise ConfigError(f"replayer.late_policy: send or drop, got {r.late_policy!r}")
+    if r.anchor not in ("auto", "bus", "local"):
+        raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
+    for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"replayer.{key}: must be >= 0")
+    if r.workers < 1:
+        raise ConfigError("replayer.workers: must be >= 1")
+    known = ("include_path", "exclude_path", "require_header", "exclude_header", "sample",
+             "rewrite_path", "set_header", "remove_header", "set_query")
+    for i, rule in enumerate(r.rules):
+        if rule.kind not in known:
+            raise ConfigError(f"replayer.rules[{i}].kind: unknown {rule.kind!r} (known: {', '.join(known)})")
+        if rule.pattern:
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                raise ConfigError(f"replayer.rules[{i}].pattern: not a valid regex: {exc}") from exc
 
 
 def _validate_comparer(c: ComparerConfig) -> None:
     if c.max_endpoints < 1:
         raise ConfigError("comparer.max_endpoints: must be >= 1")
+    _validate_verdict_rules(c)
+    if c.store.max_age_seconds <= 0:
+        raise ConfigError("comparer.store.max_age_seconds: must be > 0")
+    if c.store.max_count < 1:
+        raise ConfigError("comparer.store.max_count: must be >= 1")
+    if c.store.max_body_bytes < 0:
+        raise ConfigError("comparer.store.max_body_bytes: must be >= 0")
+    if c.store.prune_interval_seconds <= 0:
+        raise ConfigError("comparer.store.prune_interval_seconds: must be > 0")
+    if c.web.listen:
+        parse_hostport(c.web.listen, "comparer.web.listen")
+    if c.web.heartbeat_seconds <= 0:
+        raise ConfigError("comparer.web.heartbeat_seconds: must be > 0")
+
+
+def _validate_verdict_rules(c: ComparerConfig) -> None:
+    # Path patterns and routes are compiled (and rejected with the key's name) by
+    # comparer.diff.Differ when the comparer starts.
+    for key in (
+        "tolerance_absolute",
+        "tolerance_relative",
+        "latency_ratio_threshold",
+        "latency_min_delta_seconds",
+        "noise_relative_threshold",
+        "noise_absolute_threshold",
+        "origin_size_tolerance_relative",
+    ):
+        if getattr(c, key) < 0:
+            raise ConfigError(f"comparer.{key}: must be >= 0")
+    for i, rule in enumerate(c.endpoints):
+        if not rule.match:
+            raise ConfigError(f"comparer.endpoints[{i}].match: must name an endpoint or a glob")
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:

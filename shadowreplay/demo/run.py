@@ -134,12 +134,15 @@ async def _drive(
     span = (msec_to_ns(lines[-1]["msec"]) - first) / 1e9
     speed = pipeline.cfg.replayer.speed
     metrics_url = f"http://127.0.0.1:{pipeline.metrics_server.port}/metrics"
+    page = pipeline.page
+    page_port = (page.port or pipeline.metrics_server.port) if page is not None else 0
+    page_line = f"\n  page      http://127.0.0.1:{page_port}/  (divergences, live)" if page_port else ""
     print(
         f"shadowreplay demo: {len(lines)} logged requests over {span:.0f} s, replaying {replayable} "
         f"(GET/HEAD/OPTIONS) at {speed:g}x speed (about {span / speed:.0f} s)\n"
         f"  baseline  {pipeline.cfg.replayer.baseline}  (current release)\n"
         f"  candidate {pipeline.cfg.replayer.candidate}  (changed price field, 500 on cart, slower search)\n"
-        f"  metrics   {metrics_url}",
+        f"  metrics   {metrics_url}{page_line}",
         file=out,
         flush=True,
     )
@@ -179,7 +182,7 @@ async def _drive(
     )
     outcome = DemoOutcome(fed, replayable, comparer.compared, comparer.diverged, expected, duplicates, elapsed)
     if keep_serving:
-        print(f"\n/metrics stays up at {metrics_url} — press Ctrl-C to stop.", file=out, flush=True)
+        print(f"\n/metrics stays up at {metrics_url}{page_line} — press Ctrl-C to stop.", file=out, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -334,7 +334,7 @@ async def test_max_connections_refuses_extra_connections(tmp_path: Path) -> None
         first[1].write(packb(["app", 2, nginx_record(2), {"chunk": "two"}]))
         assert await read_ack(first[0]) == {b"ack": b"two"}
         first[1].close()
-    assert registry.get_sample_value("shadow_collector_connections_refused_total") == 1
+    assert registry.get_sample_value("shadow_collector_connections_refused_total", {"reason": "max_connections"}) == 1
     assert registry.get_sample_value("shadow_collector_connections_total") == 1
     await producer.close()
     bus.close()

@@ -248,3 +248,158 @@ async def test_endpoint_labels_are_bounded(bus: Bus) -> None:
     assert sum(compared.values()) == 6 and compared["other"] == 4
     assert {s.endpoint for s in comparer.summary()} == set(compared)
     assert sum(s.diverged for s in comparer.summary()) == 5  # every result but e0 differs
+
+
+# -- issue 5: noise with a secondary, the divergence sink, new metrics, noise learn ----
+
+
+class ListSink:
+    """A real DivergenceSink that keeps what it got; records flush order against commits."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, Any]] = []
+        self.flushed = 0
+
+    def add(self, result: ReplayResult, verdict: Any) -> None:
+        assert verdict.diverged
+        orjson.dumps(verdict.to_dict())  # what the store persists must serialise
+        self.added.append((result.id, verdict))
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+
+def with_secondary(r: ReplayResult, secondary: Response) -> ReplayResult:
+    return ReplayResult(
+        id=r.id,
+        request=r.request,
+        endpoint=r.endpoint,
+        scheduled=r.scheduled,
+        sent=r.sent,
+        responses={**r.responses, "secondary": secondary},
+        origin=r.origin,
+    )
+
+
+async def test_noise_cancelled_sink_called_and_new_metrics(bus: Bus) -> None:
+    ep = "GET /items/{id}"
+    results = []
+    for i in range(40):
+        base = {"id": i, "ts": 1000 + i, "price": 5}
+        sec = {"id": i, "ts": 2000 + i, "price": 5}  # ts is noise: differs between two baselines
+        cand = {"id": i, "ts": 3000 + i, "price": 6 if i % 4 == 0 else 5}  # price: a real change
+        r = make(i, ep, jresp(cand, latency=0.02), jresp(base, latency=0.01))
+        results.append(with_secondary(r, jresp(sec, latency=0.01)))
+    results.append(make(99, ep, Response(error="timeout: 10s"), jresp({"id": 99})))
+    publish(bus, results)
+
+    registry = CollectorRegistry()
+    sink = ListSink()
+    consumer = AsyncConsumer(bus, [TOPIC], GROUP)
+    comparer = Comparer(
+        ComparerConfig(), consumer, ComparerMetrics(registry), store=sink, poll_timeout_seconds=0.1
+    )
+    await run_until(comparer, len(results))
+    await consumer.close()
+
+    assert (comparer.compared, comparer.diverged) == (41, 11)
+    assert sorted(rid for rid, _ in sink.added) == sorted([f"r{i}" for i in range(0, 40, 4)] + ["r99"])
+    assert sink.flushed >= 1
+    (summary,) = comparer.summary()
+    assert (summary.compared, summary.diverged, summary.noisy) == (41, 11, 40)
+    assert summary.fields == {"$.price": 10, "error": 1}
+    stats = {s.path: s for s in comparer.field_stats(ep)}
+    assert (stats["$.price"].raw, stats["$.price"].noise, stats["$.price"].real) == (10, 0, True)
+    assert (stats["$.ts"].raw, stats["$.ts"].noise, stats["$.ts"].real) == (40, 40, False)
+    assert comparer.field_stats("GET /nope") == []
+
+    found = samples(registry)
+    assert value(found, "shadow_compare_noise_total", endpoint=ep) == 40
+    assert value(found, "shadow_compare_noisy_field_diffs_total", endpoint=ep) == 40
+    assert value(found, "shadow_compare_diverged_total", endpoint=ep, kind="value") == 10
+    assert value(found, "shadow_compare_diverged_total", endpoint=ep, kind="error") == 1
+    assert value(found, "shadow_compare_latency_ratio_count", endpoint=ep) == 40
+    assert value(found, "shadow_compare_latency_ratio_bucket", endpoint=ep, le="2.0") == 40
+    assert value(found, "shadow_compare_latency_ratio_bucket", endpoint=ep, le="1.5") == 0
+    assert value(found, "shadow_compare_status_total", target="candidate", **{"class": "2xx"}) == 40
+    assert value(found, "shadow_compare_status_total", target="candidate", **{"class": "error"}) == 1
+    assert value(found, "shadow_compare_status_total", target="secondary", **{"class": "2xx"}) == 40
+
+
+async def test_latency_regression_and_routes_from_config(bus: Bus) -> None:
+    results = [
+        make(i, "GET /api/users/{id}/cart", jresp({"a": 1}, latency=0.3), jresp({"a": 1}, latency=0.01))
+        for i in range(3)
+    ]
+    publish(bus, results)
+    registry = CollectorRegistry()
+    consumer = AsyncConsumer(bus, [TOPIC], GROUP)
+    cfg = ComparerConfig(routes=("GET /api/users/*/cart",), latency_ratio_threshold=3.0)
+    comparer = Comparer(cfg, consumer, ComparerMetrics(registry), poll_timeout_seconds=0.1)
+    await run_until(comparer, len(results))
+    await consumer.close()
+    (summary,) = comparer.summary()
+    assert summary.endpoint == "GET /api/users/*/cart"
+    assert (summary.diverged, summary.kinds) == (3, {"latency": 1 * 3})
+    found = samples(registry)
+    assert value(found, "shadow_compare_diverged_total", endpoint="GET /api/users/*/cart", kind="latency") == 3
+
+
+async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
+    import itertools
+
+    from aiohttp import web
+
+    from comparer import learn
+    from shadowreplay.config import BusConfig, Config
+
+    counter = itertools.count()
+
+    async def item(request: web.Request) -> web.Response:
+        n = next(counter)
+        return web.json_response(
+            {"id": int(request.match_info["i"]), "served_at": n, "items": [{"k": 1, "nonce": n}], "stable": "x"}
+        )
+
+    async def page(request: web.Request) -> web.Response:
+        return web.json_response({"took_ms": next(counter), "served_at": next(counter)})
+
+    app = web.Application()
+    app.router.add_get("/item/{i}", item)
+    app.router.add_get("/page", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        cfg = Config(bus=BusConfig(url=f"sqlite:///{tmp_path / 'learn.db'}", partitions=1))
+        b = open_bus(cfg.bus.url, 1)
+        b.ensure_topic(cfg.bus.requests_topic, 1)
+        producer = b.producer()
+        from shadowreplay.record import encode_request
+
+        for i in range(12):
+            target = f"/item/{i}" if i % 3 else "/page"
+            rec = RequestRecord(id=f"q{i}", ts=1 + i, method="GET", target=target)
+            producer.publish(cfg.bus.requests_topic, encode_request(rec), key=rec.id.encode())
+        post = RequestRecord(id="p", ts=99, method="POST", target="/item/1")
+        producer.publish(cfg.bus.requests_topic, encode_request(post), key=b"p")
+        producer.flush()
+        producer.close()
+        b.close()
+
+        records = await asyncio.to_thread(learn.read_sample, cfg, 50, 1.0)
+        assert len(records) == 12  # the POST is not replayable by default
+        sample = await learn.learn(cfg, records, f"http://127.0.0.1:{port}")
+        assert sample.requests == {"GET /item/{id}": 8, "GET /page": 4}
+        text = learn.propose(sample)
+        import tomllib
+
+        proposal = tomllib.loads(text)
+        assert proposal["ignore_paths"] == ["$.served_at"]
+        rules = {r["match"]: r["ignore_paths"] for r in proposal["comparer"]["endpoints"]}
+        assert rules == {"GET /item/{id}": ["$.items[*].nonce"], "GET /page": ["$.took_ms"]}
+        assert "stable" not in text and "$.id" not in text
+    finally:
+        await runner.cleanup()

@@ -80,7 +80,9 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
         replayer=dataclasses.replace(
             d.replayer, candidate=cand_url, baseline=base_url, speed=2.0, group=f"rep-{suffix}"
         ),
-        comparer=dataclasses.replace(d.comparer, group=f"cmp-{suffix}"),
+        comparer=dataclasses.replace(
+            d.comparer, group=f"cmp-{suffix}", store=dataclasses.replace(d.comparer.store, path=str(tmp_path / "diffs.db"))
+        ),
         metrics=dataclasses.replace(d.metrics, listen="127.0.0.1:0"),
     )
     try:

@@ -177,7 +177,7 @@ def test_unparseable_json_falls_back_to_digest() -> None:
 
 
 def test_non_json_bodies_compare_by_digest() -> None:
-    text = (("content-type", "text/html"),)
+    text = (("content-type", "application/octet-stream"),)
     assert (
         diff_bodies(Response(headers=text, body=b"<p>a"), Response(headers=text, body=b"<p>a"))
         == []
@@ -447,3 +447,242 @@ def test_format_table() -> None:
         "(1)",
     ]
     assert lines[2].split() == ["GET", "/b", "200", "0", "0.0%", "-"]
+
+
+# -- issue 5: every diff kind, rules, JSON-RPC, text, gzip, latency, noise --------------
+
+import dataclasses  # noqa: E402
+import gzip  # noqa: E402
+
+from comparer.diff import Differ, diff_jsonrpc, diff_text, split_noise  # noqa: E402
+from comparer.jsondiff import JsonOptions  # noqa: E402
+from comparer.paths import PathSet  # noqa: E402
+from shadowreplay.config import ComparerConfig, EndpointRules  # noqa: E402
+
+
+def three(
+    candidate: Response, baseline: Response, secondary: Response | None = None, **kw: Any
+) -> ReplayResult:
+    r = result(candidate, baseline, **kw)
+    if secondary is not None:
+        r.responses["secondary"] = secondary
+    return r
+
+
+def test_every_json_kind_by_hand() -> None:
+    left = {"v": 1, "t": "1", "gone": 0, "arr": [1, 2, 3], "ord": [1, 2, 3], "o": {"x": 1}}
+    right = {"v": 2, "t": 1, "new": 0, "arr": [1, 2], "ord": [3, 1, 2], "o": {"x": 1}}
+    assert kinds(diff_json(left, right)) == [
+        ("$.v", "value"),
+        ("$.t", "type"),
+        ("$.gone", "missing"),
+        ("$.arr", "array_length"),
+        ("$.ord", "order"),
+        ("$.new", "extra"),
+    ]
+
+
+def test_order_only_for_a_pure_permutation() -> None:
+    assert diff_json([1, 2, 3], [2, 1, 3]) == [FieldDiff("$", "order", None, None)]
+    # Not the same elements: positional diffs, no order diff.
+    assert kinds(diff_json([1, 2, 3], [2, 1, 4])) == [("$[0]", "value"), ("$[1]", "value"), ("$[2]", "value")]
+    assert kinds(diff_json([[1, 2]], [[2, 1]])) == [("$[0]", "order")]
+
+
+def test_ignore_paths_with_wildcards() -> None:
+    opts = JsonOptions(ignore=PathSet(["$.meta.*", "$..updated_at", "$.items[*].etag"]))
+    left = {"meta": {"ts": 1, "host": "a"}, "a": {"b": {"updated_at": 1}}, "items": [{"etag": "x", "p": 1}]}
+    right = {"meta": {"ts": 2}, "a": {"b": {"updated_at": 2}}, "items": [{"etag": "y", "p": 2}]}
+    assert diff_json(left, right, options=opts) == [FieldDiff("$.items[0].p", "value", 1, 2)]
+    # $.meta.* covers the children, not $.meta itself.
+    assert kinds(diff_json({"meta": {}}, {}, options=opts)) == [("$.meta", "missing")]
+
+
+def test_numeric_tolerance_absolute_and_relative() -> None:
+    absolute = JsonOptions(tolerance_absolute=0.01)
+    assert diff_json({"p": 1.0}, {"p": 1.01}, options=absolute) == []
+    assert kinds(diff_json({"p": 1.0}, {"p": 1.02}, options=absolute)) == [("$.p", "value")]
+    relative = JsonOptions(tolerance_relative=0.1)
+    assert diff_json([100], [109], options=relative) == []
+    assert kinds(diff_json([100], [112], options=relative)) == [("$[0]", "value")]
+    # Tolerance never equates a bool with a number, nor strings.
+    assert kinds(diff_json([True], [1], options=JsonOptions(tolerance_absolute=5))) == [("$[0]", "type")]
+
+
+def test_unordered_arrays() -> None:
+    opts = JsonOptions(unordered=PathSet(["$.tags", "$.items"]))
+    assert diff_json({"tags": ["a", "b", "c"]}, {"tags": ["c", "a", "b"]}, options=opts) == []
+    assert diff_json({"tags": ["a", "b"]}, {"tags": ["b", "x"]}, options=opts) == [
+        FieldDiff("$.tags[0]", "value", "a", "x")
+    ]
+    assert kinds(diff_json({"tags": ["a"]}, {"tags": ["b", "a", "c"]}, options=opts)) == [
+        ("$.tags", "array_length"),
+        ("$.tags[0]", "extra"),
+        ("$.tags[2]", "extra"),
+    ]
+    # Leftover objects pair up and are diffed structurally, so ignore rules still apply.
+    opts2 = JsonOptions(unordered=PathSet(["$.items"]), ignore=PathSet(["$..ts"]))
+    left = {"items": [{"id": 1, "ts": 1}, {"id": 2, "ts": 1}]}
+    right = {"items": [{"id": 2, "ts": 9}, {"id": 1, "ts": 9}]}
+    assert kinds(diff_json(left, right, options=opts2)) == [("$.items[0].id", "value"), ("$.items[1].id", "value")]
+
+
+def test_jsonrpc_batch_reordered_is_not_a_divergence() -> None:
+    left = [
+        {"jsonrpc": "2.0", "id": 1, "result": {"balance": 10}},
+        {"jsonrpc": "2.0", "id": "b", "result": [1, 2]},
+        {"jsonrpc": "2.0", "id": 3, "error": {"code": -32601, "message": "no"}},
+    ]
+    right = [left[2], left[0], left[1]]
+    assert diff_jsonrpc(left, right) == []
+    r = result(jresp(right), jresp(left))
+    assert not Differ(ComparerConfig()).compare(r).diverged
+
+
+def test_jsonrpc_batch_matched_by_id() -> None:
+    left = [{"jsonrpc": "2.0", "id": 1, "result": 10}, {"jsonrpc": "2.0", "id": 2, "result": 20}]
+    right = [{"jsonrpc": "2.0", "id": 3, "result": 30}, {"jsonrpc": "2.0", "id": 1, "result": 11}]
+    assert kinds(diff_jsonrpc(left, right)) == [
+        ("$[?(@.id==1)].result", "value"),
+        ("$[?(@.id==2)]", "missing"),
+        ("$[?(@.id==3)]", "extra"),
+    ]
+    # String ids are quoted; elements without an id pair up in order.
+    s_left = [{"jsonrpc": "2.0", "id": "x", "result": 1}, {"jsonrpc": "2.0", "id": None, "error": {"code": 1}}]
+    s_right = [{"jsonrpc": "2.0", "id": None, "error": {"code": 2}}, {"jsonrpc": "2.0", "id": "x", "result": 2}]
+    assert kinds(diff_jsonrpc(s_left, s_right)) == [
+        ('$[?(@.id=="x")].result', "value"),
+        ("$[?(@.id==null)][0].error.code", "value"),
+    ]
+    # A single call is plain JSON.
+    assert kinds(diff_jsonrpc({"jsonrpc": "2.0", "id": 1, "result": 1}, {"jsonrpc": "2.0", "id": 1, "result": 2})) == [
+        ("$.result", "value")
+    ]
+
+
+def test_text_bodies_by_normalised_lines() -> None:
+    assert diff_text(b"a\r\nb  \n\n\n", b"a\nb") == []
+    assert diff_text(b"a\nb\nc\n", b"a\nB\nc\nd\n") == [
+        FieldDiff("line:2", "value", "b", "B"),
+        FieldDiff("line:4", "extra", None, "d"),
+    ]
+    assert diff_text(b"a\nb\n", b"b\n") == [FieldDiff("line:1", "missing", "a", None)]
+    html = (("content-type", "text/html; charset=utf-8"),)
+    assert diff_bodies(Response(headers=html, body=b"<p>a</p>\r\n"), Response(headers=html, body=b"<p>a</p>")) == []
+    assert kinds(diff_bodies(Response(headers=html, body=b"<p>a"), Response(headers=html, body=b"<p>b"))) == [
+        ("line:1", "value")
+    ]
+
+
+def test_binary_by_digest_and_gzip_sniffed() -> None:
+    doc = {"a": 1, "b": [1, 2]}
+    zipped = Response(status=200, headers=JSON, body=gzip.compress(orjson.dumps(doc)))
+    assert diff_bodies(jresp(doc), zipped) == []
+    assert kinds(diff_bodies(jresp({"a": 2, "b": [1, 2]}), zipped)) == [("$.a", "value")]
+    # Not really gzip after the magic: compared as bytes.
+    bogus = Response(status=200, headers=JSON, body=b"\x1f\x8bnot gzip")
+    assert kinds(diff_bodies(jresp(doc), bogus)) == [("$", "body_digest")]
+
+
+def test_latency_divergence_kind() -> None:
+    cfg = ComparerConfig(latency_ratio_threshold=2.0, latency_min_delta_seconds=0.05)
+    differ = Differ(cfg)
+    fast, slow = jresp({"a": 1}, latency=0.010), jresp({"a": 1}, latency=0.100)
+    v = differ.compare(result(slow, fast))
+    assert v.diffs == (FieldDiff("latency", "latency", 0.010, 0.100),) and v.latency_ratio == 10.0
+    # Ratio exceeded but only 20 ms slower: below the minimum delta.
+    v = differ.compare(result(jresp({"a": 1}, latency=0.03), jresp({"a": 1}, latency=0.01)))
+    assert not v.diverged and v.latency_ratio is not None and abs(v.latency_ratio - 3.0) < 1e-9
+    # Off by default: the ratio is measured, never a divergence.
+    v = Differ(ComparerConfig()).compare(result(slow, fast))
+    assert not v.diverged and v.latency_ratio == 10.0
+
+
+def test_per_endpoint_rules_and_header_ignore() -> None:
+    cfg = ComparerConfig(
+        compare_headers=True,
+        ignore_paths=("$.ts",),
+        endpoints=(
+            EndpointRules(match="GET /x*", ignore_headers=("x-build",), ignore_paths=("$.rev",), tolerance_absolute=1.0),
+        ),
+    )
+    differ = Differ(cfg)
+    base = Response(status=200, headers=(*JSON, ("X-Build", "1"), ("Date", "a")), body=b'{"ts":1,"rev":1,"n":1}')
+    cand = Response(status=200, headers=(*JSON, ("X-Build", "2"), ("Date", "b")), body=b'{"ts":2,"rev":2,"n":2}')
+    assert not differ.compare(result(cand, base, endpoint="GET /x")).diverged
+    v = differ.compare(result(cand, base, endpoint="GET /other"))
+    assert kinds(v.diffs) == [("header:x-build", "value"), ("$.rev", "value"), ("$.n", "value")]
+
+
+def test_noise_cancelled_by_secondary_in_the_same_request() -> None:
+    differ = Differ(ComparerConfig())
+    base = jresp({"ts": 1, "meta": {"req": "a"}, "price": 5})
+    sec = jresp({"ts": 2, "meta": {"req": "b"}, "price": 5})
+    cand = jresp({"ts": 3, "meta": {"req": "c", "x": 1}, "price": 6})
+    v = differ.compare(three(cand, base, sec))
+    assert kinds(v.diffs) == [("$.meta.x", "extra"), ("$.price", "value")]
+    assert kinds(v.noise) == [("$.ts", "value"), ("$.meta.req", "value")]
+    assert kinds(v.secondary) == [("$.ts", "value"), ("$.meta.req", "value")]
+    # Only noise: not diverged.
+    v = differ.compare(three(jresp({"ts": 3, "meta": {"req": "c"}, "price": 5}), base, sec))
+    assert not v.diverged and len(v.noise) == 2
+    # A whole noisy subtree cancels everything beneath it.
+    real, noise = split_noise(
+        [FieldDiff("$.a.b", "value", 1, 2), FieldDiff("$.ab", "value", 1, 2)], [FieldDiff("$.a", "type", 1, {})], PathSet()
+    )
+    assert kinds(real) == [("$.ab", "value")] and kinds(noise) == [("$.a.b", "value")]
+
+
+def test_config_listed_noise_paths_without_secondary() -> None:
+    differ = Differ(ComparerConfig(noise_paths=("$..nonce", "header:x-*")))
+    v = differ.compare(result(jresp({"a": {"nonce": 2}, "b": 1}), jresp({"a": {"nonce": 1}, "b": 1})))
+    assert not v.diverged and kinds(v.noise) == [("$.a.nonce", "value")]
+
+
+def test_origin_size_when_enabled() -> None:
+    cand = Response(status=200, headers=JSON, body=b"x" * 100)
+    off = Differ(ComparerConfig()).compare(result(cand, origin=Origin(status=200, bytes=200)))
+    assert not off.diverged
+    on = Differ(ComparerConfig(compare_origin_size=True, origin_size_tolerance_relative=0.05))
+    assert on.compare(result(cand, origin=Origin(status=200, bytes=200))).diffs == (FieldDiff("size", "size", 200, 100),)
+    assert not on.compare(result(cand, origin=Origin(status=200, bytes=104))).diverged
+
+
+def test_verdict_round_trips_through_json() -> None:
+    differ = Differ(ComparerConfig())
+    v = differ.compare(three(jresp({"a": 1, "b": "x"}, latency=0.2), jresp({"a": 2, "b": "y"}, latency=0.1), jresp({"a": 2, "b": "z"})))
+    back = Verdict.from_dict(orjson.loads(orjson.dumps(v.to_dict())))
+    assert back == v and v.diverged and v.noise
+
+
+def test_bad_patterns_fail_at_construction() -> None:
+    import pytest
+
+    from shadowreplay.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="comparer.ignore_paths"):
+        Differ(ComparerConfig(ignore_paths=("$.a[",)))
+    with pytest.raises(ConfigError, match="comparer.routes"):
+        Differ(ComparerConfig(routes=("nope",)))
+
+
+def test_differ_compare_equals_legacy_compare() -> None:
+    r = result(jresp({"a": 2}, status=500), jresp({"a": 1}))
+    legacy = compare(r, ignore_headers=IGNORE, compare_headers=False)
+    cfg = dataclasses.replace(ComparerConfig(), ignore_headers=tuple(IGNORE))
+    assert Differ(cfg).compare(r) == legacy
+
+
+body_values = json_values
+
+
+@given(body_values, st.sampled_from(["application/json", "text/plain", "application/octet-stream"]))
+@settings(max_examples=200, deadline=None)
+def test_a_body_compared_with_itself_never_diverges(value: Any, ctype: str) -> None:
+    body = orjson.dumps(value)
+    resp = Response(status=200, headers=(("content-type", ctype),), body=body, latency=0.01)
+    twin = Response(status=200, headers=(("content-type", ctype),), body=bytes(body), latency=0.5)
+    cfg = ComparerConfig(compare_headers=True, unordered_paths=("$..*",), tolerance_relative=0.01)
+    v = Differ(cfg).compare(three(resp, twin, twin))
+    assert not v.diverged and not v.noise
+    assert diff_jsonrpc(value, orjson.loads(body)) == []

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from collector.formats import NginxJsonFormat, make_format
+from collector.formats import CombinedFormat, LtsvFormat, NginxJsonFormat, make_format
 from shadowreplay.config import FieldMap
 from shadowreplay.errors import ConfigError, DecodeError
 from shadowreplay.record import Origin, decode_request, encode_request, stable_id
@@ -179,5 +179,208 @@ def test_bad_iso8601_rejected() -> None:
 
 def test_make_format() -> None:
     assert isinstance(make_format("nginx_json", FieldMap()), NginxJsonFormat)
+    assert isinstance(make_format("ltsv", FieldMap()), LtsvFormat)
+    assert isinstance(make_format("combined", FieldMap()), CombinedFormat)
     with pytest.raises(ConfigError, match="ltsv"):
-        make_format("ltsv", FieldMap())
+        make_format("w3c", FieldMap())
+
+
+# -- to_bus: the fast path agrees with to_request -----------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from collector.lines import parse_clf  # noqa: E402
+from shadowreplay.config import RedactConfig  # noqa: E402
+
+_text_values = st.one_of(
+    st.sampled_from(["", "-", "GET", "/a?b=1&b=2", "10.0.0.1", "200", "0.004", "1e3", "nan", "²", " 7"]),
+    st.text(max_size=12),
+)
+_values = st.one_of(
+    _text_values,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.binary(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_keys = st.sampled_from(
+    [
+        "request_method", "request_uri", "remote_addr", "host", "scheme", "status", "body_bytes_sent",
+        "request_time", "request_body", "request_id", "request", "msec", "http_user_agent",
+        "http_authorization", "http_cookie", "http_x_forwarded_for", "http_", "log", "ua",
+    ]
+)
+_records = st.dictionaries(_keys, _values, max_size=14).map(
+    lambda d: {"request_method": "GET", "request_uri": "/x", **d} if len(d) % 3 == 0 else d
+)
+_FORMATS = [
+    make_format("nginx_json", FieldMap()),
+    make_format("ltsv", FieldMap(headers=("User-Agent=ua",)), RedactConfig(body_fields=("password",))),
+    make_format("combined", FieldMap(time="msec"), RedactConfig(headers=("X-Forwarded-For",))),
+]
+
+
+def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object]) -> None:
+    try:
+        expected = fmt.to_request(tag, ts, rec)  # type: ignore[attr-defined]
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as again:
+            fmt.to_bus(tag, ts, rec)  # type: ignore[attr-defined]
+        assert again.value.reason == exc.reason
+        return
+    try:
+        key, data, bus_ts = fmt.to_bus(tag, ts, rec)  # type: ignore[attr-defined]
+    except TypeError:  # orjson: lone surrogates (text that was not UTF-8) — so must encode_request
+        with pytest.raises((TypeError, UnicodeEncodeError)):
+            encode_request(expected)
+        return
+    assert decode_request(data) == expected
+    assert data == encode_request(expected)
+    assert key == expected.partition_key() or key == (expected.client or expected.id).encode("utf-8", "surrogateescape")
+    assert bus_ts == expected.ts
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rec=_records, ts=st.integers(min_value=0, max_value=2**63 - 1), fmt_index=st.integers(0, 2))
+def test_to_bus_agrees_with_to_request(rec: dict[object, object], ts: int, fmt_index: int) -> None:
+    _agree(_FORMATS[fmt_index], "t.tag", ts, rec)
+
+
+def test_to_bus_agrees_on_realistic_records() -> None:
+    from shadowreplay.demo.generate import generate
+
+    recs = generate()[:300] + [nginx(), nginx(request_body='{"password": "x", "a": [1]}', http_cookie="s=1")]
+    for rec in recs:
+        for fmt in _FORMATS:
+            _agree(fmt, "nginx.access", TS, rec)
+
+
+# -- LTSV and combined --------------------------------------------------------------------
+
+
+def test_ltsv_record_with_explicit_headers() -> None:
+    fields = FieldMap(
+        method="method", target="uri", client="host", host="vhost", status="status", bytes="size",
+        duration="reqtime", time="time", headers=("User-Agent=ua", "Referer=referer"), header_prefix="",
+    )
+    fmt = make_format("ltsv", fields)
+    line = "time:10/Oct/2000:13:55:36 -0700\thost:192.0.2.7\tmethod:POST\turi:/a?x=1\tstatus:201\tsize:12\treqtime:0.25\tua:curl\treferer:-\tvhost:api.example"
+    from collector.lines import parse_ltsv_line
+
+    r = fmt.to_request("t", TS, parse_ltsv_line(line))
+    assert (r.method, r.target, r.client, r.host) == ("POST", "/a?x=1", "192.0.2.7", "api.example")
+    assert r.ts == 971211336 * 10**9
+    assert r.headers == (("User-Agent", "curl"),)
+    assert r.origin == Origin(201, 12, 0.25)
+    # The same line, unparsed in Fluent Bit's "log" field, maps the same.
+    assert fmt.to_request("t", TS, {"log": line}) == r
+
+
+COMBINED = (
+    '203.0.113.9 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif?a=1&a=2 HTTP/1.0" 200 2326 '
+    '"http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)"'
+)
+
+
+def test_combined_line_via_log_field() -> None:
+    fmt = make_format("combined", FieldMap(time="time_local"))
+    r = fmt.to_request("apache", TS, {"log": COMBINED})
+    assert (r.method, r.target, r.client) == ("GET", "/apache_pb.gif?a=1&a=2", "203.0.113.9")
+    assert r.ts == parse_clf("10/Oct/2000:13:55:36 -0700") == 971211336 * 10**9
+    assert r.headers == (("Referer", "http://www.example.com/start.html"), ("User-Agent", "Mozilla/4.08 [en] (Win98; I ;Nav)"))
+    assert r.origin == Origin(200, 2326, None) and r.body is None
+    key, data, ts = fmt.to_bus("apache", TS, {"message": COMBINED})
+    assert decode_request(data) == r and key == b"203.0.113.9"
+
+
+def test_combined_garbage_and_bad_request_lines() -> None:
+    fmt = make_format("combined", FieldMap())
+    with pytest.raises(DecodeError) as exc:
+        fmt.to_request("t", TS, {"log": "not a log line"})
+    assert exc.value.reason == "bad_combined"
+    bad = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01" 400 0 "-" "-"'
+    with pytest.raises(DecodeError) as exc:
+        fmt.to_request("t", TS, {"log": bad})
+    assert exc.value.reason == "missing_method"
+
+
+def test_request_line_fallback_for_nginx_json() -> None:
+    rec = {"request": "DELETE /items/7?force=1 HTTP/1.1", "remote_addr": "10.0.0.1"}
+    r = FMT.to_request("t", TS, rec)
+    assert (r.method, r.target) == ("DELETE", "/items/7?force=1")
+
+
+def test_raw_json_line_in_log_field() -> None:
+    import json
+
+    line = json.dumps(nginx())
+    assert FMT.to_request("t", TS, {"log": line}) == FMT.to_request("t", TS, nginx())
+    with pytest.raises(DecodeError) as exc:
+        FMT.to_request("t", TS, {"log": "{oops"})
+    assert exc.value.reason == "bad_json"
+
+
+# -- redaction and the trusted client address ---------------------------------------------
+
+
+def test_secrets_never_reach_the_bus() -> None:
+    fmt = make_format("nginx_json", FieldMap(), RedactConfig())
+    rec = nginx(
+        request_method="POST",
+        http_authorization="Bearer s3cr3t-token",
+        http_cookie="session=abcdef",
+        http_proxy_authorization="Basic Zm9vOmJhcg==",
+        request_body='{"user": "al", "password": "hunter2", "nested": {"items": [{"token": "tok-1"}]}}',
+    )
+    key, data, _ = fmt.to_bus("t", TS, rec)
+    for secret in (b"s3cr3t-token", b"abcdef", b"Zm9vOmJhcg", b"hunter2", b"tok-1"):
+        assert secret not in data
+    r = decode_request(data)
+    auth = r.header("Authorization")
+    assert auth is not None and auth.startswith("redacted:hmac:") and len(auth) == len("redacted:hmac:") + 16
+    import orjson
+
+    body = orjson.loads(r.body or b"")
+    assert body["user"] == "al" and body["password"].startswith("redacted:hmac:")
+    assert body["nested"]["items"][0]["token"].startswith("redacted:hmac:")
+    assert r == fmt.to_request("t", TS, rec)
+    assert r.header("User-Agent") == "curl/8.0"  # others untouched
+
+
+def test_client_is_the_trusted_field_never_x_forwarded_for() -> None:
+    rec = nginx(http_x_forwarded_for="6.6.6.6, 7.7.7.7", remote_addr="10.9.8.7")
+    for fmt in (FMT, make_format("combined", FieldMap())):
+        r = fmt.to_request("t", TS, rec)
+        assert r.client == "10.9.8.7" and r.partition_key() == b"10.9.8.7"
+    # No trusted field in the record: no client at all, still not the header.
+    rec.pop("remote_addr")
+    r = FMT.to_request("t", TS, rec)
+    assert r.client is None and r.header("X-Forwarded-For") == "6.6.6.6, 7.7.7.7"
+    # Combined lines put the connection's address first; a spoofed XFF stays a header.
+    line = COMBINED.replace("203.0.113.9", "198.51.100.1")
+    assert make_format("combined", FieldMap()).to_request("t", TS, {"log": line}).client == "198.51.100.1"
+
+
+def test_to_bus_slow_path_past_the_layout_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.formats as formats
+
+    monkeypatch.setattr(formats, "_MAX_LAYOUTS", 2)
+    fmt = make_format("nginx_json", FieldMap())
+    for i in range(6):
+        rec = nginx(**{f"http_x_extra_{i}": str(i)})
+        _agree(fmt, "t", TS, rec)
+    assert len(fmt._compiled) == 2  # type: ignore[attr-defined]
+
+
+def test_record_keys_cannot_inject_code() -> None:
+    evil = "http_x'), __import__('os')._exit(3), ('"
+    rec = nginx(**{evil: "v", "http_a\\'\n\"b": "w"})
+    _agree(FMT, "t", TS, rec)
+    key, data, _ = FMT.to_bus("t", TS, rec)
+    names = [k for k, _ in decode_request(data).headers]
+    assert "X'), --Import--('os').-Exit(3), ('" in names and "A\\'\n\"b" in names
+    _agree(FMT, "t", TS, nginx(**{"http_\udcff": "z"}))

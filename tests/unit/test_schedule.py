@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replayer.schedule import DEFAULT_LEAD_SECONDS, LATE_AFTER_NS, Anchor, is_late, remaining_ns
+from replayer.schedule import DEFAULT_LEAD_SECONDS, LATE_AFTER_NS, Anchor, Pacer, is_late, remaining_ns
 from shadowreplay.errors import ConfigError
 
 LOG_T0 = 1_700_000_000_123_456_789
@@ -101,3 +101,77 @@ def test_lateness_and_remaining() -> None:
     assert not is_late(1_000, 1_000 + LATE_AFTER_NS)
     assert is_late(1_000, 1_001 + LATE_AFTER_NS)
     assert not is_late(1_000, 0)  # early is not late
+
+
+def test_follow_switches_to_real_time_once_caught_up() -> None:
+    # 10 minutes of backlog at 10x: the replay catches up 1 minute 6.7 s in, after which
+    # records are due 1 s after they were logged.
+    now = WALL_T0
+    log_t0 = now - 600 * 10**9
+    anchor = Anchor(log_t0, now, 10.0, follow_delay_ns=10**9)
+    catch_up = anchor.catch_up_log_ns()
+    assert catch_up is not None
+    assert anchor.due_ns(log_t0 + 60 * 10**9) == now + 6 * 10**9  # still at 10x
+    assert abs(anchor.due_ns(catch_up) - (catch_up + 10**9)) <= 1  # the two clocks meet
+    live = now + 3600 * 10**9
+    assert anchor.due_ns(live) == live + 10**9  # real time, 1 s behind
+    # continuous and monotonic across the switch
+    dues = [anchor.due_ns(catch_up + d) for d in range(-10**6, 10**6, 10**5)]
+    assert dues == sorted(dues)
+    # speed <= 1 never catches up: follow changes nothing
+    slow = Anchor(log_t0, now, 1.0, follow_delay_ns=10**9)
+    assert slow.due_ns(live) == now + (live - log_t0)
+
+
+def test_anchor_wire_round_trip() -> None:
+    a = Anchor(LOG_T0, WALL_T0, 2.5, follow_delay_ns=7)
+    assert Anchor.from_wire(a.to_wire()) == a
+    with pytest.raises(ConfigError):
+        Anchor.from_wire({"log_t0": "x"})
+
+
+def test_pacer_without_rate_or_gap_is_identity() -> None:
+    p = Pacer()
+    assert [p.take(b) for b in (5, 7, 100)] == [5, 7, 100]
+
+
+def test_rate_paces_open_model_from_an_absolute_base() -> None:
+    # 1000/s: every record 1 ms after the previous one, all due at once in the log.
+    p = Pacer(rate=1000.0, rate_t0_ns=WALL_T0)
+    dues = [p.take(WALL_T0) for _ in range(5)]
+    assert dues == [WALL_T0 + i * 1_000_000 for i in range(5)]
+    # 3/s: no drift from rounding however long it runs
+    p3 = Pacer(rate=3.0, rate_t0_ns=0)
+    last = [p3.take(0) for _ in range(3001)][-1]
+    assert last == 10**12
+
+
+def test_speed_is_a_ceiling_for_the_rate() -> None:
+    p = Pacer(rate=1000.0, rate_t0_ns=0)
+    assert p.take(0) == 0
+    assert p.take(0) == 1_000_000  # the rate binds
+    assert p.take(50_000_000) == 50_000_000  # the log is slower than the rate: it binds
+    assert p.take(50_000_000) == 51_000_000  # ... and pacing restarts from there
+    assert p.peek(0) == 52_000_000 and p.peek(0) == 52_000_000  # peek does not advance
+
+
+def test_rate_without_ceiling_ignores_the_log_times() -> None:
+    p = Pacer(rate=100.0, rate_t0_ns=0, ceiling=False)
+    assert [p.take(b) for b in (0, 10**12, 5)] == [0, 10_000_000, 20_000_000]
+    with pytest.raises(ConfigError):
+        Pacer(ceiling=False)
+
+
+def test_max_gap_cuts_idle_gaps_and_shifts_what_follows() -> None:
+    s = 10**9
+    p = Pacer(max_gap_ns=2 * s)
+    assert p.take(0) == 0
+    assert p.take(1 * s) == 1 * s  # under the cap: kept
+    assert p.take(11 * s) == 3 * s  # a 10 s gap cut to 2 s
+    assert p.take(12 * s) == 4 * s  # later records keep their gaps, shifted by the cut
+    assert p.shift_ns == 8 * s
+
+
+def test_late_threshold_is_configurable() -> None:
+    assert is_late(0, 2, late_after_ns=1)
+    assert not is_late(0, 1, late_after_ns=1)

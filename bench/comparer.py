@@ -1,0 +1,100 @@
+"""Diff engine throughput: Differ.compare() per second on one core.
+
+Cases (each a ReplayResult with JSON bodies that differ in a couple of fields, so the
+structural walk runs; identical bodies would hit the byte-equality fast path):
+
+* 2 KB bodies, ~40 fields: baseline vs candidate; then with a secondary (noise cancellation)
+* 100 KB bodies: baseline vs candidate
+
+Prints diffs/s and µs/diff. Bounded: each case runs for about --seconds (default 3).
+Target from issue 5: >= 20,000 diffs/s for the 2 KB case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# This script is named like the package it measures: keep bench/ off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import orjson  # noqa: E402
+
+from comparer.diff import Differ  # noqa: E402
+from shadowreplay.config import ComparerConfig  # noqa: E402
+from shadowreplay.record import ReplayResult, RequestRecord, Response  # noqa: E402
+
+JSON = (("content-type", "application/json"),)
+
+
+def doc_2k(i: int, variant: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": i,
+        "updated_at": f"2025-01-01T00:00:{variant:02d}Z",
+        "price": 19.99 if variant != 2 else 21.99,
+        "currency": "EUR",
+        "tags": ["a", "b", "c"],
+        "meta": {"request_id": f"req-{variant}-{i}", "region": "eu-west-1", "version": 3},
+    }
+    for k in range(34):
+        doc[f"field_{k:02d}"] = f"value number {k} for item {i} ....................................." if k % 3 else k * 1.5
+    return doc
+
+
+def doc_100k(variant: int) -> dict[str, Any]:
+    return {
+        "page": 1,
+        "generated_at": variant,
+        "items": [doc_2k(i, variant if i == 7 else 0) for i in range(50)],
+    }
+
+
+def result(base: dict[str, Any], cand: dict[str, Any], sec: dict[str, Any] | None) -> ReplayResult:
+    responses = {
+        "baseline": Response(status=200, headers=JSON, body=orjson.dumps(base), latency=0.01),
+        "candidate": Response(status=200, headers=JSON, body=orjson.dumps(cand), latency=0.012),
+    }
+    if sec is not None:
+        responses["secondary"] = Response(status=200, headers=JSON, body=orjson.dumps(sec), latency=0.011)
+    req = RequestRecord(id="r", ts=1, method="GET", target="/api/items/1")
+    return ReplayResult(id="r", request=req, endpoint="GET /api/items/{id}", scheduled=1, sent=1, responses=responses)
+
+
+def run(name: str, differ: Differ, results: list[ReplayResult], seconds: float) -> float:
+    n = 0
+    diverged = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for r in results:
+            diverged += differ.compare(r).diverged
+        n += len(results)
+    elapsed = time.perf_counter() - start
+    rate = n / elapsed
+    size = len(results[0].responses["baseline"].body)
+    print(f"{name:<44} body {size / 1024:6.1f} KB  {rate:10,.0f} diffs/s  {1e6 / rate:8.1f} µs/diff  ({diverged}/{n} diverged)")
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per case (default 3)")
+    args = ap.parse_args()
+    differ = Differ(ComparerConfig())
+    small = [result(doc_2k(i, 0), doc_2k(i, 2), None) for i in range(100)]
+    small_sec = [result(doc_2k(i, 0), doc_2k(i, 2), doc_2k(i, 1)) for i in range(100)]
+    ignoring = Differ(ComparerConfig(ignore_paths=("$..updated_at", "$.meta.request_id"), tolerance_relative=0.001))
+    big = [result(doc_100k(0), doc_100k(2), None) for _ in range(5)]
+    print(f"one core, Python {'.'.join(map(str, sys.version_info[:3]))}")
+    r1 = run("2 KB, ~40 fields, baseline vs candidate", differ, small, args.seconds)
+    run("2 KB, ~40 fields, + secondary (noise)", differ, small_sec, args.seconds)
+    run("2 KB, ~40 fields, ignore_paths + tolerance", ignoring, small, args.seconds)
+    run("100 KB, baseline vs candidate", differ, big, args.seconds)
+    print(f"2 KB target >= 20,000 diffs/s: {'met' if r1 >= 20000 else 'NOT met'} ({r1 / 20000:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Replayer figures in one run (bounded, about 1–2 minutes). Provisional on a shared machine.
+
+    .venv/bin/python bench/replayer.py [--uvloop] [--quick]
+
+* throughput: the replayer (bus → send → result on the bus → commit, one target) against
+  a bare aiohttp loop with the same concurrency, both against one fast aiohttp backend
+  in another process, in this run; the ratio is printed (goal ≥ 0.8);
+* accuracy at a uniform 2,000 req/s (goal p50 ≤ 1 ms, p99 ≤ 5 ms) and on a bursty log
+  replayed at 2× (goal p99 ≤ 10 ms, duration within 1 % of recorded / 2): send lag
+  measured at the backend (arrival minus due time from the anchor);
+* scale: ``shadowreplay replay --workers 2`` against ``--workers 1``, flat out, measured
+  at the backend (goal ≥ 1.5×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is named like the package it measures: keep bench/ off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from replayer.loop import Replayer  # noqa: E402
+from replayer.metrics import ReplayerMetrics  # noqa: E402
+from replayer.schedule import Anchor  # noqa: E402
+from shadowreplay.bus import open_bus  # noqa: E402
+from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer  # noqa: E402
+from shadowreplay.config import ReplayerConfig  # noqa: E402
+from shadowreplay.record import RequestRecord, encode_request  # noqa: E402
+
+T0 = 1_700_000_000_000_000_000
+REQ, RES = "shadow.requests", "shadow.results"
+
+
+# -- the backend (another process) ------------------------------------------------------
+
+
+def serve_backend(port: int, use_uvloop: bool) -> None:
+    arrivals: list[tuple[str, int]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        arrivals.append((request.headers.get("X-Shadow-Replay", ""), time.time_ns()))
+        return web.Response(body=b'{"ok": true}', content_type="application/json")
+
+    async def take(request: web.Request) -> web.Response:
+        out = orjson.dumps(arrivals)
+        arrivals.clear()
+        return web.Response(body=out, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/__arrivals", take)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    if use_uvloop:
+        import uvloop
+
+        uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def arrivals(url: str) -> list[tuple[str, int]]:
+    async with aiohttp.ClientSession() as s, s.get(url + "/__arrivals") as r:
+        return [(i, t) for i, t in orjson.loads(await r.read())]
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+def publish(bus_url: str, records: list[RequestRecord]) -> None:
+    bus = open_bus(bus_url, 4)
+    bus.ensure_topic(REQ, 4)
+    bus.ensure_topic(RES, 4)
+    p = bus.producer()
+    for r in records:
+        p.publish(REQ, encode_request(r), key=r.partition_key(), timestamp_ns=r.ts)
+    p.flush()
+    p.close()
+    bus.close()
+
+
+def records_at(times: list[int]) -> list[RequestRecord]:
+    return [
+        RequestRecord(id=f"r{i}", ts=ts, method="GET", target=f"/items/{i}?q=1",
+                      headers=(("Accept", "application/json"), ("User-Agent", "bench")),
+                      client=f"10.0.{i % 13}.{i % 251}")
+        for i, ts in enumerate(times)
+    ]
+
+
+async def run_replayer(bus_url: str, cfg: ReplayerConfig, anchor: Anchor | None) -> Replayer:
+    bus = open_bus(bus_url, 4)
+    consumer, producer = AsyncConsumer(bus, [REQ], "bench"), AsyncProducer(bus)
+    replayer = Replayer(cfg, consumer, producer, RES, ReplayerMetrics(CollectorRegistry()), anchor=anchor)
+    try:
+        await asyncio.wait_for(replayer.run(asyncio.Event()), timeout=120)
+    finally:
+        await consumer.close()
+        await producer.close()
+        bus.close()
+    return replayer
+
+
+def rate_of(hits: list[tuple[str, int]]) -> float:
+    ts = sorted(t for _, t in hits)
+    return (len(ts) - 1) / ((ts[-1] - ts[0]) / 1e9) if len(ts) > 1 else 0.0
+
+
+# -- the figures ----------------------------------------------------------------------------
+
+
+async def bare_loop(url: str, n: int, concurrency: int) -> float:
+    """The same requests (same headers on the wire) from a plain aiohttp loop."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        todo = iter(records_at(list(range(n))))
+
+        async def worker() -> None:
+            for r in todo:
+                headers = [*r.headers, ("X-Forwarded-For", r.client or ""), ("X-Shadow-Replay", "b" + r.id)]
+                async with s.get(f"{url}{r.target}", headers=headers) as resp:
+                    await resp.read()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return rate_of(await arrivals(url))
+
+
+async def throughput(url: str, tmp: Path, n: int, concurrency: int) -> tuple[float, float]:
+    await arrivals(url)
+    bare = await bare_loop(url, n, concurrency)
+    bus_url = f"sqlite:///{tmp / 'tp.db'}"
+    publish(bus_url, records_at([T0 + i for i in range(n)]))
+    cfg = ReplayerConfig(candidate=url, concurrency=concurrency, speed=1e6, idle_exit_seconds=0.5)
+    await run_replayer(bus_url, cfg, Anchor(T0, time.time_ns() + 200_000_000, 1e6))
+    hits = await arrivals(url)
+    assert len(hits) == n, (len(hits), n)
+    return bare, rate_of(hits)
+
+
+async def accuracy(url: str, tmp: Path, name: str, times: list[int], speed: float) -> dict[str, float]:
+    await arrivals(url)
+    bus_url = f"sqlite:///{tmp / (name + '.db')}"
+    records = records_at(times)
+    publish(bus_url, records)
+    anchor = Anchor(times[0], time.time_ns() + 500_000_000, speed)
+    cfg = ReplayerConfig(candidate=url, concurrency=256, speed=speed, idle_exit_seconds=0.5)
+    await run_replayer(bus_url, cfg, anchor)
+    hits = dict(await arrivals(url))
+    lags = [(hits[r.id] - anchor.due_ns(r.ts)) / 1e6 for r in records if r.id in hits]
+    span_log = (times[-1] - times[0]) / 1e9 / speed
+    arr = sorted(hits.values())
+    span = (arr[-1] - arr[0]) / 1e9
+    return {"n": len(records), "sent": len(hits), "p50_ms": pct(lags, 0.5), "p99_ms": pct(lags, 0.99),
+            "max_ms": max(lags), "min_ms": min(lags), "duration_s": span, "expected_s": span_log,
+            "duration_error_pct": 100 * (span - span_log) / span_log}
+
+
+def bursty_times(seconds: float, seed: int = 7) -> list[int]:
+    rnd = random.Random(seed)
+    out: list[int] = []
+    t = 0.0
+    while t < seconds:  # background ~300/s (Poisson), plus a burst of 30-80 requests within
+        out.append(int(t * 1e9))  # 100 ms every 0.5 s (peaks ~800/s recorded, ~1,600/s at 2x)
+        t += rnd.expovariate(300)
+    for b in range(int(seconds * 2)):
+        start = b * 0.5 + rnd.random() * 0.3
+        out += [int((start + rnd.random() * 0.1) * 1e9) for _ in range(rnd.randint(30, 80))]
+    return sorted(T0 + x for x in out if x < seconds * 1e9)
+
+
+def workers_run(url: str, tmp: Path, workers: int, n: int, concurrency: int, use_uvloop: bool) -> float:
+    bus_url = f"sqlite:///{tmp / f'w{workers}.db'}"
+    publish(bus_url, records_at([T0 + i for i in range(n)]))
+    cfg = tmp / f"w{workers}.toml"
+    cfg.write_text(f'[bus]\nurl = "{bus_url}"\n[replayer]\ncandidate = "{url}"\ngroup = "w{workers}"\n'
+                   f'control_topic = "w{workers}.control"\nconcurrency = {concurrency}\n'
+                   f'[metrics]\nlisten = "127.0.0.1:0"\n')
+    cmd = [sys.executable, "-m", "shadowreplay.cli", "--log-level", "WARNING", "replay", "--config", str(cfg),
+           "--workers", str(workers), "--speed", "1000000", "--idle-exit", "1.5"] + (["--uvloop"] if use_uvloop else [])
+    subprocess.run(cmd, check=True, timeout=120)
+    hits = asyncio.run(arrivals(url))
+    assert len(hits) == n, (len(hits), n)
+    return rate_of(hits)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--uvloop", action="store_true", help="run the replayer, bare loop and backend on uvloop")
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about 30 s)")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.backend:
+        serve_backend(args.backend, args.uvloop)
+        return 0
+    scale = 0.4 if args.quick else 1.0
+    port = free_port()
+    backend = subprocess.Popen([sys.executable, __file__, "--backend", str(port)] + (["--uvloop"] if args.uvloop else []))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        if args.uvloop:
+            import uvloop
+
+            uvloop.install()
+        print(f"loop: {'uvloop' if args.uvloop else 'asyncio'}; cores: {os.cpu_count()}; "
+              f"load: {os.getloadavg()[0]:.2f}; concurrency {args.concurrency}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-replayer-") as d:
+            tmp = Path(d)
+            n = int(12_000 * scale)
+            bare, rep = asyncio.run(throughput(url, tmp, n, args.concurrency))
+            print(f"throughput ({n} requests, 1 target): bare aiohttp {bare:,.0f} req/s, replayer {rep:,.0f} req/s, "
+                  f"ratio {rep / bare:.2f} (goal >= 0.80)", flush=True)
+            secs = 5.0 * scale
+            uniform = [T0 + i * 500_000 for i in range(int(2000 * secs))]
+            u = asyncio.run(accuracy(url, tmp, "uniform", uniform, 1.0))
+            print(f"accuracy uniform 2,000 req/s ({u['n']} requests): p50 {u['p50_ms']:.2f} ms, p99 {u['p99_ms']:.2f} ms, "
+                  f"max {u['max_ms']:.1f} ms, min {u['min_ms']:.2f} ms (goal p50 <= 1, p99 <= 5)", flush=True)
+            bursty = bursty_times(12.0 * scale)
+            b = asyncio.run(accuracy(url, tmp, "bursty", bursty, 2.0))
+            print(f"accuracy bursty log at 2x ({b['n']} requests, {b['expected_s']:.2f} s expected): p50 {b['p50_ms']:.2f} ms, "
+                  f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.1f} ms; duration {b['duration_s']:.3f} s, "
+                  f"error {b['duration_error_pct']:+.2f}% (goal p99 <= 10 ms, |error| <= 1%)", flush=True)
+            nw = int(24_000 * scale)
+            one = workers_run(url, tmp, 1, nw, args.concurrency, args.uvloop)
+            two = workers_run(url, tmp, 2, nw, args.concurrency, args.uvloop)
+            print(f"scale ({nw} requests, flat out, via the CLI): --workers 1 {one:,.0f} req/s, --workers 2 {two:,.0f} req/s, "
+                  f"ratio {two / one:.2f} (goal >= 1.5)", flush=True)
+    finally:
+        backend.terminate()
+        backend.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Access-log *lines* → record dicts, and log times → exact nanoseconds.
+
+Standard library only: ``shadowreplay tail`` runs from a zipapp with a bare ``python3``
+and imports this module, and so does the collector (``formats.py``) when a record
+carries a raw line (Fluent Bit / Fluentd tail without a parser).
+
+Every parser returns the record under nginx's own variable names where the format has
+no names of its own, so one field map (``collector.fields``) serves every format:
+
+* ``nginx_json``: the JSON object as written (``log_format ... escape=json``);
+* ``ltsv``: ``label:value`` pairs separated by tabs, labels kept as written;
+* ``combined``: nginx/Apache combined (and common) → ``remote_addr``, ``remote_user``,
+  ``time_local``, ``request``, ``status``, ``body_bytes_sent``, ``http_referer``,
+  ``http_user_agent``.
+
+Parsers raise ``LineError`` (a ValueError) with a short ``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+NS = 1_000_000_000
+FORMATS = ("nginx_json", "ltsv", "combined")
+
+
+class LineError(ValueError):
+    """A line (or a time value) that cannot be read; ``reason`` is a metric label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- lines --------------------------------------------------------------------------------
+
+
+def parse_json_line(line: str) -> dict[str, Any]:
+    """One nginx ``escape=json`` line → its object."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise LineError(f"not JSON: {exc}", "bad_json") from exc
+    if not isinstance(obj, dict):
+        raise LineError("JSON line is not an object", "bad_json")
+    return obj
+
+
+def parse_ltsv_line(line: str) -> dict[str, Any]:
+    """One LTSV line (``label:value<TAB>label:value``) → {label: value}."""
+    out: dict[str, Any] = {}
+    for part in line.rstrip("\r\n").split("\t"):
+        label, sep, value = part.partition(":")
+        if not sep or not label:
+            if not part:
+                continue
+            raise LineError(f"LTSV field without a label: {part[:64]!r}", "bad_ltsv")
+        out[label] = value
+    if not out:
+        raise LineError("empty LTSV line", "bad_ltsv")
+    return out
+
+
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_COMBINED = re.compile(
+    r"(\S+) (\S+) (\S+) \[([^\]]+)\] " + _QUOTED + r" (\d{3}|-) (\d+|-)(?: " + _QUOTED + " " + _QUOTED + r")?"
+)
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)")
+_SIMPLE_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", '"': b'"', "\\": b"\\"}
+
+
+def _unescape(value: str) -> str:
+    """Undo nginx (``\\xHH``) and Apache (``\\"``, ``\\\\``, ``\\n``) escaping."""
+    if "\\" not in value:
+        return value
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(value):
+        out += value[pos : m.start()].encode("utf-8", "surrogateescape")
+        code = m.group(1)
+        if code[0] == "x" and len(code) == 3:
+            out.append(int(code[1:], 16))
+        else:
+            out += _SIMPLE_ESCAPES.get(code, b"\\" + code.encode("utf-8", "surrogateescape"))
+        pos = m.end()
+    out += value[pos:].encode("utf-8", "surrogateescape")
+    return out.decode("utf-8", "surrogateescape")
+
+
+def parse_combined_line(line: str) -> dict[str, Any]:
+    """One nginx/Apache combined or common log line → nginx-named fields."""
+    m = _COMBINED.match(line)
+    if m is None:
+        raise LineError(f"not a combined/common log line: {line[:64]!r}", "bad_combined")
+    addr, _ident, user, when, request, status, size, referer, agent = m.groups()
+    rec: dict[str, Any] = {
+        "remote_addr": addr,
+        "remote_user": user,
+        "time_local": when,
+        "request": _unescape(request),
+        "status": status,
+        "body_bytes_sent": size,
+    }
+    if referer is not None:
+        rec["http_referer"] = _unescape(referer)
+        rec["http_user_agent"] = _unescape(agent)
+    return rec
+
+
+LINE_PARSERS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "nginx_json": parse_json_line,
+    "ltsv": parse_ltsv_line,
+    "combined": parse_combined_line,
+}
+
+
+def split_request_line(line: str) -> tuple[str, str, str] | None:
+    """``"GET /a?b HTTP/1.1"`` → (method, target, protocol); None when it is not one."""
+    parts = line.split(" ")
+    if len(parts) == 3:
+        method, target, proto = parts
+    elif len(parts) == 2:
+        (method, target), proto = parts, ""
+    elif len(parts) > 3 and parts[-1].startswith("HTTP/"):
+        method, target, proto = parts[0], " ".join(parts[1:-1]), parts[-1]
+    else:
+        return None
+    if not method or not target or not method.isascii() or not method.isalpha():
+        return None
+    return method, target, proto
+
+
+# -- times --------------------------------------------------------------------------------
+
+
+def _bad_time(value: Any) -> LineError:
+    return LineError(f"unreadable time {value!r:.64}", "bad_time_field")
+
+
+def parse_msec(value: Any) -> int:
+    """nginx ``$msec`` (seconds with a fractional part) → exact integer nanoseconds."""
+    kind = type(value)
+    if kind is int and value >= 0:
+        return int(value) * NS
+    if kind is float:
+        value = repr(value)
+    elif kind is not str:
+        raise _bad_time(value)
+    sec, _dot, frac = value.partition(".")
+    if sec.isdigit() and (not frac or frac.isdigit()) and sec.isascii() and frac.isascii():
+        return int(sec) * NS + (int(frac[:9].ljust(9, "0")) if frac else 0)
+    try:  # exponent forms and the like
+        ns = int(Decimal(value) * NS)
+    except (InvalidOperation, ValueError) as exc:
+        raise _bad_time(value) from exc
+    if ns < 0:
+        raise _bad_time(value)
+    return ns
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _datetime_ns(dt: datetime) -> int:
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
+
+
+def parse_iso8601(value: Any) -> int:
+    """ISO 8601 (nginx ``$time_iso8601``) → integer nanoseconds; no offset means UTC."""
+    if type(value) is not str:
+        raise _bad_time(value)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _bad_time(value) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    ns = _datetime_ns(dt)
+    # datetime keeps microseconds; take the nanoseconds beyond them from the text.
+    dot = value.find(".", 17)
+    if dot < 0:
+        dot = value.find(",", 17)
+    if dot >= 0:
+        end = dot + 1
+        while end < len(value) and value[end].isdigit():
+            end += 1
+        digits = value[dot + 7 : min(end, dot + 10)]
+        if digits:
+            ns += int(digits.ljust(3, "0"))
+    return ns
+
+
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_CLF = re.compile(r"(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))? ([+-])(\d{2})(\d{2})")
+
+
+def parse_clf(value: Any) -> int:
+    """Common Log Format time (nginx ``$time_local``) ``10/Oct/2000:13:55:36 -0700`` →
+    integer nanoseconds (Apache's ``%{msec_frac}``-style fractions are kept)."""
+    if type(value) is not str:
+        raise _bad_time(value)
+    m = _CLF.fullmatch(value.strip("[]"))
+    month = _MONTHS.get(m.group(2)) if m is not None else None
+    if m is None or month is None:
+        raise _bad_time(value)
+    day, _mon, year, hh, mm, ss, frac, sign, oh, om = m.groups()
+    offset = timedelta(hours=int(oh), minutes=int(om))
+    try:
+        dt = datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
+                      tzinfo=timezone(-offset if sign == "-" else offset))
+    except ValueError as exc:
+        raise _bad_time(value) from exc
+    return _datetime_ns(dt) + (int(frac.ljust(9, "0")) if frac else 0)
+
+
+def parse_time_auto(value: Any) -> int:
+    """Any of the three: ``$msec`` (digits), CLF (``dd/Mon/yyyy:...``), ISO 8601."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return parse_msec(value)
+    if kind is not str or not value:
+        raise _bad_time(value)
+    if value[0].isdigit() and len(value) > 2 and value[2] == "/":
+        return parse_clf(value)
+    if value[0] == "[":
+        return parse_clf(value)
+    if len(value) > 4 and value[4] == "-":
+        return parse_iso8601(value)
+    return parse_msec(value)
+
+
+TIME_PARSERS: dict[str, Callable[[Any], int]] = {
+    "auto": parse_time_auto,
+    "msec": parse_msec,
+    "clf": parse_clf,
+    "iso8601": parse_iso8601,
+}
+# Field names whose format is known without looking at the value.
+TIME_FIELD_FORMATS = {"msec": "msec", "time_local": "clf", "time_iso8601": "iso8601"}
+# Fields the tail looks for, in order, when no time field is configured.
+TIME_FIELDS = ("msec", "time_iso8601", "time_local", "time")

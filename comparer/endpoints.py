@@ -1,0 +1,128 @@
+"""Endpoint names for grouping verdicts: JSON-RPC method, configured route, or path template.
+
+Order of precedence, first match wins:
+
+1. JSON-RPC 2.0 request bodies: ``rpc:<method>`` (a batch whose calls share one method
+   is named after it, a mixed batch is ``rpc:batch``);
+2. ``routes`` from config, in order. Two forms:
+
+   * ``"GET /api/users/{id}/cart"`` — a method (or ``*``) and a path where ``{name}``
+     or ``*`` matches one segment and a trailing ``**`` any rest; the route's own text
+     is the name (``*`` as method takes the request's method);
+   * ``"~REGEX => NAME"`` — a regular expression searched in ``"METHOD /path"``;
+     ``NAME`` may use the groups (``\\1``).
+
+3. the name the replayer stamped on the result, else ``shadowreplay.endpoint``'s
+   ``METHOD /path/{template}``.
+
+Names are unbounded here; metric labels go through ``EndpointLimiter``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shadowreplay.endpoint import endpoint_name
+from shadowreplay.errors import ConfigError
+from shadowreplay.record import RequestRecord
+
+MAX_NAME_CHARS = 120
+_SEGMENT = re.compile(r"^\{[^/{}]*\}$|^\*$")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One compiled route pattern."""
+
+    spec: str
+    regex: re.Pattern[str]
+    name: str  # a template for ``Match.expand`` (regex form) or the fixed name
+    any_method: bool = False
+    expand: bool = False
+
+    def match(self, method: str, path: str) -> str | None:
+        m = self.regex.match(f"{method} {path}")
+        if m is None:
+            return None
+        if self.expand:
+            return m.expand(self.name)
+        return f"{method} {self.name}" if self.any_method else self.name
+
+
+def parse_route(spec: str) -> Route:
+    """Compile one ``routes`` entry; ConfigError names a malformed one."""
+    text = spec.strip()
+    if text.startswith("~"):
+        regex, sep, name = text[1:].partition("=>")
+        if not sep or not regex.strip() or not name.strip():
+            raise ConfigError(f"comparer.routes: {spec!r}: expected '~REGEX => NAME'")
+        try:
+            return Route(spec, re.compile(regex.strip()), name.strip(), expand=True)
+        except re.error as exc:
+            raise ConfigError(f"comparer.routes: {spec!r}: bad regex: {exc}") from exc
+    method, _, path = text.partition(" ")
+    if not path:
+        method, path = "*", text
+    path = path.strip()
+    if not path.startswith("/"):
+        raise ConfigError(f"comparer.routes: {spec!r}: expected 'METHOD /path/{{param}}'")
+    parts = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        if seg == "**" and i == len(segments) - 1:
+            parts.append(".*")
+        elif _SEGMENT.match(seg):
+            parts.append("[^/]+")
+        else:
+            parts.append(re.escape(seg))
+    any_method = method == "*"
+    method_re = r"[A-Z]+" if any_method else re.escape(method.upper())
+    compiled = re.compile(f"{method_re} {'/'.join(parts)}$")
+    name = path if any_method else f"{method.upper()} {path}"
+    return Route(spec, compiled, name, any_method)
+
+
+def jsonrpc_name(body: bytes | None) -> str | None:
+    """``rpc:<method>`` when ``body`` is a JSON-RPC 2.0 call or batch, else None."""
+    if not body or b'"jsonrpc"' not in body:
+        return None
+    head = body.lstrip()[:1]
+    if head not in (b"{", b"["):
+        return None
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    calls = doc if isinstance(doc, list) else [doc]
+    methods = set()
+    for call in calls:
+        if not isinstance(call, dict) or call.get("jsonrpc") != "2.0" or not isinstance(call.get("method"), str):
+            return None
+        methods.add(call["method"])
+    if len(methods) != 1:
+        return "rpc:batch" if methods else None
+    return "rpc:" + methods.pop()[:MAX_NAME_CHARS]
+
+
+class EndpointNamer:
+    """Names requests: JSON-RPC method, then ``routes`` in order, then the path template."""
+
+    def __init__(self, routes: Sequence[str] = ()) -> None:
+        self.routes = tuple(parse_route(r) for r in routes)
+
+    def name(self, request: RequestRecord, recorded: str = "") -> str:
+        rpc = jsonrpc_name(request.body)
+        if rpc is not None:
+            return rpc
+        if self.routes:
+            method, path = request.method.upper(), request.path
+            for route in self.routes:
+                found = route.match(method, path)
+                if found is not None:
+                    return found[:MAX_NAME_CHARS]
+        return recorded or endpoint_name(request.method, request.target)

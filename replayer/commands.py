@@ -1,0 +1,138 @@
+"""The replayer's command-line surface: extra ``run``/``replay`` flags, ``replay start``,
+and ``replay --workers N``. ``shadowreplay/cli.py`` calls in here; only it prints errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from shadowreplay import config as configmod
+from shadowreplay.config import Config
+from shadowreplay.errors import ConfigError
+
+
+def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
+    """Pacing, window, target and safety flags of a parser that runs the replay stage."""
+    g = sp.add_argument_group("replay")
+    g.add_argument("--secondary", metavar="URL", help="a second copy of the baseline (noise cancellation)")
+    g.add_argument("--rate", type=float, metavar="R",
+                   help="pace to R requests/s, none dropped (with --speed as a ceiling; without it, none)")
+    g.add_argument("--concurrency", type=int, metavar="C", help="in-flight requests per target (default 64)")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", dest="timeout_seconds",
+                   help="per-request timeout (default 10)")
+    g.add_argument("--from", metavar="TIME", dest="window_from",
+                   help="replay from TIME: ISO 8601, epoch seconds or relative (--from=-1h: note the =)")
+    g.add_argument("--to", metavar="TIME", dest="window_to", help="stop at TIME (same forms)")
+    g.add_argument("--follow", action="store_true", default=None,
+                   help="after catching up at N×, follow real time (live replay)")
+    g.add_argument("--max-gap-seconds", type=float, metavar="S", help="cut idle gaps in the schedule to S seconds")
+    g.add_argument("--late-policy", choices=("send", "drop"), help="what to do with late records (default send)")
+    g.add_argument("--anchor", choices=("auto", "bus", "local"),
+                   help="schedule anchor: the group's from the bus (`replay start`), or this process's own")
+    g.add_argument("--methods", metavar="M,M", help="methods allowed (default GET,HEAD,OPTIONS)")
+    g.add_argument("--keep-host", action="store_true", default=None, help="send the logged Host header")
+    g.add_argument("--insecure", action="store_true", help="do not verify the targets' TLS certificates")
+    g.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'shadowreplay[fast]')")
+    if workers:
+        g.add_argument("--workers", type=int, metavar="N",
+                       help="run N replayer processes in one consumer group (metrics on consecutive ports)")
+
+
+def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
+    """``replay start``: set the group's shared schedule anchor on the bus."""
+    sub = replay.add_subparsers(dest="replay_command", metavar="SUBCOMMAND")
+    start = sub.add_parser(
+        "start",
+        help="set the group's schedule anchor on the bus (shared by all its replayers)",
+        description=(
+            "Publish the anchor (log time, wall time, speed) of consumer group GROUP on the control "
+            "topic. Every replayer of the group started with --anchor auto or bus schedules from it, "
+            "so several processes on several machines keep one schedule."
+        ),
+    )
+    start.add_argument("--config", metavar="FILE")
+    start.add_argument("--bus", metavar="URL")
+    start.add_argument("--group", metavar="NAME", help="replayer consumer group (default shadow-replayer)")
+    start.add_argument("--speed", type=float, metavar="N")
+    start.add_argument("--rate", type=float, metavar="R", help="recorded with the anchor (informational)")
+    start.add_argument("--from", metavar="TIME", dest="window_from",
+                       help="log time of the anchor (default: the earliest record the group has next)")
+    start.add_argument("--at", metavar="TIME", default="",
+                       help="wall time the anchor's log time is replayed at (default: now + lead_seconds)")
+    start.add_argument("--follow", action="store_true", default=None, help="follow real time once caught up")
+    start.add_argument("--clear", action="store_true", help="withdraw the group's anchor instead")
+
+
+def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with the replay flags of ``args`` applied."""
+    methods = getattr(args, "methods", None)
+    cfg = configmod.override(
+        cfg,
+        "replayer",
+        secondary=getattr(args, "secondary", None),
+        rate=getattr(args, "rate", None),
+        concurrency=getattr(args, "concurrency", None),
+        timeout_seconds=getattr(args, "timeout_seconds", None),
+        window_from=getattr(args, "window_from", None),
+        window_to=getattr(args, "window_to", None),
+        follow=getattr(args, "follow", None),
+        max_gap_seconds=getattr(args, "max_gap_seconds", None),
+        late_policy=getattr(args, "late_policy", None),
+        anchor=getattr(args, "anchor", None),
+        keep_host=getattr(args, "keep_host", None),
+        workers=getattr(args, "workers", None),
+        methods=tuple(m.strip().upper() for m in methods.split(",") if m.strip()) if methods else None,
+    )
+    if getattr(args, "rate", None) and getattr(args, "speed", None) is None:
+        cfg = configmod.override(cfg, "replayer", speed=0.0)  # --rate alone: no speed ceiling
+    if getattr(args, "insecure", False):
+        t = cfg.replayer.targets
+        insecure = {n: dataclasses.replace(getattr(t, n), tls_verify=False) for n in ("candidate", "baseline", "secondary")}
+        cfg = configmod.override(cfg, "replayer", targets=dataclasses.replace(t, **insecure))
+    return cfg
+
+
+def use_uvloop_if_asked(args: argparse.Namespace) -> None:
+    """Install uvloop's event loop policy for ``--uvloop`` (children of --workers inherit the flag)."""
+    if not getattr(args, "uvloop", False):
+        return
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ConfigError("--uvloop: uvloop is not installed (pip install 'shadowreplay[fast]')") from exc
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def wants_dispatch(args: argparse.Namespace) -> bool:
+    """Whether ``replay`` is handled here (``replay start`` or ``--workers N`` with N > 1)."""
+    return args.command == "replay" and bool(
+        getattr(args, "replay_command", None) or (getattr(args, "workers", None) or 1) > 1
+    )
+
+
+def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from shadowreplay.bus import open_bus
+
+    if args.replay_command == "start":
+        from replayer.control import clear_anchor, start_anchor
+
+        bus = open_bus(cfg.bus.url, cfg.bus.partitions)
+        try:
+            if args.clear:
+                clear_anchor(bus, cfg.replayer)
+                print(f"anchor of group {cfg.replayer.group} cleared", file=sys.stderr)
+                return 0
+            bus.ensure_topic(cfg.bus.requests_topic, cfg.bus.partitions)
+            anchor = start_anchor(bus, cfg.bus.requests_topic, cfg.replayer, at=args.at)
+        finally:
+            bus.close()
+        print(orjson.dumps({"group": cfg.replayer.group, **anchor.to_wire()}).decode())
+        return 0
+    from replayer.workers import run_workers
+
+    return run_workers(cfg, list(argv))

@@ -1,0 +1,119 @@
+"""The WSGI middleware on a real WSGI server (wsgiref) shipping with the real fluent-logger
+into a real collector over the SQLite bus."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+
+from collector.middleware import RequestShipper, WSGIMiddleware
+from tests.conftest import free_port
+from tests.integration.test_tail import Harness
+
+pytestmark = pytest.mark.integration
+
+
+def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    status = "201 Created" if environ["REQUEST_METHOD"] == "POST" else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [b"echo:", body]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Served:
+    def __init__(self, wsgi_app: Any) -> None:
+        self.server = make_server("127.0.0.1", 0, wsgi_app, handler_class=_Quiet)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def request(self, method: str, target: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes, float]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{target}", data=body, method=method, headers=headers or {})
+        t = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), time.perf_counter() - t
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    await h.start_collector()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+@pytest.fixture
+def served() -> Iterator[list[Served]]:
+    servers: list[Served] = []
+    yield servers
+    for s in servers:
+        s.close()
+
+
+async def test_wsgi_requests_reach_the_bus(harness: Harness, served: list[Served]) -> None:
+    shipper = RequestShipper("app.requests", "127.0.0.1", harness.port)
+    srv = Served(WSGIMiddleware(app, shipper, max_body_bytes=64))
+    served.append(srv)
+    before = time.time_ns()
+    status, body, _ = await asyncio.to_thread(srv.request, "GET", "/items/7?q=a&q=b&z=%20", None, {"X-Forwarded-For": "6.6.6.6"})
+    assert (status, body) == (200, b"echo:")
+    payload = b'{"user": "al", "password": "hunter2"}'
+    status, body, _ = await asyncio.to_thread(
+        srv.request, "POST", "/login", payload,
+        {"Content-Type": "application/json", "Authorization": "Bearer s3cret", "X-Trace": "t1"},
+    )
+    assert status == 201 and body == b"echo:" + payload
+    big = b"x" * 100  # over the cap: not sent at all
+    await asyncio.to_thread(srv.request, "PUT", "/blob", big)
+    after = time.time_ns()
+    await harness.wait_for(["/items/7?q=a&q=b&z=%20", "/login", "/blob"])
+    shipper.close()
+    by_target = {r.target: r for r in harness.records}  # type: ignore[attr-defined]
+    get = by_target["/items/7?q=a&q=b&z=%20"]
+    assert get.method == "GET" and get.client == "127.0.0.1"  # never the X-Forwarded-For
+    assert get.header("X-Forwarded-For") == "6.6.6.6"
+    assert get.host == f"127.0.0.1:{srv.port}" and before <= get.ts <= after
+    assert get.origin.status == 200 and get.origin.bytes == 5 and get.origin.duration >= 0
+    login = by_target["/login"]
+    assert login.method == "POST" and login.origin.status == 201
+    assert login.header("Content-Type") == "application/json" and login.header("X-Trace") == "t1"
+    assert login.header("Authorization", ).startswith("redacted:hmac:")  # redacted at ingest
+    assert login.body is not None and b"hunter2" not in login.body and b'"user":"al"' in login.body
+    assert by_target["/blob"].body is None
+    assert shipper.sent == 3 and shipper.dropped == 0 and shipper.errors == 0
+
+
+async def test_collector_down_never_slows_or_fails_requests(served: list[Served]) -> None:
+    shipper = RequestShipper("app.requests", "127.0.0.1", free_port(), max_queue=4, timeout_seconds=0.5)
+    srv = Served(WSGIMiddleware(app, shipper))
+    served.append(srv)
+    try:
+        for i in range(20):
+            status, _, elapsed = await asyncio.to_thread(srv.request, "POST", f"/x/{i}", b"abc")
+            assert status == 201 and elapsed < 1.0
+        deadline = time.monotonic() + 10
+        while shipper.failed + shipper.dropped < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert shipper.sent == 0 and shipper.failed + shipper.dropped == 20
+    finally:
+        shipper.close(timeout_seconds=1)

@@ -1,0 +1,179 @@
+"""Operations: /healthz, /readyz (bus and targets) and a clean SIGTERM of `shadowreplay run`.
+
+The SIGTERM test runs the real command in a subprocess on the embedded bus against the
+demo backends, terminates it mid-replay and then reads the bus: every request the
+replayer committed has its result on the bus, the requests not yet due stay
+uncommitted for the next run, and the comparer read and committed every result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from shadowreplay.app import Pipeline
+from shadowreplay.bus.sqlite import SqliteBus
+from shadowreplay.config import Config
+from shadowreplay.demo.backends import Backend
+from shadowreplay.demo.run import feed, load_sample
+
+pytestmark = pytest.mark.integration
+
+REPLAYABLE = ("GET", "HEAD", "OPTIONS")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def get_json(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.get(url) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
+    candidate, baseline = Backend(candidate=True), Backend(candidate=False)
+    await candidate.start()
+    await baseline.start()
+    try:
+        yield candidate, baseline
+    finally:
+        await candidate.stop()
+        await baseline.stop()
+
+
+async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backends: tuple[Backend, Backend]) -> None:
+    candidate, baseline = backends
+    cfg0 = Config()
+    cfg = dataclasses.replace(
+        cfg0,
+        bus=dataclasses.replace(cfg0.bus, url=f"sqlite:///{tmp_path / 'bus.db'}"),
+        collector=dataclasses.replace(cfg0.collector, listen="127.0.0.1:0"),
+        replayer=dataclasses.replace(
+            cfg0.replayer, candidate=f"http://127.0.0.1:{candidate.port}", baseline=f"http://127.0.0.1:{baseline.port}"
+        ),
+        metrics=dataclasses.replace(cfg0.metrics, listen="127.0.0.1:0"),
+    )
+    async with Pipeline(cfg) as pipeline:
+        base = f"http://127.0.0.1:{pipeline.metrics_server.port}"
+        assert await get_json(f"{base}/healthz") == (200, {"status": "ok"})
+        status, body = await get_json(f"{base}/readyz")
+        assert status == 200, body
+        assert body == {
+            "status": "ready",
+            "checks": {"pipeline": "ok", "bus": "ok", "target:candidate": "ok", "target:baseline": "ok"},
+        }
+        await baseline.stop()  # the baseline goes away: not ready, and /readyz says why
+        status, body = await get_json(f"{base}/readyz")
+        assert status == 503 and body["status"] == "not ready", body
+        checks = body["checks"]
+        assert isinstance(checks, dict)
+        assert checks["target:candidate"] == "ok" and checks["bus"] == "ok"
+        assert f"127.0.0.1:{baseline.port} unreachable" in str(checks["target:baseline"])
+        assert await get_json(f"{base}/healthz") == (200, {"status": "ok"})  # alive all the same
+        os.remove(tmp_path / "bus.db")  # the bus file vanishes: the bus check fails
+        status, body = await get_json(f"{base}/readyz")
+        assert status == 503 and "sqlite" in str(body["checks"]["bus"]), body  # type: ignore[index]
+
+
+def drain(bus: SqliteBus, topic: str, group: str, idle_seconds: float = 1.5) -> list[dict[str, object]]:
+    """Every message ``group`` has not committed yet on ``topic`` (read without committing)."""
+    consumer = bus.consumer([topic], group)
+    out: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_seconds:
+            batch = consumer.poll(max_records=500, timeout_seconds=0.3)
+            if batch:
+                last = time.monotonic()
+                out.extend(orjson.loads(m.value) for m in batch)
+    finally:
+        consumer.close()
+    return out
+
+
+async def test_sigterm_stops_run_in_pipeline_order_without_losing_work(
+    tmp_path: Path, backends: tuple[Backend, Backend]
+) -> None:
+    candidate, baseline = backends
+    db = tmp_path / "bus.db"
+    listen, metrics = free_port(), free_port()
+    lines = load_sample()[:600]  # about 48 s of log: 12 s at 4x, so SIGTERM lands mid-replay
+    stderr_path = tmp_path / "run.log"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "shadowreplay.cli", "run",
+                "--bus", f"sqlite:///{db}",
+                "--listen", f"127.0.0.1:{listen}",
+                "--metrics-listen", f"127.0.0.1:{metrics}",
+                "--candidate", f"http://127.0.0.1:{candidate.port}",
+                "--baseline", f"http://127.0.0.1:{baseline.port}",
+                "--speed", "4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"shadowreplay run exited: {stderr_path.read_text()[-3000:]}"
+            try:
+                if (await get_json(f"http://127.0.0.1:{metrics}/readyz"))[0] == 200:
+                    break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"never ready: {stderr_path.read_text()[-3000:]}"
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(feed, lines, "127.0.0.1", listen)  # returns once all are acked
+        await asyncio.sleep(2.5)  # replaying now, most records not due yet
+        proc.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(proc.wait, 45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    log = stderr_path.read_text()
+    assert returncode == 0, log[-3000:]
+    order = [log.find(f"{stage} stopped") for stage in ("collector", "replayer", "comparer")]
+    assert -1 not in order and order == sorted(order), f"stop order {order}:\n{log[-3000:]}"
+    assert "status:" in log, "not on a terminal, the status goes to the log"
+
+    bus = SqliteBus(f"sqlite:///{db}", str(db))
+    try:
+        group = f"check-{uuid.uuid4().hex[:8]}"
+        requests = drain(bus, "shadow.requests", group)
+        results = drain(bus, "shadow.results", group)
+        left_for_replayer = drain(bus, "shadow.requests", "shadow-replayer")
+        left_for_comparer = drain(bus, "shadow.results", "shadow-comparer")
+    finally:
+        bus.close()
+    assert len(requests) == len(lines), "every acknowledged record is on the bus"
+    left_ids = {r["id"] for r in left_for_replayer}
+    result_ids = {r["id"] for r in results}
+    committed = [r for r in requests if r["id"] not in left_ids]
+    replayed = [r for r in committed if r["method"] in REPLAYABLE]
+    assert replayed, "some records were replayed before SIGTERM"
+    assert left_ids, "SIGTERM came mid-replay: records not yet due stay uncommitted"
+    missing = [r["id"] for r in replayed if r["id"] not in result_ids]
+    assert not missing, f"committed without a result: {missing[:5]}"
+    assert left_for_comparer == [], "the comparer read and committed every result before exiting"
+    assert len(results) == len(set(result_ids)), "no result published twice"

@@ -1,0 +1,73 @@
+"""Replayer CLI surface: flags into config, --workers child command lines, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from replayer.workers import child_argv
+from shadowreplay import config as configmod
+from shadowreplay.cli import build_parser, config_from_args
+from shadowreplay.errors import ConfigError
+
+
+def _cfg(*argv: str) -> configmod.Config:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_replay_flags_reach_the_config() -> None:
+    cfg = _cfg("replay", "--candidate", "http://c", "--secondary", "http://s", "--rate", "500",
+               "--concurrency", "8", "--from=-1h", "--to", "now", "--follow", "--max-gap-seconds", "2",
+               "--late-policy", "drop", "--anchor", "bus", "--methods", "get,post", "--insecure", "--workers", "3")
+    r = cfg.replayer
+    assert (r.secondary, r.rate, r.concurrency, r.window_from, r.window_to) == ("http://s", 500.0, 8, "-1h", "now")
+    assert r.follow and r.max_gap_seconds == 2.0 and r.late_policy == "drop" and r.anchor == "bus"
+    assert r.methods == ("GET", "POST") and r.workers == 3
+    assert r.speed == 0.0  # --rate alone: no speed ceiling
+    assert not r.targets.candidate.tls_verify and not r.targets.secondary.tls_verify
+    assert _cfg("replay", "--candidate", "http://c", "--rate", "5", "--speed", "2").replayer.speed == 2.0
+
+
+def test_replay_start_parses_without_a_candidate() -> None:
+    args = build_parser().parse_args(["replay", "start", "--group", "g", "--speed", "3", "--from=-1h", "--at", "+5s"])
+    cfg = config_from_args(args)
+    assert args.replay_command == "start" and args.at == "+5s"
+    assert (cfg.replayer.group, cfg.replayer.speed, cfg.replayer.window_from) == ("g", 3.0, "-1h")
+
+
+def test_child_argv_gets_its_own_port_anchor_and_rate_share() -> None:
+    cfg = _cfg("replay", "--candidate", "http://c", "--rate", "900", "--metrics-listen", "127.0.0.1:9500")
+    argv = ["--log-level", "INFO", "replay", "--candidate", "http://c", "--workers", "3", "--rate=900",
+            "--metrics-listen", "127.0.0.1:9500", "--anchor", "auto"]
+    child = child_argv(argv, 2, 3, configmod.override(cfg, "replayer", workers=3))
+    assert child[:5] == ["--log-level", "INFO", "replay", "--candidate", "http://c"]
+    assert child[5:] == ["--workers", "1", "--anchor", "bus", "--metrics-listen", "127.0.0.1:9502", "--rate", "300.0"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"late_policy": "maybe"}, "late_policy"),
+        ({"anchor": "x"}, "replayer.anchor"),
+        ({"speed": 0.0}, "replayer.speed"),
+        ({"rules": [{"kind": "nope"}]}, r"replayer.rules\[0\].kind"),
+        ({"rules": [{"kind": "exclude_path", "pattern": "("}]}, r"replayer.rules\[0\].pattern"),
+        ({"rules": [{"kind": "sample", "bogus": 1}]}, "bogus"),
+        ({"secondary": "ftp://x"}, "replayer.secondary"),
+        ({"targets": {"baseline": {"concurrency": -1}}}, "replayer.targets.baseline"),
+        ({"workers": 0}, "workers"),
+    ],
+)
+def test_bad_replayer_config_names_the_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        configmod.validate(configmod.from_dict({"replayer": raw}))
+
+
+def test_rules_and_targets_load_from_toml(tmp_path: object) -> None:
+    cfg = configmod.from_dict({"replayer": {
+        "rate": 10.0, "speed": 0.0,
+        "rules": [{"kind": "sample", "percent": 5.0, "key": "query:uid"}, {"kind": "set_header", "name": "A", "value": "b"}],
+        "targets": {"candidate": {"timeout_seconds": 2.0, "concurrency": 4, "tls_verify": False}},
+    }})
+    configmod.validate(cfg)
+    assert [r.kind for r in cfg.replayer.rules] == ["sample", "set_header"]
+    assert cfg.replayer.targets.candidate == configmod.TargetOptions(2.0, 4, False)
