@@ -16,6 +16,13 @@ and so does a ``chunk`` id that is not valid UTF-8. Records may therefore hold s
 values with lone surrogates where the client sent invalid UTF-8 (``orjson`` refuses
 them; ``.encode("utf-8", "surrogateescape")`` restores the bytes), and msgpack ext
 values inside records come back as ``(code, data)`` tuples.
+
+Speed: a PackedForward frame (what Fluentd, Fluent Bit and ``shadowreplay tail`` send) is
+recognised from its first bytes and its blob sliced straight out of the receive buffer,
+instead of going through the stream unpacker (which would decode a str32 blob into a
+``str`` and back); every other frame, and any PackedForward frame the fast path does not
+take (oversized, odd encodings, a malformed option), goes through the stream unpacker,
+with the same results. The blob's entries are unpacked in one C loop each.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import math
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -40,6 +47,12 @@ _MAX_NS = 2**63 - 1
 
 _TIMESTAMP = msgpack.Timestamp
 _SEC_NSEC_UNPACK = struct.Struct(">II").unpack
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+# An option map bigger than this is left to the stream unpacker (it never is in practice).
+_MAX_FAST_OPTION = 64 * 1024
+# _sniff: the buffer ends inside a frame header; wait for more bytes.
+_NEED_MORE = -1
 _new_event = tuple.__new__
 # Errors msgpack raises on bytes that are not a msgpack stream (FormatError, StackError,
 # and ExtraData are UnpackException; unhashable map keys are a TypeError).
@@ -63,6 +76,10 @@ class Frame(NamedTuple):
     :func:`encode_ack` once the events are stored. ``errors`` lists the reasons of the
     events skipped. ``error`` is set (and ``events`` empty) when the whole frame was
     refused; such a frame must not be acknowledged.
+
+    With a decoder given ``normalise``, a log frame (``signal`` 0) carries in ``items``
+    what ``normalise`` returned for each event, and no ``events``; an event it refused
+    is skipped like any malformed event, its reason in ``errors``.
     """
 
     tag: str
@@ -72,6 +89,7 @@ class Frame(NamedTuple):
     mode: str
     signal: int = 0
     error: DecodeError | None = None
+    items: Sequence[Any] = ()
 
 
 def encode_ack(chunk: bytes | str) -> bytes:
@@ -108,13 +126,24 @@ class ForwardDecoder:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
         clock_ns: Callable[[], int] = time.time_ns,
+        normalise: Callable[[str, int, dict[Any, Any]], Any] | None = None,
     ) -> None:
+        """``normalise(tag, time_ns, record)``, when given, is applied to each event of a
+        log frame as it is unpacked (while the record is still in the CPU cache), and
+        may refuse one with a non-fatal DecodeError (its ``reason`` is recorded), or
+        with TypeError/UnicodeEncodeError (recorded as ``bad_encoding``: orjson's
+        errors on text that is not UTF-8)."""
+        self._normalise = normalise
         self._max_frame = max_frame_bytes
         self._max_decompressed = max_decompressed_bytes
         self._clock_ns = clock_ns
-        self._unpacker = _new_unpacker(max_frame_bytes + _FEED_SLICE)
-        self._fed = 0
-        self._pos = 0
+        # Bytes received and not yet decoded, from a frame boundary on.
+        self._buf = bytearray()
+        # The stream unpacker, while it decodes frames the fast path does not take; it
+        # was fed self._buf[self._ubase : self._ufed] (positions in the current buffer).
+        self._unpacker: msgpack.Unpacker | None = None
+        self._ubase = 0
+        self._ufed = 0
         self._fatal: DecodeError | None = None
 
     @property
@@ -125,7 +154,7 @@ class ForwardDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received that do not yet form a complete frame."""
-        return self._fed - self._pos
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add ``data``; return every frame it completes. Raises a fatal DecodeError
@@ -134,23 +163,18 @@ class ForwardDecoder:
         if self._fatal is not None:
             raise self._fatal
         frames: list[Frame] = []
-        view = memoryview(data)
-        for start in range(0, len(view), _FEED_SLICE):
-            piece = view[start : start + _FEED_SLICE]
-            try:
-                self._unpacker.feed(piece)
-            except msgpack.BufferFull:
-                self._fatal = DecodeError(
-                    f"a frame exceeds the limit of {self._max_frame} bytes",
-                    reason="chunk_too_large",
-                    fatal=True,
-                )
-                break
-            self._fed += len(piece)
-            if not self._drain(frames):
-                break
-        if self._fatal is not None and not frames:
-            raise self._fatal
+        buf = self._buf
+        buf += data
+        pos = self._drain(frames)
+        if pos:
+            del buf[:pos]  # O(1) at the front of a bytearray
+            self._ubase -= pos
+            self._ufed -= pos
+        if self._fatal is not None:
+            self._buf = bytearray()
+            self._unpacker = None
+            if not frames:
+                raise self._fatal
         return frames
 
     def eof(self) -> None:
@@ -165,27 +189,111 @@ class ForwardDecoder:
                 fatal=True,
             )
 
-    def _drain(self, frames: list[Frame]) -> bool:
+    def _drain(self, frames: list[Frame]) -> int:
+        """Decode the complete frames at the start of the buffer; the bytes consumed."""
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        while pos < n:
+            if self._unpacker is None:
+                if buf[pos] == 0xC0:  # nil keep-alive
+                    pos += 1
+                    continue
+                head = _sniff(buf, pos, n)
+                if head == _NEED_MORE:
+                    return pos
+                if head is not None:
+                    end = self._fast(buf, pos, n, head, frames)  # type: ignore[arg-type]
+                    if end == _NEED_MORE:
+                        return pos
+                    if end:
+                        pos = end
+                        continue
+                # Not a frame for the fast path: the stream unpacker takes it.
+                self._unpacker = _new_unpacker(self._max_frame + _FEED_SLICE)
+                self._ubase = self._ufed = pos
+            end = self._slow(buf, pos, n, frames)
+            if end < 0:
+                return pos
+            pos = end
+            if self._unpacker is not None and (self._ufed == pos or _sniff(buf, pos, n) is not None):
+                # Nothing fed beyond this frame, or the next one may suit the fast path.
+                self._unpacker = None
+        return pos
+
+    def _fast(self, buf: bytearray, pos: int, n: int, head: tuple[int, int, int, int, int], frames: list[Frame]) -> int:
+        """Decode the PackedForward frame ``_sniff`` found at ``pos``: the position after
+        it, _NEED_MORE, or 0 when the stream unpacker must take it."""
+        count, tag_start, tag_end, blob_start, blob_end = head
+        if blob_end - pos > self._max_frame:
+            return 0
+        if blob_end > n:
+            return _NEED_MORE
+        option: Any = None
+        end = blob_end
+        if count == 3:
+            if end >= n:
+                return _NEED_MORE
+            if buf[end] == 0xC0:
+                end += 1
+            else:
+                avail = min(n - end, _MAX_FAST_OPTION)
+                opt = _new_unpacker(avail)
+                with memoryview(buf) as view:
+                    opt.feed(view[end : end + avail])
+                try:
+                    option = opt.unpack()
+                except msgpack.OutOfData:
+                    return _NEED_MORE if n - end < _MAX_FAST_OPTION else 0
+                except _MSGPACK_ERRORS:
+                    return 0
+                end += opt.tell()
+                if end - pos > self._max_frame:
+                    return 0
+        try:
+            tag = buf[tag_start:tag_end].decode("utf-8")
+        except UnicodeDecodeError:
+            return 0
+        with memoryview(buf) as view:
+            blob = view[blob_start:blob_end].tobytes()
+        frames.append(self._packed(tag, [tag, blob, option] if count == 3 else [tag, blob]))
+        return end
+
+    def _slow(self, buf: bytearray, pos: int, n: int, frames: list[Frame]) -> int:
+        """Decode one frame at ``pos`` with the stream unpacker: the position after it,
+        or -1 when it needs more bytes or the stream failed (``self._fatal``)."""
         unpacker = self._unpacker
+        assert unpacker is not None
         while True:
             try:
                 obj = unpacker.unpack()
+                break
             except msgpack.OutOfData:
-                return True
+                if self._ufed >= n:
+                    return -1
             except _MSGPACK_ERRORS as exc:
                 self._fatal = DecodeError(f"unparseable msgpack stream: {exc!r}", reason="msgpack", fatal=True)
-                return False
-            end = unpacker.tell()
-            size = end - self._pos
-            self._pos = end
-            if obj is None:  # keep-alive
-                continue
-            if size > self._max_frame:
-                frames.append(
-                    _refused(obj, "chunk_too_large", f"frame of {size} bytes exceeds the limit of {self._max_frame}")
+                return -1
+            piece = buf[self._ufed : self._ufed + _FEED_SLICE]
+            try:
+                unpacker.feed(piece)
+            except msgpack.BufferFull:
+                self._fatal = DecodeError(
+                    f"a frame exceeds the limit of {self._max_frame} bytes",
+                    reason="chunk_too_large",
+                    fatal=True,
                 )
-                continue
+                return -1
+            self._ufed += len(piece)
+        end = self._ubase + unpacker.tell()
+        size = end - pos
+        if obj is None:  # keep-alive
+            return end
+        if size > self._max_frame:
+            frames.append(_refused(obj, "chunk_too_large", f"frame of {size} bytes exceeds the limit of {self._max_frame}"))
+        else:
             frames.append(self._frame(obj))
+        return end
 
     # -- one frame ----------------------------------------------------------------
 
@@ -207,7 +315,7 @@ class ForwardDecoder:
                 return _refused(obj, "bad_option", "option is neither nil nor a map")
             errors: list[str] = []
             events = self._entries(second, errors)
-            return _built(tag, events, errors, "forward", option)
+            return self._built(tag, events, errors, "forward", option)
         if len(obj) < 3:
             return _refused(obj, "bad_frame", "Message frame has fewer than 3 elements")
         option = _option(obj, 3)
@@ -218,7 +326,7 @@ class ForwardDecoder:
         event = self._event(second, obj[2], errors)
         if event is not None:
             events.append(event)
-        return _built(tag, events, errors, "message", option)
+        return self._built(tag, events, errors, "message", option)
 
     def _packed(self, tag: str, obj: list[Any]) -> Frame:
         if len(obj) > 3:
@@ -241,21 +349,64 @@ class ForwardDecoder:
                 return _refused(obj, exc.reason, str(exc))
             mode = _COMPRESSED
         errors: list[str] = []
-        events: list[Event] = []
+        events: list[Any] = []
+        normalise = self._normalise if _signal(option) == 0 else None
         if blob:
             inner = _new_unpacker(len(blob))
             inner.feed(blob)
+            tell = inner.tell
+            append = events.append
+            event_of = self._event
             end = 0
             try:
                 for entry in inner:
-                    end = inner.tell()
-                    self._entry(entry, events, errors)
+                    end = tell()
+                    if type(entry) is not list or len(entry) != 2:
+                        errors.append("bad_entry")
+                        continue
+                    t, record = entry
+                    # The common case inline: [EventTime, record].
+                    if type(t) is tuple and type(record) is dict and t[0] == 0 and len(t[1]) == 8:
+                        sec, nsec = _SEC_NSEC_UNPACK(t[1])
+                        ns = sec * _NS + nsec if sec and nsec < _NS else -1
+                    else:
+                        ns = -1
+                    if ns < 0:
+                        event = event_of(t, record, errors)
+                        if event is None:
+                            continue
+                        ns = event[0]
+                    if normalise is None:
+                        append(_new_event(Event, (ns, record)))
+                        continue
+                    try:
+                        append(normalise(tag, ns, record))
+                    except DecodeError as exc:
+                        errors.append(exc.reason)
+                    except (TypeError, UnicodeEncodeError):
+                        errors.append("bad_encoding")
             except _MSGPACK_ERRORS:
                 errors.append("bad_blob")
             else:
                 if end != len(blob):  # trailing bytes that are no complete entry
                     errors.append("bad_blob")
+        if normalise is not None:
+            return _built(tag, [], errors, mode, option, events)
         return _built(tag, events, errors, mode, option)
+
+    def _built(self, tag: str, events: list[Event], errors: list[str], mode: str, option: dict[Any, Any]) -> Frame:
+        normalise = self._normalise
+        if normalise is None or _signal(option) != 0:
+            return _built(tag, events, errors, mode, option)
+        items = []
+        for time_ns, record in events:
+            try:
+                items.append(normalise(tag, time_ns, record))
+            except DecodeError as exc:
+                errors.append(exc.reason)
+            except (TypeError, UnicodeEncodeError):
+                errors.append("bad_encoding")
+        return _built(tag, [], errors, mode, option, items)
 
     def _entries(self, entries: list[Any], errors: list[str]) -> list[Event]:
         events: list[Event] = []
@@ -321,6 +472,62 @@ def _time_ns(t: Any) -> int:
     return -1
 
 
+def _sniff(buf: bytearray, pos: int, n: int) -> tuple[int, int, int, int, int] | int | None:
+    """The layout of the PackedForward frame header at ``pos``: (array length, tag start,
+    tag end, blob start, blob end); _NEED_MORE when the buffer ends inside the header;
+    None when this is not a frame the fast path takes (other modes, a tag that is not a
+    fixstr/str8/str16, a third element that is not str or bin)."""
+    first = buf[pos]
+    if first != 0x92 and first != 0x93:
+        return None
+    p = pos + 1
+    if p >= n:
+        return _NEED_MORE
+    b = buf[p]
+    if 0xA0 <= b <= 0xBF:
+        size = b & 0x1F
+        p += 1
+    elif b == 0xD9:
+        if p + 2 > n:
+            return _NEED_MORE
+        size = buf[p + 1]
+        p += 2
+    elif b == 0xDA:
+        if p + 3 > n:
+            return _NEED_MORE
+        size = _U16(buf, p + 1)[0]
+        p += 3
+    else:
+        return None
+    tag_start = p
+    p += size
+    tag_end = p
+    if p >= n:
+        return _NEED_MORE
+    b = buf[p]
+    if 0xA0 <= b <= 0xBF:
+        size = b & 0x1F
+        p += 1
+    elif b == 0xD9 or b == 0xC4:
+        if p + 2 > n:
+            return _NEED_MORE
+        size = buf[p + 1]
+        p += 2
+    elif b == 0xDA or b == 0xC5:
+        if p + 3 > n:
+            return _NEED_MORE
+        size = _U16(buf, p + 1)[0]
+        p += 3
+    elif b == 0xDB or b == 0xC6:
+        if p + 5 > n:
+            return _NEED_MORE
+        size = _U32(buf, p + 1)[0]
+        p += 5
+    else:
+        return None
+    return first & 0x0F, tag_start, tag_end, p, p + size
+
+
 def _valid_text(s: str) -> bool:
     if s.isascii():
         return True
@@ -341,14 +548,23 @@ def _option(obj: list[Any], index: int) -> dict[Any, Any] | None:
     return option if type(option) is dict else None
 
 
-def _built(tag: str, events: list[Event], errors: list[str], mode: str, option: dict[Any, Any]) -> Frame:
+def _signal(option: dict[Any, Any]) -> int:
+    signal = option.get("fluent_signal", 0)
+    return signal if type(signal) is int else 0
+
+
+def _built(
+    tag: str,
+    events: list[Event],
+    errors: list[str],
+    mode: str,
+    option: dict[Any, Any],
+    items: Sequence[Any] = (),
+) -> Frame:
     chunk = option.get("chunk")
     if chunk is not None and type(chunk) is not str and type(chunk) is not bytes:
         chunk = None  # an id we cannot echo is no id
-    signal = option.get("fluent_signal", 0)
-    if type(signal) is not int:
-        signal = 0
-    return Frame(tag, events, chunk, errors, mode, signal)
+    return Frame(tag, events, chunk, errors, mode, _signal(option), None, items)
 
 
 def _refused(obj: Any, reason: str, message: str) -> Frame:

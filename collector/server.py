@@ -2,8 +2,9 @@
 
 Per connection: read → ``ForwardDecoder.feed`` → each event through the log format →
 publish. A frame that asks for an ack (``option.chunk``) is acknowledged only after
-``publish_and_flush`` has returned, i.e. after its records (and everything published
-before them on this connection) are durable on the bus. Frames without a chunk are
+its records (and everything published before them on this connection) are durable on
+the bus: the connection waits for ``GroupCommit.commit`` (``collector/commit.py``),
+which merges the flushes of connections that wait at the same time into one. Frames without a chunk are
 batched and flushed before any ack, every ``FLUSH_RECORDS`` records, at most
 ``FLUSH_SECONDS`` after the oldest one arrived, and when the connection closes.
 
@@ -27,6 +28,7 @@ from typing import Any, cast
 
 import msgpack
 
+from collector.commit import GroupCommit
 from collector.formats import LogFormat, make_format
 from collector.forward import ForwardDecoder, Frame, encode_ack
 from collector.handshake import Handshake, Secrets
@@ -76,6 +78,7 @@ class CollectorServer:
         self._topic = topic
         self._metrics = metrics
         self._format = make_format(config.format, config.fields, config.redact)
+        self._commit = GroupCommit(producer, topic)
         security = config.security
         self._secrets: Secrets | None = None
         if security.shared_key_env:
@@ -251,8 +254,12 @@ class _Connection:
         self._writer = writer
         self._task = task
         self._peer = _addr(writer.get_extra_info("peername"))
+        # The decoder maps each record to its bus item as it unpacks it (cache-friendly);
+        # records the format refuses come back as skipped events with their reason.
         self._decoder = ForwardDecoder(
-            max_frame_bytes=config.max_chunk_bytes, max_decompressed_bytes=config.max_decompressed_bytes
+            max_frame_bytes=config.max_chunk_bytes,
+            max_decompressed_bytes=config.max_decompressed_bytes,
+            normalise=self._to_bus,
         )
         self._pending: list[Item] = []
         self._pending_since = 0.0
@@ -439,12 +446,10 @@ class _Connection:
         if frame.signal != 0:
             if frame.events:
                 self._reject("not_logs", len(frame.events), f"fluent_signal {frame.signal}")
-        elif frame.events:
-            items = self._records(frame)
-            if items:
-                if not self._pending:
-                    self._pending_since = asyncio.get_running_loop().time()
-                self._pending.extend(items)
+        elif frame.items:
+            if not self._pending:
+                self._pending_since = asyncio.get_running_loop().time()
+            self._pending.extend(frame.items)
         if frame.chunk is not None:
             await self._flush()
             self._writer.write(encode_ack(frame.chunk))
@@ -453,32 +458,12 @@ class _Connection:
         elif len(self._pending) >= FLUSH_RECORDS:
             await self._flush()
 
-    def _records(self, frame: Frame) -> list[Item]:
-        to_bus = self._to_bus
-        tag = frame.tag
-        items: list[Item] = []
-        append = items.append
-        bad: dict[str, int] | None = None
-        for time_ns, rec in frame.events:
-            try:
-                append(to_bus(tag, time_ns, rec))
-            except DecodeError as exc:
-                bad = bad or {}
-                bad[exc.reason] = bad.get(exc.reason, 0) + 1
-            except (TypeError, UnicodeEncodeError):  # orjson: text that is not valid UTF-8
-                bad = bad or {}
-                bad["bad_encoding"] = bad.get("bad_encoding", 0) + 1
-        if bad:
-            for reason, n in bad.items():
-                self._reject(reason, n, f"log records with tag {tag!r}")
-        return items
-
     async def _flush(self) -> None:
         items, self._pending = self._pending, []
         if not items:
             return
         try:
-            await self._server._producer.publish_and_flush(self._server._topic, items)
+            await self._server._commit.commit(items)
         except Exception as exc:  # any backend failure: count, log, close without ack
             self._metrics.bus_errors.inc()
             log.error(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ import orjson
 from shadowreplay import config as configmod
 from shadowreplay.config import Config
 from shadowreplay.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
@@ -37,7 +40,8 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
     g.add_argument("--methods", metavar="M,M", help="methods allowed (default GET,HEAD,OPTIONS)")
     g.add_argument("--keep-host", action="store_true", default=None, help="send the logged Host header")
     g.add_argument("--insecure", action="store_true", help="do not verify the targets' TLS certificates")
-    g.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'shadowreplay[fast]')")
+    g.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
+                   help="run on uvloop (the default when it is installed); --no-uvloop: asyncio's loop")
     if workers:
         g.add_argument("--workers", type=int, metavar="N",
                        help="run N replayer processes in one consumer group (metrics on consecutive ports)")
@@ -98,13 +102,19 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def use_uvloop_if_asked(args: argparse.Namespace) -> None:
-    """Install uvloop's event loop policy for ``--uvloop`` (children of --workers inherit the flag)."""
-    if not getattr(args, "uvloop", False):
+    """Install uvloop's event loop policy for ``replay`` unless ``--no-uvloop`` (or it is
+    not installed, which only ``--uvloop`` makes an error); other commands (``run``) only
+    with ``--uvloop``. Children of --workers inherit the flag."""
+    asked = getattr(args, "uvloop", None)
+    if asked is False or (asked is None and getattr(args, "command", None) != "replay"):
         return
     try:
         import uvloop
     except ImportError as exc:
-        raise ConfigError("--uvloop: uvloop is not installed (pip install 'shadowreplay[fast]')") from exc
+        if asked:
+            raise ConfigError("--uvloop: uvloop is not installed (pip install uvloop)") from exc
+        log.debug("uvloop not installed: running on asyncio's event loop")
+        return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 

@@ -48,12 +48,26 @@ from shadowreplay.bus.base import Message
 from shadowreplay.config import ReplayerConfig
 from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
-from shadowreplay.record import ReplayResult, RequestRecord, Response, decode_request, encode_result
+from shadowreplay.record import (
+    SCHEMA_VERSION,
+    ReplayResult,
+    RequestRecord,
+    Response,
+    decode_request,
+    encode_result,
+)
 
 log = logging.getLogger(__name__)
 
 POLL_MAX_RECORDS = 200
+POLL_MIN_ROOM = 100
+# How often the poll loop asks the bus which partitions this member owns (a rebalance
+# is noticed within this, plus the bus's own delay).
+ASSIGNMENT_CHECK_SECONDS = 0.2
 POLL_TIMEOUT_SECONDS = 0.2
+# The flusher publishes (and commits) at most this often: results that come during the
+# wait share one bus transaction, which costs about as much as one result alone.
+FLUSH_INTERVAL_SECONDS = 0.02
 BUS_RETRY_SECONDS = 1.0
 BUS_ATTEMPTS = 5
 # A self-anchoring replayer waits at most this long for its other partitions' first records.
@@ -61,6 +75,8 @@ ANCHOR_WAIT_SECONDS = 0.5
 # With --to and no idle_exit_seconds: exit once idle this long with nothing left to do.
 WINDOW_IDLE_EXIT_SECONDS = 2.0
 TARGET_NAMES = ("candidate", "baseline", "secondary")
+# How encode_request's output starts: a message that does is reused byte for byte.
+_OWN_ENCODING = b'{"v":%d,"id":' % SCHEMA_VERSION
 
 _Item = tuple[bytes | None, bytes, int | None]
 _TP = tuple[str, int]
@@ -73,6 +89,9 @@ class _Slot:
     message: Message
     done: bool = False
     dropped: bool = False  # its partition was revoked before it was sent
+    # The message is already the request's encoding (no rule changed the record): the
+    # result embeds it as is instead of encoding the request again.
+    request_json: bytes | None = None
 
 
 def build_targets(config: ReplayerConfig) -> dict[str, TargetClient]:
@@ -126,7 +145,7 @@ class Replayer:
         self._pacer: Pacer | None = None
         concurrency = max(c.concurrency for c in self.targets.values())
         # Messages polled but not yet committed; polling pauses at the cap.
-        self._max_pending = max(1024, 16 * concurrency)
+        self._max_pending = max(2048, 16 * concurrency)
         self._pending = 0
         self._slots: dict[_TP, deque[_Slot]] = {}  # per partition, in offset order
         self._finished: set[_TP] = set()  # partitions that reached --to
@@ -149,6 +168,9 @@ class Replayer:
         self._err: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="error") for n in self._names}
         self._resp: dict[str, Histogram] = {n: metrics.response_seconds.labels(target=n) for n in self._names}
         metrics.inflight.set_function(lambda: len(self._tasks))  # read at scrape time, not per request
+        # Per-record counts are kept here and added to the counters at every flush (a few
+        # per second at least), which costs one locked increment per batch, not per record.
+        self._uncounted: dict[Counter, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Replay until ``stop`` is set (or idle for ``idle_exit_seconds``, or past
@@ -204,6 +226,7 @@ class Replayer:
         if idle_exit <= 0 and self._window_to is not None:
             idle_exit = WINDOW_IDLE_EXIT_SECONDS
         idle_since: float | None = None
+        next_assignment_check = 0.0
         while not stop.is_set():
             for task in (scheduler, flusher):
                 if task.done():
@@ -214,7 +237,9 @@ class Replayer:
                 log.info("replayer reached the end of the window (%d ns): exiting", self._window_to)
                 return
             room = self._max_pending - self._pending
-            if room <= 0:
+            # Poll in batches: a trickle of one-record polls (room freed by each commit)
+            # costs more than it feeds while the heap still has work.
+            if room <= 0 or (room < POLL_MIN_ROOM and self._heap):
                 self._capacity.clear()
                 try:
                     await asyncio.wait_for(self._capacity.wait(), POLL_TIMEOUT_SECONDS)
@@ -222,7 +247,10 @@ class Replayer:
                     pass
                 continue
             messages = await self._poll(min(POLL_MAX_RECORDS, room))
-            await self._check_assignment()
+            now = time.monotonic()
+            if now >= next_assignment_check or self.anchor is None:
+                next_assignment_check = now + ASSIGNMENT_CHECK_SECONDS
+                await self._check_assignment()
             if messages:
                 idle_since = None
                 self._accept(messages)
@@ -320,6 +348,8 @@ class Replayer:
                     reason = ("method_not_allowed" if by == "methods"
                               else "sampled_out" if by.endswith(":sample") else "filtered")
                 else:
+                    if outcome.record is record and message.value.startswith(_OWN_ENCODING):
+                        slot.request_json = message.value
                     records.append((outcome.record, slot))
             if reason is not None:
                 skipped[reason] = skipped.get(reason, 0) + 1
@@ -395,14 +425,16 @@ class Replayer:
                 await self._sleep(None)
                 continue
             base = heap[0][0]
-            due = self._pacer.peek(base)
+            pacer = None if self._pacer.trivial else self._pacer
+            due = base if pacer is None else pacer.peek(base)
             now = time.time_ns()
             remaining = due - now
             if remaining > EARLY_TOLERANCE_NS:
                 await self._sleep(remaining / 1e9)  # timers may fire early: the loop re-checks
                 continue
             _, _, record, slot = heapq.heappop(heap)
-            due = self._pacer.take(base)
+            if pacer is not None:
+                due = pacer.take(base)
             self.dispatched += 1
             if self._drop_late and now - due > self._late_after_ns:
                 self._metrics.late.inc()
@@ -447,8 +479,9 @@ class Replayer:
             sent_ns = time.time_ns()
             lag_ns = sent_ns - due_ns
             metrics.schedule_lag.observe(lag_ns / 1e9 if lag_ns > 0 else 0.0)
+            uncounted = self._uncounted
             if lag_ns > self._late_after_ns:
-                metrics.late.inc()
+                uncounted[metrics.late] = uncounted.get(metrics.late, 0) + 1
             names = self._names
             if len(names) == 1:
                 responses = {names[0]: await self.targets[names[0]].send(record)}
@@ -466,10 +499,11 @@ class Replayer:
                 origin=record.origin,
             )
             if not slot.dropped:
-                self._unflushed.append((slot, (record.id.encode(), encode_result(result), sent_ns)))
+                self._unflushed.append((slot, (record.id.encode(), encode_result(result, slot.request_json), sent_ns)))
                 self._progress.set()
             self.replayed += 1
-            metrics.records.inc()
+            uncounted = self._uncounted  # a flush may have swapped it while the request ran
+            uncounted[metrics.records] = uncounted.get(metrics.records, 0) + 1
         except Exception as exc:  # a bug, not a target failure (those come back as Responses)
             log.exception("replaying record %s failed", record.id)
             if self._failure is None:
@@ -478,9 +512,11 @@ class Replayer:
             self._sem.release()
 
     def _count(self, responses: dict[str, Response]) -> None:
+        uncounted = self._uncounted
         for name, response in responses.items():
             if response.status is not None:
-                self._ok[name].inc()
+                ok = self._ok[name]
+                uncounted[ok] = uncounted.get(ok, 0) + 1
             else:
                 self._err[name].inc()
                 self._metrics.errors.labels(target=name, kind=response.error or "client").inc()
@@ -500,11 +536,18 @@ class Replayer:
             await self._progress.wait()
             self._progress.clear()
             closing = self._closing  # once set, every send has finished: this flush is the last
+            started = time.monotonic()
             await self._flush_results()
             if closing:
                 return
+            rest = FLUSH_INTERVAL_SECONDS - (time.monotonic() - started)
+            if rest > 0 and not self._closing:
+                await asyncio.sleep(rest)
 
     async def _flush_results(self) -> None:
+        counts, self._uncounted = self._uncounted, {}
+        for counter, count in counts.items():
+            counter.inc(count)
         batch, self._unflushed = self._unflushed, []
         if batch:
             items = [item for _, item in batch]

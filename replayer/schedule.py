@@ -47,14 +47,15 @@ class Anchor:
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ConfigError(f"replayer.speed: must be > 0, got {self.speed!r}")
+        # speed is a float; its exact integer ratio keeps the arithmetic in integers
+        # (no float rounding however far the record is from the anchor).
+        object.__setattr__(self, "_ratio", float(self.speed).as_integer_ratio())
         if self.follow_delay_ns is not None and self.follow_delay_ns < 0:
             raise ConfigError("replayer.follow_delay_seconds: must be >= 0")
 
     def due_ns(self, ts_ns: int) -> int:
         """The wall time (ns since epoch) at which the record logged at ``ts_ns`` is due."""
-        # speed is a float; its exact integer ratio keeps the arithmetic in integers
-        # (no float rounding however far the record is from the anchor).
-        num, den = float(self.speed).as_integer_ratio()
+        num, den = self._ratio  # type: ignore[attr-defined]
         delta = ts_ns - self.log_t0_ns
         due = self.wall_t0_ns + (2 * delta * den + num) // (2 * num)
         if self.follow_delay_ns is not None and self.speed > 1:
@@ -164,6 +165,11 @@ class Pacer:
             due = paced
             count += 1
         return due, shift, rate_base, count
+
+    @property
+    def trivial(self) -> bool:
+        """Neither a rate nor a gap cap: every due time is the speed schedule's."""
+        return self.rate <= 0 and not self.max_gap_ns
 
     def peek(self, base_ns: int) -> int:
         return self._compute(base_ns)[0]

@@ -48,6 +48,13 @@ class Origin:
             return None
         if not isinstance(obj, dict):
             raise RecordError("origin must be an object or null")
+        get = obj.get
+        status, size, duration, sha = get("status"), get("bytes"), get("duration"), get("body_sha256")
+        if (  # the common case, as orjson decodes it; anything else takes the checks below
+            (status is None or type(status) is int) and (size is None or type(size) is int)
+            and (duration is None or type(duration) is float) and (sha is None or type(sha) is str)
+        ):
+            return cls(status, size, duration, sha)
         return cls(
             status=_opt(obj, "status", int),
             bytes=_opt(obj, "bytes", int),
@@ -110,6 +117,9 @@ class RequestRecord:
         if not isinstance(obj, dict):
             raise RecordError("request record must be a JSON object")
         _check_version(obj)
+        fast = _request_fast(cls, obj)
+        if fast is not None:
+            return fast
         return cls(
             id=_req(obj, "id", str),
             ts=_req(obj, "ts", int),
@@ -183,10 +193,13 @@ class ReplayResult:
     origin: Origin | None = None
 
     def to_wire(self) -> dict[str, Any]:
+        return self._wire(self.request.to_wire())
+
+    def _wire(self, request: Any) -> dict[str, Any]:
         return {
             "v": SCHEMA_VERSION,
             "id": self.id,
-            "request": self.request.to_wire(),
+            "request": request,
             "endpoint": self.endpoint,
             "scheduled": self.scheduled,
             "sent": self.sent,
@@ -221,8 +234,13 @@ def decode_request(data: bytes) -> RequestRecord:
     return RequestRecord.from_wire(_loads(data))
 
 
-def encode_result(result: ReplayResult) -> bytes:
-    return orjson.dumps(result.to_wire())
+def encode_result(result: ReplayResult, request_json: bytes | None = None) -> bytes:
+    """``request_json``, when given, is ``encode_request(result.request)`` already made
+    (e.g. the bus message the request was decoded from, when no rule changed it): it is
+    embedded as is instead of being encoded again. The output is the same bytes."""
+    if request_json is None:
+        return orjson.dumps(result.to_wire())
+    return orjson.dumps(result._wire(orjson.Fragment(request_json)))
 
 
 def decode_result(data: bytes) -> ReplayResult:
@@ -246,6 +264,49 @@ def _loads(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"not JSON: {exc}") from exc
+
+
+def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecord | None:
+    """``RequestRecord.from_wire`` for the well-formed common case (exact JSON types, as
+    orjson decodes them), or None: then the general path decides (and names the fault)."""
+    get = obj.get
+    id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
+    tag, scheme, host, client = get("tag"), get("scheme"), get("host"), get("client")
+    if not (
+        type(id_) is str and type(ts) is int and type(method) is str and type(target) is str
+        and (tag is None or type(tag) is str) and (scheme is None or type(scheme) is str)
+        and (host is None or type(host) is str) and (client is None or type(client) is str)
+    ):
+        return None
+    wire_headers = get("headers")
+    headers: Headers = ()
+    if wire_headers is not None:
+        if type(wire_headers) is not list:
+            return None
+        pairs = []
+        for pair in wire_headers:
+            if type(pair) is not list or len(pair) != 2:
+                return None
+            name, value = pair
+            if type(name) is not str or type(value) is not str:
+                return None
+            pairs.append((name, value))
+        headers = tuple(pairs)
+    body = get("body")
+    origin = get("origin")
+    return cls(
+        id=id_,
+        ts=ts,
+        tag=tag or "",
+        method=method,
+        scheme=scheme or "http",
+        host=host or "",
+        target=target,
+        headers=headers,
+        body=None if body is None else _unb64(body, "body"),
+        client=client,
+        origin=None if origin is None else Origin.from_wire(origin),
+    )
 
 
 def _check_version(obj: dict[str, Any]) -> None:

@@ -55,8 +55,14 @@ class AsyncProducer(_OnOwnThread):
         """Queue and flush in one hop to the bus thread."""
 
         def _do() -> None:
-            for key, value, ts in items:
-                self._producer.publish(topic, value, key=key, timestamp_ns=ts)
+            # Backends may offer publish_batch(topic, items): the same as publishing
+            # each item, much cheaper (the collector sends thousands per flush).
+            batch = getattr(self._producer, "publish_batch", None)
+            if batch is not None:
+                batch(topic, items)
+            else:
+                for key, value, ts in items:
+                    self._producer.publish(topic, value, key=key, timestamp_ns=ts)
             self._producer.flush(timeout_seconds)
 
         await self._call(_do)

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from shadowreplay.bus.base import Message, next_positions
 from shadowreplay.errors import BusError, ConfigError
 
@@ -82,10 +84,10 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
 
 
 def _translate(exc: sqlite3.Error, what: str) -> BusError:
-    # A locked/busy database may succeed later; anything else (corrupt file, disk full,
-    # schema trouble) will not by itself.
+    # A locked/busy database may succeed later, and so may a full disk once space is
+    # freed; anything else (corrupt file, schema trouble) will not by itself.
     busy = isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc) or "busy" in str(exc)
+        "locked" in str(exc) or "busy" in str(exc) or "full" in str(exc)
     )
     return BusError(f"sqlite bus: {what} failed: {exc}", retriable=busy)
 
@@ -132,6 +134,48 @@ def _ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int) -> tupl
             row = conn.execute(
                 "SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone()
     return int(row[0]), int(row[1])
+
+
+# All the rows of a flush in one statement: the keys and the values each travel as one
+# blob, cut with substr() by a JSON array of (topic, part, off, ts, key start, key length
+# or -1 for none, value start, value length). sqlite3's executemany drops and retakes the
+# GIL around every row; with the collector's event loop busy decoding on the other
+# thread, each retake can wait a whole switch interval (5 ms), so 1,000 rows took seconds.
+# One statement is one wait, and SQLite does all of the work without the GIL.
+_INSERT_AT_ONCE = (
+    "INSERT INTO messages (topic, part, off, ts, key, value) SELECT"
+    " json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
+    " json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'),"
+    " CASE WHEN json_extract(j.value, '$[5]') < 0 THEN NULL"
+    " ELSE substr(?2, json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]')) END,"
+    " substr(?3, json_extract(j.value, '$[6]'), json_extract(j.value, '$[7]'))"
+    " FROM json_each(?1) AS j"
+)
+
+
+def _insert_at_once(
+    conn: sqlite3.Connection,
+    buffer: list[tuple[int, int, int, bytes | None, bytes]],
+    next_offset: dict[tuple[int, int], int],
+) -> None:
+    meta = []
+    keys = []
+    values = []
+    key_at = value_at = 1  # substr() counts from 1
+    for topic_id, partition, ts, key, value in buffer:
+        tp = (topic_id, partition)
+        off = next_offset[tp]
+        next_offset[tp] = off + 1
+        if key is None:
+            key_len = -1
+        else:
+            key_len = len(key)
+            keys.append(key)
+        values.append(value)
+        meta.append((topic_id, partition, off, ts, key_at, key_len, value_at, len(value)))
+        key_at += max(key_len, 0)
+        value_at += len(value)
+    conn.execute(_INSERT_AT_ONCE, (orjson.dumps(meta).decode("ascii"), b"".join(keys), b"".join(values)))
 
 
 class SqliteBus:
@@ -199,6 +243,7 @@ class SqliteProducer:
         # (topic id, partition, timestamp ns, key, value)
         self._buffer: list[tuple[int, int, int, bytes | None, bytes]] = []
         self._closed = False
+        self._one_statement = True
 
     def publish(
         self,
@@ -226,6 +271,31 @@ class SqliteProducer:
             ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
             self._buffer.append((topic_id, partition, ts, key, value))
 
+    def publish_batch(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
+        """``publish`` each (key, value, timestamp_ns) of ``items``, in order, at a
+        fraction of the cost (one lock, one topic lookup)."""
+        with self._lock:
+            if self._closed:
+                raise BusError("sqlite bus: producer is closed", retriable=False)
+            if self._buffer and len(self._buffer) + len(items) > self._max_buffered:
+                self._flush_locked()
+            spec = self._topics.get(topic)
+            if spec is None:
+                spec = self._topics[topic] = _ensure_topic(self._conn, topic, self._bus.partitions)
+            topic_id, partitions = spec
+            n = self._round_robin.get(topic_id, 0)
+            crc32 = zlib.crc32
+            now = time.time_ns()
+            append = self._buffer.append
+            for key, value, ts in items:
+                if key is None:
+                    partition = n % partitions
+                    n += 1
+                else:
+                    partition = crc32(key) % partitions
+                append((topic_id, partition, now if ts is None else int(ts), key, value))
+            self._round_robin[topic_id] = n
+
     def flush(self, timeout_seconds: float = 30.0) -> None:
         with self._lock:
             self._flush_locked(timeout_seconds)
@@ -237,6 +307,15 @@ class SqliteProducer:
             # The only wait in a flush is for the write lock: bound it by the timeout.
             busy_ms = max(1, int(timeout_seconds * 1000))
             self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        try:
+            self._write_buffer()
+        finally:
+            # Written or not, the buffer is done with: a failed flush leaves the messages
+            # unacknowledged and every caller publishes them again, so keeping them here
+            # would store them twice (Kafka's producer likewise drops failed sends).
+            self._buffer.clear()
+
+    def _write_buffer(self) -> None:
         counts: dict[tuple[int, int], int] = {}
         for topic_id, partition, _, _, _ in self._buffer:
             counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
@@ -248,6 +327,16 @@ class SqliteProducer:
                     (topic_id, partition),
                 ).fetchone()
                 next_offset[(topic_id, partition)] = 0 if row[0] is None else int(row[0]) + 1
+            if self._one_statement:
+                try:
+                    _insert_at_once(self._conn, self._buffer, next_offset)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "json" not in str(exc):
+                        raise
+                    # An SQLite built without JSON functions (before 3.38 they were optional).
+                    log.info("sqlite bus: no JSON functions (%s); inserting row by row", exc)
+                    self._one_statement = False
             rows = []
             for topic_id, partition, ts, key, value in self._buffer:
                 off = next_offset[(topic_id, partition)]
@@ -257,17 +346,17 @@ class SqliteProducer:
                 "INSERT INTO messages (topic, part, off, ts, key, value) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        self._buffer.clear()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            pending = len(self._buffer)
             try:
                 self._flush_locked()
             except BusError as exc:
-                log.warning("sqlite bus: %d messages not flushed at close: %s", len(self._buffer), exc)
+                log.warning("sqlite bus: %d messages not flushed at close: %s", pending, exc)
             self._conn.close()
 
 

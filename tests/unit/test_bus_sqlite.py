@@ -194,3 +194,32 @@ def test_seek_applies_to_partitions_gained_later(tmp_path: Path) -> None:
     assert a.poll(timeout_seconds=0.2) == []
     a.close()
     bus.close()
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "row-by-row"])
+def test_publish_batch_stores_exactly_what_publish_stores(tmp_path: Path, one_statement: bool) -> None:
+    bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
+    items: list[tuple[bytes | None, bytes, int | None]] = [
+        (None, b"", 2**63 - 1),
+        (b"", b"\x00\xff", -5),
+        (b"\xff\x00client", b'{"v":1}', 7),
+        (None, b"x" * 70_000, 0),
+        (b"10.0.0.1", b"y", 1_700_000_000_123_456_789),
+    ] * 3
+    producer = bus.producer()
+    producer._one_statement = one_statement
+    producer.publish_batch("batch", items)
+    for key, value, ts in items:
+        producer.publish("single", value, key=key, timestamp_ns=ts)
+    producer.flush()
+    producer.close()
+    consumer = bus.consumer(["batch", "single"], "g")
+    got = poll_until(consumer, 2 * len(items))
+    consumer.close()
+    bus.close()
+
+    def stored(topic: str) -> list[tuple[int, int, bytes | None, bytes, int]]:
+        return sorted((m.partition, m.offset, m.key, m.value, m.timestamp_ns) for m in got if m.topic == topic)
+
+    assert len(stored("batch")) == len(items)
+    assert stored("batch") == stored("single")

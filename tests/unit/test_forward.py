@@ -376,3 +376,94 @@ def test_fuzz_mutated_valid_frames(base: bytes, flips: list[tuple[int, int]], cu
     for pos, value in flips:
         data[pos % len(data)] = value
     feed_all(bytes(data[: len(data) - cut % 8]), step)
+
+
+# -- the PackedForward fast path agrees with the stream unpacker ----------------------------
+
+
+def outcome(data: bytes, step: int, *, fast: bool) -> list[object]:
+    """Everything a decoder reports for ``data`` fed ``step`` bytes at a time; without
+    ``fast``, the fast path is switched off (every frame goes to the stream unpacker)."""
+    import collector.forward as forward
+
+    sniff = forward._sniff
+    if not fast:
+        forward._sniff = lambda buf, pos, n: None  # type: ignore[assignment]
+    try:
+        d = ForwardDecoder(max_frame_bytes=4096, max_decompressed_bytes=8192, clock_ns=lambda: NOW)
+        out: list[object] = []
+        try:
+            for i in range(0, len(data), step):
+                for f in d.feed(data[i : i + step]):
+                    out.append((f.tag, f.events, f.chunk, f.errors, f.mode, f.signal, f.error and f.error.reason))
+            d.eof()
+        except DecodeError as exc:
+            out.append(("fatal", exc.reason, d.buffered if exc.reason == "truncated" else None))
+        return out
+    finally:
+        forward._sniff = sniff
+
+
+PACKED = [
+    packb(["app", entries_blob(3), {"chunk": "c"}]),
+    b"\x93\xa3app" + str32(entries_blob(4)) + packb({"chunk": b"\x00\xff", "size": 4}),
+    b"\x92\xd9\x03app" + b"\xc5" + struct.pack(">H", len(entries_blob(2))) + entries_blob(2),
+    b"\x93\xda\x00\x03app" + b"\xc4" + bytes([len(entries_blob(1))]) + entries_blob(1) + b"\xc0",
+    b"\x93\xa3app" + str32(entries_blob(2)) + b"\xde\x00\x01" + packb("chunk") + packb("m"),
+    packb(["app", gzip.compress(entries_blob(2)), {"compressed": "gzip", "chunk": "z"}]),
+    packb(["app", b"x" * 5000, {"chunk": "big"}]),  # over max_frame_bytes: refused
+    packb(["app", entries_blob(1), "not a map"]),
+    b"\x93\xa2\xff\xfe" + packb(entries_blob(1)) + packb({}),  # tag not UTF-8
+    packb(["app", packb([1, {"a": 1}]) + b"\xc1", {"fluent_signal": 2}]),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(PACKED + VALID + [b"\xc0"]), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3),
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=1, max_value=300),
+)
+def test_fast_path_matches_stream_unpacker(parts: list[bytes], flips: list[tuple[int, int]], cut: int, step: int) -> None:
+    data = bytearray(b"".join(parts))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = data[: len(data) - cut] if cut < len(data) else data
+    fast = outcome(bytes(data), step, fast=True)
+    assert fast == outcome(bytes(data), step, fast=False)
+    assert fast == outcome(bytes(data), len(data), fast=True)  # however the bytes arrive
+
+
+def test_fast_path_frames_across_reads() -> None:
+    frames_in = [packb(["t", entries_blob(50, 50 * k), {"chunk": f"c{k}"}]) for k in range(4)]
+    data = b"\xc0".join(frames_in)
+    d = decoder()
+    got = [f for i in range(0, len(data), 333) for f in d.feed(data[i : i + 333])]
+    assert [f.chunk for f in got] == ["c0", "c1", "c2", "c3"]
+    assert [e.record["i"] for f in got for e in f.events] == list(range(200))
+    assert d.buffered == 0
+
+
+def test_normalise_maps_log_events_and_skips_the_refused() -> None:
+    def normalise(tag: str, time_ns: int, rec: dict[str, object]) -> tuple[str, int, object]:
+        if rec.get("i") == 1:
+            raise DecodeError("no", reason="missing_method", fatal=False)
+        if rec.get("i") == 2:
+            raise TypeError("str is not valid UTF-8: surrogates not allowed")
+        return (tag, time_ns, rec["i"])
+
+    d = ForwardDecoder(clock_ns=lambda: NOW, normalise=normalise)
+    packed, forward, message, metrics = d.feed(
+        packb(["app", entries_blob(4), {"chunk": "c"}])
+        + packb(["fwd", [[1, {"i": 0}], [2, {"i": 1}], [3, "bad"]]])
+        + packb(["msg", 0, {"i": 3}])
+        + packb(["app", entries_blob(2), {"fluent_signal": 2}])
+    )
+    assert packed.events == [] and packed.chunk == "c"
+    assert packed.items == [("app", 1464845619_000000000, 0), ("app", 1464845619_000000003, 3)]
+    assert sorted(packed.errors) == ["bad_encoding", "missing_method"]
+    assert forward.items == [("fwd", 1_000_000_000, 0)] and sorted(forward.errors) == ["bad_record", "missing_method"]
+    assert message.items == [("msg", NOW, 3)]
+    # Not logs: left as events for the server to count and skip, never normalised.
+    assert metrics.items == () and len(metrics.events) == 2

@@ -131,3 +131,32 @@ text = st.text(max_size=30)
 def test_round_trip_property(ts: int, target: str, headers: list[tuple[str, str]], body: bytes | None) -> None:
     rec = _record(ts=ts, target=target, headers=tuple(headers), body=body)
     assert decode_request(encode_request(rec)) == rec
+
+
+def test_result_with_the_request_already_encoded_is_the_same_bytes() -> None:
+    rec = _record()
+    result = ReplayResult(id=rec.id, request=rec, endpoint="GET /search", scheduled=1, sent=2,
+                          responses={"candidate": Response(status=200, body=b"x", latency=0.001)},
+                          origin=rec.origin)
+    assert encode_result(result, encode_request(rec)) == encode_result(result)
+    assert decode_result(encode_result(result, encode_request(rec))) == result
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda w: w.update(tag=None, scheme=None, host=None, headers=None, body=None, origin=None),
+        lambda w: w["origin"].update(duration=1),  # an int duration is still a float duration
+        lambda w: w["origin"].update(status=None, bytes=None, duration=None, body_sha256=None),
+        lambda w: w.update(unknown_field=1),
+    ],
+)
+def test_lenient_forms_decode_as_before(mutate: object) -> None:
+    wire = orjson.loads(encode_request(_record()))
+    mutate(wire)  # type: ignore[operator]
+    rec = decode_request(orjson.dumps(wire))
+    if wire["tag"] is None:
+        assert (rec.tag, rec.scheme, rec.host, rec.headers, rec.body, rec.origin) == ("", "http", "", (), None, None)
+    if rec.origin is not None and rec.origin.duration is not None:
+        assert type(rec.origin.duration) is float
+    assert decode_request(encode_request(rec)) == rec

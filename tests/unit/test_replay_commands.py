@@ -71,3 +71,28 @@ def test_rules_and_targets_load_from_toml(tmp_path: object) -> None:
     configmod.validate(cfg)
     assert [r.kind for r in cfg.replayer.rules] == ["sample", "set_header"]
     assert cfg.replayer.targets.candidate == configmod.TargetOptions(2.0, 4, False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect_uvloop"),
+    [
+        (["replay", "--candidate", "http://c"], True),  # the default for replay, when installed
+        (["replay", "--candidate", "http://c", "--no-uvloop"], False),
+        (["run", "--candidate", "http://c"], False),  # run hosts every stage: opt-in only
+        (["run", "--candidate", "http://c", "--uvloop"], True),
+    ],
+)
+def test_uvloop_is_the_replay_default(argv: list[str], expect_uvloop: bool) -> None:
+    import asyncio
+
+    import uvloop
+
+    from replayer.commands import use_uvloop_if_asked
+
+    before = asyncio.get_event_loop_policy()
+    try:
+        asyncio.set_event_loop_policy(None)
+        use_uvloop_if_asked(build_parser().parse_args(argv))
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy) is expect_uvloop
+    finally:
+        asyncio.set_event_loop_policy(before)
