@@ -1,4 +1,4 @@
-"""Replayer figures in one run (bounded, about 1–2 minutes). Provisional on a shared machine.
+"""Replayer figures in one run (bounded, about 2 minutes). Provisional on a shared machine.
 
     .venv/bin/python bench/replayer.py [--no-uvloop] [--quick] [--runs N]
 
@@ -223,7 +223,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
                     help="run the replayer, bare loop and backend on uvloop (default; the replayer's default too)")
-    ap.add_argument("--quick", action="store_true", help="smaller runs (about 40 s)")
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about 1 minute)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each figure; the median is judged (default 3)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)
@@ -231,7 +231,7 @@ def main() -> int:
     if args.backend:
         serve_backend(args.backend, args.uvloop)
         return 0
-    scale = 0.4 if args.quick else 1.0
+    scale = 0.25 if args.quick else 0.6  # with 3 runs: about 1 and 2 minutes
     runs = max(1, args.runs)
     port = free_port()
     loop_flag = ["--uvloop"] if args.uvloop else ["--no-uvloop"]

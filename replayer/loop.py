@@ -36,10 +36,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from replayer.client import TargetClient
-from replayer.metrics import ReplayerMetrics
+from replayer.metrics import HistogramBatch, ReplayerMetrics
 from replayer.rules import Rules
 from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, Pacer
 from replayer.window import parse_window
@@ -166,7 +166,9 @@ class Replayer:
         # Metric children looked up once, not per request.
         self._ok: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="ok") for n in self._names}
         self._err: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="error") for n in self._names}
-        self._resp: dict[str, Histogram] = {n: metrics.response_seconds.labels(target=n) for n in self._names}
+        # Latencies and lags are added to their histograms at every flush, in batches.
+        self._resp = {n: HistogramBatch(metrics.response_seconds.labels(target=n)) for n in self._names}
+        self._lag = HistogramBatch(metrics.schedule_lag)
         metrics.inflight.set_function(lambda: len(self._tasks))  # read at scrape time, not per request
         # Per-record counts are kept here and added to the counters at every flush (a few
         # per second at least), which costs one locked increment per batch, not per record.
@@ -478,7 +480,7 @@ class Replayer:
         try:
             sent_ns = time.time_ns()
             lag_ns = sent_ns - due_ns
-            metrics.schedule_lag.observe(lag_ns / 1e9 if lag_ns > 0 else 0.0)
+            self._lag.values.append(lag_ns / 1e9 if lag_ns > 0 else 0.0)
             uncounted = self._uncounted
             if lag_ns > self._late_after_ns:
                 uncounted[metrics.late] = uncounted.get(metrics.late, 0) + 1
@@ -523,7 +525,7 @@ class Replayer:
             if response.truncated:
                 self._metrics.truncated.labels(target=name).inc()
             if response.latency is not None:
-                self._resp[name].observe(response.latency)
+                self._resp[name].values.append(response.latency)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -548,6 +550,9 @@ class Replayer:
         counts, self._uncounted = self._uncounted, {}
         for counter, count in counts.items():
             counter.inc(count)
+        self._lag.fold()
+        for histogram in self._resp.values():
+            histogram.fold()
         batch, self._unflushed = self._unflushed, []
         if batch:
             items = [item for _, item in batch]

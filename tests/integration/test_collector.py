@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import struct
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,44 +16,22 @@ from prometheus_client import CollectorRegistry
 
 from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
+from collector_harness import TOPIC, RunningCollector, collectors, read_messages
 from shadowreplay.bus import Bus, open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.errors import BusError
-from shadowreplay.record import RequestRecord, decode_request
+from shadowreplay.record import RequestRecord
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "shadow.requests"
 BASE_NS = 1464845619_123450040
 
 
-class Collector:
-    def __init__(self, server: CollectorServer, registry: CollectorRegistry, bus: Bus) -> None:
-        self.server = server
-        self.registry = registry
-        self.bus = bus
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-
 @pytest.fixture
-async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
-    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}", partitions=3)
-    bus.ensure_topic(TOPIC, 3)
-    producer = AsyncProducer(bus)
-    registry = CollectorRegistry()
-    config = CollectorConfig(listen="127.0.0.1:0", max_chunk_bytes=4 * 1024 * 1024)
-    server = CollectorServer(config, producer, TOPIC, CollectorMetrics(registry))
-    async with server:
-        yield Collector(server, registry, bus)
-    await producer.close()
-    bus.close()
+async def collector(tmp_path: Path) -> AsyncIterator[RunningCollector]:
+    async with collectors(tmp_path, partitions=3) as start:
+        yield await start(max_chunk_bytes=4 * 1024 * 1024)
 
 
 def nginx_record(i: int, **over: Any) -> dict[str, Any]:
@@ -108,22 +85,10 @@ async def read_ack(reader: asyncio.StreamReader) -> Any:
 
 
 async def consume(bus: Bus, want: int, group: str = "test", timeout: float = 20.0) -> list[tuple[RequestRecord, int]]:
-    consumer = AsyncConsumer(bus, [TOPIC], group)
-    out: list[tuple[RequestRecord, int]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < want and time.monotonic() < deadline:
-            for m in await consumer.poll(1000, 0.2):
-                out.append((decode_request(m.value), m.timestamp_ns))
-        # Anything beyond `want` (duplicates, strays) shows up here too.
-        for m in await consumer.poll(1000, 0.3):
-            out.append((decode_request(m.value), m.timestamp_ns))
-    finally:
-        await consumer.close()
-    return out
+    return await read_messages(bus, want, group, timeout, settle=0.3)
 
 
-async def test_fluent_logger_message_mode(collector: Collector) -> None:
+async def test_fluent_logger_message_mode(collector: RunningCollector) -> None:
     n = 1200
 
     def send_all() -> None:
@@ -153,7 +118,7 @@ async def test_fluent_logger_message_mode(collector: Collector) -> None:
     assert collector.metric("shadow_collector_chunks_acked_total") == 0
 
 
-async def test_chunks_are_acked_after_records_are_on_the_bus(collector: Collector) -> None:
+async def test_chunks_are_acked_after_records_are_on_the_bus(collector: RunningCollector) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", collector.port)
     chunk = "p8n9gmxTQVC8/nh2wlKKeQ==\n"
     writer.write(packed_frame("web", range(0, 500), chunk))
@@ -182,7 +147,7 @@ async def test_chunks_are_acked_after_records_are_on_the_bus(collector: Collecto
     assert collector.metric("shadow_collector_frames_total", mode="compressed") == 1
 
 
-async def test_bad_events_skipped_and_counted_neighbours_acked(collector: Collector) -> None:
+async def test_bad_events_skipped_and_counted_neighbours_acked(collector: RunningCollector) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", collector.port)
     entries = [
         [event_time(BASE_NS + 1), nginx_record(1)],
@@ -212,7 +177,7 @@ async def test_bad_events_skipped_and_counted_neighbours_acked(collector: Collec
         assert collector.metric("shadow_collector_rejected_total", reason=reason) == 1
 
 
-async def test_malformed_connection_loses_no_good_records(collector: Collector) -> None:
+async def test_malformed_connection_loses_no_good_records(collector: RunningCollector) -> None:
     good1 = await asyncio.open_connection("127.0.0.1", collector.port)
     good2 = await asyncio.open_connection("127.0.0.1", collector.port)
     bad_reader, bad_writer = await asyncio.open_connection("127.0.0.1", collector.port)
@@ -249,7 +214,7 @@ async def test_malformed_connection_loses_no_good_records(collector: Collector) 
     assert collector.metric("shadow_collector_connections_total") == 4
 
 
-async def test_oversized_chunk_refused_without_ack(collector: Collector) -> None:
+async def test_oversized_chunk_refused_without_ack(collector: RunningCollector) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", collector.port)
     huge = packb(["web", b"\x00" * (8 * 1024 * 1024), {"chunk": "too-big"}])
     writer.write(huge)
@@ -262,7 +227,7 @@ async def test_oversized_chunk_refused_without_ack(collector: Collector) -> None
     assert collector.metric("shadow_collector_chunks_acked_total") == 0
 
 
-async def test_unacked_frames_are_flushed_without_closing(collector: Collector) -> None:
+async def test_unacked_frames_are_flushed_without_closing(collector: RunningCollector) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", collector.port)
     writer.write(b"".join(packb(["app", event_time(BASE_NS + i), nginx_record(i)]) for i in range(10)))
     await writer.drain()

@@ -14,92 +14,35 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from prometheus_client import CollectorRegistry
 
 from collector.handshake import password_digest, ping_digest
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
+from collector_harness import StartCollector, collectors
 from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong_refused, record, text
-from shadowreplay.bus import Bus, open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.config import CollectorConfig, ForwardSecurity, ForwardTls, ForwardUser
+from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
 from shadowreplay.errors import ConfigError
-from shadowreplay.record import decode_request
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "shadow.requests"
 KEY = "s3cret-shared-key"
 ENV = {"FWD_KEY": KEY, "FWD_ALICE": "alice-pw", "FWD_BOB": "bob-pw"}
 SECURE = ForwardSecurity(shared_key_env="FWD_KEY", self_hostname="collector.test")
 WITH_USERS = dataclasses.replace(SECURE, users=(ForwardUser("alice", "FWD_ALICE"), ForwardUser("bob", "FWD_BOB")))
 
 
-class Running:
-    def __init__(self, server: CollectorServer, registry: CollectorRegistry, bus: Bus) -> None:
-        self.server = server
-        self.registry = registry
-        self.bus = bus
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-    async def records(self, want: int, timeout: float = 10.0) -> dict[str, int]:
-        """id → ts of every record on the bus (waits for ``want``, then a little more)."""
-        consumer = AsyncConsumer(self.bus, [TOPIC], f"check-{time.monotonic_ns()}")
-        out: dict[str, int] = {}
-        dupes = 0
-        try:
-            deadline = time.monotonic() + timeout
-            while len(out) < want and time.monotonic() < deadline:
-                for m in await consumer.poll(1000, 0.2):
-                    r = decode_request(m.value)
-                    dupes += r.id in out
-                    out[r.id] = r.ts
-            for m in await consumer.poll(1000, 0.2):
-                r = decode_request(m.value)
-                dupes += r.id in out
-                out[r.id] = r.ts
-        finally:
-            await consumer.close()
-        assert dupes == 0
-        return out
-
-
-Start = Callable[..., Awaitable[Running]]
+Start = StartCollector
 
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
     """``await start(**collector config fields)``: a collector on a fresh SQLite bus."""
-    stack: list[tuple[CollectorServer, AsyncProducer, Bus]] = []
-
-    async def _start(environ: dict[str, str] | None = None, **fields: Any) -> Running:
-        bus = open_bus(f"sqlite:///{tmp_path / f'bus{len(stack)}.db'}", partitions=2)
-        bus.ensure_topic(TOPIC, 2)
-        producer = AsyncProducer(bus)
-        registry = CollectorRegistry()
-        config = dataclasses.replace(CollectorConfig(listen="127.0.0.1:0"), **fields)
-        server = CollectorServer(config, producer, TOPIC, CollectorMetrics(registry), environ=ENV if environ is None else environ)
-        await server.start()
-        stack.append((server, producer, bus))
-        return Running(server, registry, bus)
-
-    yield _start
-    for server, producer, bus in reversed(stack):
-        await server.stop()
-        await producer.close()
-        bus.close()
+    async with collectors(tmp_path, partitions=2, environ=ENV) as start_collector:
+        yield start_collector
 
 
 async def open_conn(port: int, ssl_ctx: ssl.SSLContext | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

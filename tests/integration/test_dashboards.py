@@ -11,7 +11,6 @@ return at least one series: renaming a metric a panel uses fails this test.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import shutil
@@ -30,9 +29,9 @@ import pytest
 from aiohttp import web
 
 from shadowreplay.app import Pipeline
-from shadowreplay.config import Config
 from shadowreplay.demo.backends import Backend
 from shadowreplay.demo.run import feed, load_sample
+from tests.conftest import loopback_config
 
 pytestmark = pytest.mark.integration
 
@@ -193,16 +192,7 @@ async def _add_noise(
 async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
     backends = [NoisyBackend(candidate=True), NoisyBackend(candidate=False), NoisyBackend(candidate=False)]
     candidate, baseline, secondary = [await b.start() for b in backends]
-    cfg0 = Config()
-    cfg = dataclasses.replace(
-        cfg0,
-        bus=dataclasses.replace(cfg0.bus, url=f"sqlite:///{tmp_path / 'bus.db'}"),
-        collector=dataclasses.replace(cfg0.collector, listen="127.0.0.1:0"),
-        replayer=dataclasses.replace(
-            cfg0.replayer, candidate=candidate, baseline=baseline, secondary=secondary, speed=SPEED
-        ),
-        metrics=dataclasses.replace(cfg0.metrics, listen="127.0.0.1:0"),
-    )
+    cfg = loopback_config(tmp_path / "bus.db", candidate=candidate, baseline=baseline, secondary=secondary, speed=SPEED)
     try:
         async with Pipeline(cfg) as p:
             yield p

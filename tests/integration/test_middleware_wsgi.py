@@ -7,8 +7,7 @@ import asyncio
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -16,7 +15,7 @@ import pytest
 
 from collector.middleware import RequestShipper, WSGIMiddleware
 from tests.conftest import free_port
-from tests.integration.test_tail import Harness
+from tests.integration.test_tail import Harness, harness  # noqa: F401  (harness is a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +52,6 @@ class Served:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
-    await h.start_collector()
-    try:
-        yield h
-    finally:
-        await h.close()
-
-
-@pytest.fixture
 def served() -> Iterator[list[Served]]:
     servers: list[Served] = []
     yield servers
@@ -70,7 +59,7 @@ def served() -> Iterator[list[Served]]:
         s.close()
 
 
-async def test_wsgi_requests_reach_the_bus(harness: Harness, served: list[Served]) -> None:
+async def test_wsgi_requests_reach_the_bus(harness: Harness, served: list[Served]) -> None:  # noqa: F811
     shipper = RequestShipper("app.requests", "127.0.0.1", harness.port)
     srv = Served(WSGIMiddleware(app, shipper, max_body_bytes=64))
     served.append(srv)

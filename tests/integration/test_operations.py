@@ -9,7 +9,6 @@ uncommitted for the next run, and the comparer read and committed every result.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import socket
@@ -26,9 +25,9 @@ import pytest
 
 from shadowreplay.app import Pipeline
 from shadowreplay.bus.sqlite import SqliteBus
-from shadowreplay.config import Config
 from shadowreplay.demo.backends import Backend
 from shadowreplay.demo.run import feed, load_sample
+from tests.conftest import loopback_config
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +60,8 @@ async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
 
 async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backends: tuple[Backend, Backend]) -> None:
     candidate, baseline = backends
-    cfg0 = Config()
-    cfg = dataclasses.replace(
-        cfg0,
-        bus=dataclasses.replace(cfg0.bus, url=f"sqlite:///{tmp_path / 'bus.db'}"),
-        collector=dataclasses.replace(cfg0.collector, listen="127.0.0.1:0"),
-        replayer=dataclasses.replace(
-            cfg0.replayer, candidate=f"http://127.0.0.1:{candidate.port}", baseline=f"http://127.0.0.1:{baseline.port}"
-        ),
-        metrics=dataclasses.replace(cfg0.metrics, listen="127.0.0.1:0"),
+    cfg = loopback_config(
+        tmp_path / "bus.db", candidate=f"http://127.0.0.1:{candidate.port}", baseline=f"http://127.0.0.1:{baseline.port}"
     )
     async with Pipeline(cfg) as pipeline:
         base = f"http://127.0.0.1:{pipeline.metrics_server.port}"

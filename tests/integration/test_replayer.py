@@ -7,14 +7,13 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from http_backends import Backend, start_backend
 from replayer.loop import Replayer
 from replayer.metrics import ReplayerMetrics
 from replayer.schedule import Anchor
@@ -32,21 +31,6 @@ GROUP = "replayers"
 LOG_T0 = 1_700_000_000_000_000_000
 
 
-@dataclass
-class Hit:
-    id: str
-    arrival_ns: int
-    raw_path: str
-    forwarded_for: str | None
-
-
-@dataclass
-class Backend:
-    name: str
-    url: str = ""
-    hits: list[Hit] = field(default_factory=list)
-
-
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
     b = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
@@ -56,34 +40,10 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
     b.close()
 
 
-async def _start_backend(name: str) -> tuple[Backend, web.AppRunner]:
-    backend = Backend(name)
-
-    async def handle(request: web.Request) -> web.Response:
-        backend.hits.append(
-            Hit(
-                id=request.headers.get("X-Shadow-Replay", ""),
-                arrival_ns=time.time_ns(),
-                raw_path=request.raw_path,
-                forwarded_for=request.headers.get("X-Forwarded-For"),
-            )
-        )
-        return web.json_response({"backend": name, "path": request.path})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    backend.url = f"http://{host}:{port}"
-    return backend, runner
-
-
 @pytest.fixture
 async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
-    candidate, r1 = await _start_backend("candidate")
-    baseline, r2 = await _start_backend("baseline")
+    candidate, r1 = await start_backend("candidate")
+    baseline, r2 = await start_backend("baseline")
     yield candidate, baseline
     await r1.cleanup()
     await r2.cleanup()

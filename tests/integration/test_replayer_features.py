@@ -9,7 +9,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import brotli
@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from http_backends import Backend, start_backend
 from replayer.loop import Replayer
 from replayer.metrics import ReplayerMetrics
 from replayer.schedule import Anchor
@@ -34,54 +35,22 @@ MS = 1_000_000
 PAYLOAD = b'{"items": [' + b",".join(b'{"n": %d}' % i for i in range(300)) + b"]}"
 
 
-@dataclass
-class Hit:
-    id: str
-    arrival_ns: int
-    raw_path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class Backend:
-    name: str
-    url: str = ""
-    hits: list[Hit] = field(default_factory=list)
-
-    def ids(self) -> Counter[str]:
-        return Counter(h.id for h in self.hits)
-
-
-async def _backend(name: str) -> tuple[Backend, web.AppRunner]:
-    b = Backend(name)
-
-    async def handle(request: web.Request) -> web.Response:
-        b.hits.append(Hit(request.headers.get("X-Shadow-Replay", ""), time.time_ns(), request.raw_path,
-                          dict(request.headers)))
-        enc = request.path.rsplit("/", 1)[-1]
-        if enc == "gzip":
-            return web.Response(body=gzip.compress(PAYLOAD), headers={"Content-Encoding": "gzip"})
-        if enc == "deflate":
-            return web.Response(body=zlib.compress(PAYLOAD), headers={"Content-Encoding": "deflate"})
-        if enc == "br":
-            return web.Response(body=brotli.compress(PAYLOAD), headers={"Content-Encoding": "br"})
-        if enc == "big":
-            return web.Response(body=PAYLOAD)
-        return web.json_response({"backend": name})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    b.url = f"http://{host}:{port}"
-    return b, runner
+def _respond(request: web.Request) -> web.Response | None:
+    enc = request.path.rsplit("/", 1)[-1]
+    if enc == "gzip":
+        return web.Response(body=gzip.compress(PAYLOAD), headers={"Content-Encoding": "gzip"})
+    if enc == "deflate":
+        return web.Response(body=zlib.compress(PAYLOAD), headers={"Content-Encoding": "deflate"})
+    if enc == "br":
+        return web.Response(body=brotli.compress(PAYLOAD), headers={"Content-Encoding": "br"})
+    if enc == "big":
+        return web.Response(body=PAYLOAD)
+    return None  # the default JSON answer
 
 
 @pytest.fixture
 async def backends() -> AsyncIterator[tuple[Backend, Backend, Backend]]:
-    started = [await _backend(n) for n in ("candidate", "baseline", "secondary")]
+    started = [await start_backend(n, _respond) for n in ("candidate", "baseline", "secondary")]
     yield started[0][0], started[1][0], started[2][0]
     for _, runner in started:
         await runner.cleanup()

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from http_backends import serve
 from shadowreplay.bus import open_bus
 from shadowreplay.bus.base import Bus
 from shadowreplay.record import RequestRecord, decode_result, encode_request
@@ -32,13 +33,7 @@ async def _backend(hits: list[tuple[str, int]]) -> tuple[str, web.AppRunner]:
         hits.append((request.headers.get("X-Shadow-Replay", ""), time.time_ns()))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}", runner
+    return await serve(handle)
 
 
 def _config(path: Path, bus_url: str, requests: str, results: str, group: str, candidate: str) -> Path:

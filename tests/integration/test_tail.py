@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
 from collector.tail import Tail, TailOptions
-from shadowreplay.bus import open_bus
+from collector_harness import TOPIC, open_sqlite_bus
 from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.record import decode_request
@@ -27,7 +27,6 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "shadow.requests"
 WAIT_SECONDS = 20.0
 
 
@@ -60,8 +59,7 @@ class Harness:
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
-        self.bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}", partitions=2)
-        self.bus.ensure_topic(TOPIC, 2)
+        self.bus = open_sqlite_bus(tmp_path / "bus.db", partitions=2)
         self.producer = AsyncProducer(self.bus)
         self.consumer = self.bus.consumer([TOPIC], "tail-test")
         self.port = free_port()
