@@ -43,6 +43,7 @@ from collector.server import CollectorServer  # noqa: E402
 from shadowreplay.bus import open_bus  # noqa: E402
 from shadowreplay.bus.aio import AsyncProducer  # noqa: E402
 from shadowreplay.config import CollectorConfig, FieldMap  # noqa: E402
+from shadowreplay.runtime import tune_gc  # noqa: E402
 
 CHUNK_RECORDS = 1000
 TOPIC = "bench.requests"
@@ -275,6 +276,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
+    tune_gc()  # as `shadowreplay collect` does (the collector runs in this process)
 
     n_chunks = max(1, args.records // CHUNK_RECORDS)
     frames = [chunk_frame(k, k * CHUNK_RECORDS) for k in range(n_chunks)]

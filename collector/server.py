@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, cast
@@ -92,6 +93,34 @@ class CollectorServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[asyncio.Task[Any], _Connection] = {}
         self._logged: set[str] = set()
+        # A bus outage is logged when it starts and when it ends; the refusals in between
+        # are counted (shadow_collector_bus_errors_total) and logged at DEBUG.
+        self._bus_down_since: float | None = None
+        self._bus_refusals = 0
+
+    def bus_failed(self, records: int, peer: str, exc: BaseException) -> None:
+        self._metrics.bus_errors.inc()
+        self._bus_refusals += 1
+        if self._bus_down_since is None:
+            self._bus_down_since = time.monotonic()
+            log.error(
+                "publishing %d records from %s failed, closing the connection without ack (the client "
+                "resends): %r; further failures are only counted in shadow_collector_bus_errors_total "
+                "until the bus accepts records again",
+                records, peer, exc,
+            )
+        else:
+            log.debug("publishing %d records from %s failed, closing without ack: %r", records, peer, exc)
+
+    def bus_ok(self) -> None:
+        if self._bus_down_since is not None:
+            log.warning(
+                "the bus accepts records again after %.1fs; %d publishes were refused meanwhile "
+                "(their clients resend them)",
+                time.monotonic() - self._bus_down_since, self._bus_refusals,
+            )
+            self._bus_down_since = None
+            self._bus_refusals = 0
 
     @property
     def port(self) -> int:
@@ -465,14 +494,9 @@ class _Connection:
         try:
             await self._server._commit.commit(items)
         except Exception as exc:  # any backend failure: count, log, close without ack
-            self._metrics.bus_errors.inc()
-            log.error(
-                "publishing %d records from %s failed, closing the connection without ack: %r",
-                len(items),
-                self._peer,
-                exc,
-            )
+            self._server.bus_failed(len(items), self._peer, exc)
             raise _BusFailed() from exc
+        self._server.bus_ok()
         self._metrics.records.inc(len(items))
 
     def _reject(self, reason: str, n: int, what: str) -> None:

@@ -18,6 +18,7 @@ import orjson
 from shadowreplay import config as configmod
 from shadowreplay.config import Config
 from shadowreplay.errors import ShadowError
+from shadowreplay.runtime import tune_gc
 
 log = logging.getLogger("shadowreplay")
 
@@ -274,10 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "collect", "replay", "compare") and not getattr(args, "rediff", False):
             cfg = config_from_args(args)
             stages = {"run": ("collect", "replay", "compare")}.get(args.command, (args.command,))
+            tune_gc()
             asyncio.run(_run_stages(cfg, stages))
         elif args.command == "demo":
             from shadowreplay.demo.run import run_demo
 
+            tune_gc()
             outcome = asyncio.run(
                 run_demo(speed=args.speed, metrics_listen=args.metrics_listen, keep_serving=not args.no_wait)
             )

@@ -8,6 +8,7 @@ replayer (which stamps ``ReplayResult.endpoint``) and the comparer (which groups
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
@@ -31,4 +32,9 @@ def path_template(path: str) -> str:
 
 def endpoint_name(method: str, target: str) -> str:
     """The endpoint a request belongs to: ``METHOD /path/{template}``."""
-    return f"{method.upper()} {path_template(target.split('?', 1)[0])}"
+    return _named(method, target.split("?", 1)[0])
+
+
+@lru_cache(maxsize=16_384)  # paths repeat: a hit costs a dict lookup, a template ~1 µs
+def _named(method: str, path: str) -> str:
+    return f"{method.upper()} {path_template(path)}"

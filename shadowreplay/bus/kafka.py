@@ -135,27 +135,36 @@ class _KeyPartitioner(Partitioner):
     other producers agree on a key's partition), remembering the partition of recent
     keys: pure-Python murmur2 was a fifth of the producer's time per record, and a
     collector sees the same client addresses over and over. Bounded: the memo is
-    dropped when full or when the topic's partition count changes."""
+    dropped when full or when the topic's partitions change, which is checked at most
+    every ``RECHECK_SECONDS`` (asking the metadata builds a set: a tenth of a send)."""
 
     MEMO_SIZE = 65_536
+    RECHECK_SECONDS = 1.0
 
     def __init__(self) -> None:
         self._default = DefaultPartitioner()
-        self._tables: dict[str, tuple[int, dict[bytes, int]]] = {}
+        # topic -> (recheck after, partitions as the metadata listed them, key -> partition)
+        self._tables: dict[str, tuple[float, frozenset[int], dict[bytes, int]]] = {}
 
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
     ) -> int:
-        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
-        if not partitions:  # no key (random partition), or no metadata: the default's answer
+        if serialized_key is None:  # no key: the default's (random) answer
             return int(self._default.partition(topic, key, serialized_key, value, serialized_value, cluster))
-        count = len(partitions)
         table = self._tables.get(topic)
-        if table is None or table[0] != count or len(table[1]) >= self.MEMO_SIZE:
-            table = self._tables[topic] = (count, {})
-        known = table[1].get(serialized_key)  # type: ignore[arg-type]
+        now = time.monotonic()
+        if table is None or now >= table[0] or len(table[2]) >= self.MEMO_SIZE:
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:  # no metadata yet: the default's answer
+                return int(self._default.partition(topic, key, serialized_key, value, serialized_value, cluster))
+            current = frozenset(partitions)
+            memo = table[2] if table is not None and table[1] == current and len(table[2]) < self.MEMO_SIZE else {}
+            table = self._tables[topic] = (now + self.RECHECK_SECONDS, current, memo)
+        memo = table[2]
+        known = memo.get(serialized_key)
         if known is None:
-            known = table[1][serialized_key] = sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % count]  # type: ignore[index]
+            ordered = sorted(table[1])
+            known = memo[serialized_key] = ordered[(murmur2(serialized_key) & 0x7FFFFFFF) % len(ordered)]
         return known
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -238,14 +239,16 @@ async def test_unacked_frames_are_flushed_without_closing(collector: RunningColl
 
 
 class FailingProducer:
-    """Test double: a bus whose every publish fails."""
+    """Test double: a bus whose first ``failures`` publishes fail (by default every one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int | None = None) -> None:
         self.calls = 0
+        self.failures = failures
 
     async def publish_and_flush(self, topic: str, items: Sequence[Any], timeout_seconds: float = 30.0) -> None:
         self.calls += 1
-        raise BusError("disk full", retriable=True)
+        if self.failures is None or self.calls <= self.failures:
+            raise BusError("disk full", retriable=True)
 
 
 async def test_bus_failure_closes_connection_without_ack() -> None:
@@ -262,6 +265,29 @@ async def test_bus_failure_closes_connection_without_ack() -> None:
     assert producer.calls == 1
     assert registry.get_sample_value("shadow_collector_bus_errors_total") == 1
     assert registry.get_sample_value("shadow_collector_chunks_acked_total") == 0
+
+
+async def test_bus_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    producer = FailingProducer(failures=3)
+    config = CollectorConfig(listen="127.0.0.1:0")
+    caplog.set_level(logging.INFO, logger="collector.server")
+    async with CollectorServer(config, producer, TOPIC, CollectorMetrics(registry)) as server:  # type: ignore[arg-type]
+        for attempt in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(packed_frame("web", range(5), f"chunk-{attempt}"))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                if attempt < 3:
+                    assert await reader.read() == b""  # refused: closed without ack
+                else:
+                    assert await read_ack(reader) == {b"ack": b"chunk-3"}
+            writer.close()
+    assert registry.get_sample_value("shadow_collector_bus_errors_total") == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "without ack" in errors[0].getMessage(), [r.getMessage() for r in errors]
+    recovered = [r.getMessage() for r in caplog.records if "the bus accepts records again after" in r.getMessage()]
+    assert len(recovered) == 1 and "3 publishes were refused" in recovered[0]
 
 
 async def test_stop_flushes_pending_records(tmp_path: Path) -> None:
