@@ -8,7 +8,9 @@ collect``, ``replay --speed 2 --follow`` and ``compare`` as three processes; a c
 and a baseline in bench/backend.py (a fourth process) that answer differently, so every
 compared result is stored as a divergence with the time it was compared. Two senders
 use the project's acking forward client (chunks of 10 records, resent until acked);
-each record's log time is the time its line was written.
+each record's log time is the time its line was written. The replay group's anchor is
+set with ``shadowreplay replay start --from now --at now --follow`` before the stages
+start, so the replay is live from the first record.
 
 Printed: input rate held (acked records/s over the run), end-to-end latency from log
 line to compared result (p50/p99, live follow mode), records lost (acked but never
@@ -148,6 +150,13 @@ def run_step(rate: float, seconds: float, work: Path, quiet: bool = False) -> St
         "comparer.store": {"path": str(store), "max_count": 10_000_000, "prune_interval_seconds": 3600.0},
     })
     bus = f"kafka://127.0.0.1:{broker.port}?{KAFKA_OPTIONS}"
+    # Live from the first record: anchor the group's schedule at this moment (log time
+    # now = wall time now), so every record is due follow_delay after it was logged. A
+    # replayer that anchors itself on its first record would first catch up at 2x from
+    # however long the group took to form, and the latency would measure that.
+    subprocess.run([sys.executable, "-m", "shadowreplay.cli", "--log-level", "WARNING", "replay", "start",
+                    "--config", str(config), "--bus", bus, "--speed", "2", "--follow", "--from", "now", "--at", "now"],
+                   check=True, cwd=ROOT, timeout=60, stdout=subprocess.DEVNULL)
     collect = Stage("collect", [], work, config=config, bus=bus, listen_port=_port(), log_level="WARNING")
     replay = Stage("replay", ["--candidate", backends.url("candidate"), "--baseline", backends.url("baseline"),
                               "--speed", "2", "--follow", "--concurrency", "128"],

@@ -74,6 +74,8 @@ BUS_ATTEMPTS = 5
 ANCHOR_WAIT_SECONDS = 0.5
 # With --to and no idle_exit_seconds: exit once idle this long with nothing left to do.
 WINDOW_IDLE_EXIT_SECONDS = 2.0
+# The first record this late means the anchor is probably left over from an earlier replay.
+STALE_ANCHOR_SECONDS = 60.0
 TARGET_NAMES = ("candidate", "baseline", "secondary")
 # How encode_request's output starts: a message that does is reused byte for byte.
 _OWN_ENCODING = b'{"v":%d,"id":' % SCHEMA_VERSION
@@ -438,6 +440,8 @@ class Replayer:
             if pacer is not None:
                 due = pacer.take(base)
             self.dispatched += 1
+            if self.dispatched == 1 and now - due > STALE_ANCHOR_SECONDS * 1e9:
+                self._warn_stale_anchor((now - due) / 1e9)
             if self._drop_late and now - due > self._late_after_ns:
                 self._metrics.late.inc()
                 self._metrics.dropped.inc()
@@ -449,6 +453,16 @@ class Replayer:
             task = asyncio.create_task(self._replay(record, slot, due))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _warn_stale_anchor(self, late_seconds: float) -> None:
+        assert self.anchor is not None
+        log.warning(
+            "the first record is %.0fs late under this schedule (log %d ns -> wall %d ns): every record "
+            "until the schedule catches up goes out at once. After a restart that is expected; if the "
+            "anchor is left over from an earlier replay, withdraw it (`shadowreplay replay start --group "
+            "%s --clear`) or set a new one",
+            late_seconds, self.anchor.log_t0_ns, self.anchor.wall_t0_ns, self._config.group,
+        )
 
     async def _sleep(self, seconds: float | None) -> None:
         loop = asyncio.get_running_loop()

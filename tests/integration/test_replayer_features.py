@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import time
 import zlib
 from collections import Counter
@@ -155,18 +156,23 @@ async def test_rules_rewrites_and_three_targets(bus: Bus, backends: tuple[Backen
 
 
 @pytest.mark.parametrize("policy", ["send", "drop"])
-async def test_late_policy(bus: Bus, backends: tuple[Backend, Backend, Backend], policy: str) -> None:
+async def test_late_policy(
+    bus: Bus, backends: tuple[Backend, Backend, Backend], policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
     cand = backends[0]
     n = 50
     _publish(bus, [_rec(i, T0 + i * MS) for i in range(n)])
-    # anchored 10 s in the past: every record is already 10 s late
-    anchor = Anchor(T0, time.time_ns() - 10 * 10**9, 1.0)
+    # anchored 100 s in the past (a stale anchor): every record is already 100 s late
+    anchor = Anchor(T0, time.time_ns() - 100 * 10**9, 1.0)
     cfg = ReplayerConfig(candidate=cand.url, late_policy=policy, idle_exit_seconds=0.5)
     registry = CollectorRegistry()
+    caplog.set_level(logging.WARNING, logger="replayer.loop")
     replayer = await _run(bus, cfg, registry, anchor)
     assert _v(registry, "shadow_replay_late_total") == n
     lag_sum = _v(registry, "shadow_replay_schedule_lag_seconds_sum")
-    assert lag_sum > n * 9.9
+    assert lag_sum > n * 99.9
+    stale = [r.getMessage() for r in caplog.records if "late under this schedule" in r.getMessage()]
+    assert len(stale) == 1 and "--clear" in stale[0], stale
     results = _drain(bus, RESULTS, "check")
     if policy == "send":
         assert replayer.replayed == n and len(cand.hits) == n and len(results) == n
