@@ -232,11 +232,19 @@ async def bare_loop(url: str, n: int, concurrency: int) -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def throughput(backend: Backend, tmp: Path, n: int, concurrency: int) -> tuple[float, float]:
+def bare_rate(backend: Backend, n: int, concurrency: int) -> float:
     backend.take()
     asyncio.run(bare_loop(backend.url, n, concurrency))
-    bare = backend.take()
-    assert len(bare) == n, (len(bare), n)
+    hits = backend.take()
+    assert len(hits) == n, (len(hits), n)
+    return rate_of(hits)
+
+
+def throughput(backend: Backend, tmp: Path, n: int, concurrency: int) -> tuple[float, float]:
+    """(bare loop req/s, replayer req/s). The bare loop runs before and after the replayer
+    and its mean is taken, so a machine whose speed drifts during the run (a shared host)
+    does not tilt the ratio."""
+    before = bare_rate(backend, n, concurrency)
     tmp.mkdir(parents=True, exist_ok=True)
     bus_url = f"sqlite:///{tmp / 'tp.db'}"
     publish(bus_url, records_at([T0 + i for i in range(n)]))
@@ -244,7 +252,8 @@ def throughput(backend: Backend, tmp: Path, n: int, concurrency: int) -> tuple[f
     asyncio.run(run_replayer(bus_url, cfg, Anchor(T0, time.time_ns() + 200_000_000, 1e6)))
     hits = backend.take()
     assert len(hits) == n, (len(hits), n)
-    return rate_of(bare), rate_of(hits)
+    after = bare_rate(backend, n, concurrency)
+    return (before + after) / 2, rate_of(hits)
 
 
 async def accuracy(url: str, tmp: Path, name: str, times: list[int], speed: float) -> dict[str, float]:
