@@ -130,6 +130,14 @@ class Replayer:
     ) -> None:
         if not config.candidate:
             raise ConfigError("replayer.candidate: a candidate target URL is required")
+        if config.follow and not config.speed > 1:
+            log.warning(
+                "replayer.follow has no effect at speed %s: only a replay faster than recorded catches up "
+                "with the present. To shadow live traffic at recorded speed, anchor the group at the present "
+                "instead: `shadowreplay replay start --group %s --speed 1 --from now --at +1s` (each record goes "
+                "out 1 s after it was logged)",
+                config.speed or "0 (rate only)", config.group,
+            )
         self._config = config
         self._consumer = consumer
         self._producer = producer

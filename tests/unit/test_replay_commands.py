@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from replayer.workers import child_argv
 from shadowreplay import config as configmod
 from shadowreplay.cli import build_parser, config_from_args
+from shadowreplay.config import ReplayerConfig
 from shadowreplay.errors import ConfigError
 
 
@@ -96,3 +99,21 @@ def test_uvloop_is_the_replay_default(argv: list[str], expect_uvloop: bool) -> N
         assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy) is expect_uvloop
     finally:
         asyncio.set_event_loop_policy(before)
+
+
+def test_follow_without_a_speed_above_one_is_explained(caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from replayer.loop import Replayer
+    from replayer.metrics import ReplayerMetrics
+
+    caplog.set_level(logging.WARNING, logger="replayer.loop")
+    for speed, warned in ((1.0, True), (0.0, True), (2.0, False)):
+        caplog.clear()
+        cfg = ReplayerConfig(candidate="http://127.0.0.1:1", follow=True, speed=speed, rate=100.0)
+        # the consumer and producer are only stored by the constructor
+        Replayer(cfg, None, None, "results", ReplayerMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+        messages = [r.getMessage() for r in caplog.records if "follow has no effect" in r.getMessage()]
+        assert bool(messages) is warned, (speed, messages)
+        if warned:
+            assert "--from now --at +1s" in messages[0]
