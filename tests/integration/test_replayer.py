@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from http_backends import Backend, start_backend
+from timing import production_gc
 from replayer.loop import Replayer
 from replayer.metrics import ReplayerMetrics
 from replayer.schedule import Anchor
@@ -114,7 +115,8 @@ async def _run_replayer(
     producer = AsyncProducer(bus)
     replayer = Replayer(cfg, consumer, producer, RESULTS, ReplayerMetrics(registry), anchor=anchor)
     try:
-        await asyncio.wait_for(replayer.run(stop), timeout=30)
+        with production_gc():
+            await asyncio.wait_for(replayer.run(stop), timeout=30)
     finally:
         await consumer.close()
         await producer.close()

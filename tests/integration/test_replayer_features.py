@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from http_backends import Backend, start_backend
+from timing import production_gc
 from replayer.loop import Replayer
 from replayer.metrics import ReplayerMetrics
 from replayer.schedule import Anchor
@@ -98,7 +99,8 @@ async def _run(bus: Bus, cfg: ReplayerConfig, registry: CollectorRegistry, ancho
     consumer, producer = AsyncConsumer(bus, [REQUESTS], GROUP), AsyncProducer(bus)
     replayer = Replayer(cfg, consumer, producer, RESULTS, ReplayerMetrics(registry), anchor=anchor)
     try:
-        await asyncio.wait_for(replayer.run(stop or asyncio.Event()), timeout=30)
+        with production_gc():
+            await asyncio.wait_for(replayer.run(stop or asyncio.Event()), timeout=30)
     finally:
         await consumer.close()
         await producer.close()
