@@ -139,9 +139,10 @@ class NginxBackend:
 
     def take(self) -> list[tuple[str, int]]:
         time.sleep(0.3)  # past the log's 100 ms flush; callers take only when sending is over
-        text = self.log.read_text() if self.log.exists() else ""
+        text = ""
         if self.log.exists():
             with self.log.open("r+") as f:  # nginx appends (O_APPEND): truncating in place is safe
+                text = f.read()
                 f.truncate(0)
         out = []
         for line in text.splitlines():
@@ -345,7 +346,7 @@ def main() -> int:
     scale = 0.25 if args.quick else 0.6  # with 3 runs: about 1 and 2 minutes
     runs = max(1, args.runs)
     loop_flag = ["--uvloop"] if args.uvloop else ["--no-uvloop"]
-    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)  # sbin: off PATH
     if args.fast_backend == "nginx" and nginx is None:
         raise SystemExit("bench/replayer.py: nginx is not installed (apt-get install -y nginx-light), "
                          "or pass --fast-backend aiohttp")

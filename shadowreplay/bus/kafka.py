@@ -144,8 +144,8 @@ class _KeyPartitioner(Partitioner):
 
     def __init__(self) -> None:
         self._default = DefaultPartitioner()
-        # topic -> (recheck after, partitions as the metadata listed them, key -> partition)
-        self._tables: dict[str, tuple[float, frozenset[int], dict[bytes, int]]] = {}
+        # topic -> (recheck after, the metadata's partitions in order, key -> partition)
+        self._tables: dict[str, tuple[float, tuple[int, ...], dict[bytes, int]]] = {}
 
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
@@ -158,13 +158,12 @@ class _KeyPartitioner(Partitioner):
             partitions = cluster.partitions_for_topic(topic)
             if not partitions:  # no metadata yet: the default's answer
                 return int(self._default.partition(topic, key, serialized_key, value, serialized_value, cluster))
-            current = frozenset(partitions)
-            memo = table[2] if table is not None and table[1] == current and len(table[2]) < self.MEMO_SIZE else {}
-            table = self._tables[topic] = (now + self.RECHECK_SECONDS, current, memo)
-        memo = table[2]
+            ordered = tuple(sorted(partitions))
+            memo = table[2] if table is not None and table[1] == ordered and len(table[2]) < self.MEMO_SIZE else {}
+            table = self._tables[topic] = (now + self.RECHECK_SECONDS, ordered, memo)
+        _, ordered, memo = table
         known = memo.get(serialized_key)
         if known is None:
-            ordered = sorted(table[1])
             known = memo[serialized_key] = ordered[(murmur2(serialized_key) & 0x7FFFFFFF) % len(ordered)]
         return known
 
