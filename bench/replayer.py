@@ -1,9 +1,11 @@
 """Replayer figures in one run (bounded, about 2 minutes). Provisional on a shared machine.
 
     .venv/bin/python bench/replayer.py [--no-uvloop] [--quick] [--runs N] [--fast-backend aiohttp]
+                                       [--http-client aiohttp]
 
-* throughput: the replayer (bus → send → result on the bus → commit, one target) against
-  a bare aiohttp loop with the same concurrency, both against one fast backend, in this
+* throughput: the replayer (bus → send → result on the bus → commit, one target; its
+  built-in HTTP client unless ``--http-client aiohttp``) against a bare aiohttp loop with
+  the same concurrency, both against one fast backend, in this
   run; the ratio is printed (goal ≥ 0.8). The fast backend is Debian's nginx (one worker,
   ``apt-get install -y nginx-light``) unless ``--fast-backend aiohttp``: it costs about a
   quarter of the aiohttp backend's CPU per request, which matters on two shared cores;
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import shutil
 import socket
 import subprocess
@@ -241,29 +244,41 @@ def bare_rate(backend: Backend, n: int, concurrency: int) -> float:
     return rate_of(hits)
 
 
-def throughput(backend: Backend, tmp: Path, n: int, concurrency: int) -> tuple[float, float]:
+def thread_cpu() -> tuple[float, float]:
+    """CPU seconds so far of this (the main) thread, and of the whole process (ended threads included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.thread_time(), usage.ru_utime + usage.ru_stime
+
+
+def throughput(backend: Backend, tmp: Path, n: int, concurrency: int, http_client: str,
+               cpu: list[tuple[float, float]]) -> tuple[float, float]:
     """(bare loop req/s, replayer req/s). The bare loop runs before and after the replayer
     and its mean is taken, so a machine whose speed drifts during the run (a shared host)
-    does not tilt the ratio."""
+    does not tilt the ratio. Appends the replayer's CPU µs per request (event loop thread,
+    bus threads) to ``cpu``."""
     before = bare_rate(backend, n, concurrency)
     tmp.mkdir(parents=True, exist_ok=True)
     bus_url = f"sqlite:///{tmp / 'tp.db'}"
     publish(bus_url, records_at([T0 + i for i in range(n)]))
-    cfg = ReplayerConfig(candidate=backend.url, concurrency=concurrency, speed=1e6, idle_exit_seconds=0.5)
+    cfg = ReplayerConfig(candidate=backend.url, concurrency=concurrency, speed=1e6, idle_exit_seconds=0.5,
+                         http_client=http_client)
+    main0, all0 = thread_cpu()
     asyncio.run(run_replayer(bus_url, cfg, Anchor(T0, time.time_ns() + 200_000_000, 1e6)))
+    main1, all1 = thread_cpu()
+    cpu.append((1e6 * (main1 - main0) / n, 1e6 * ((all1 - all0) - (main1 - main0)) / n))
     hits = backend.take()
     assert len(hits) == n, (len(hits), n)
     after = bare_rate(backend, n, concurrency)
     return (before + after) / 2, rate_of(hits)
 
 
-async def accuracy(url: str, tmp: Path, name: str, times: list[int], speed: float) -> dict[str, float]:
+async def accuracy(url: str, tmp: Path, name: str, times: list[int], speed: float, http_client: str) -> dict[str, float]:
     await arrivals(url)
     bus_url = f"sqlite:///{tmp / (name + '.db')}"
     records = records_at(times)
     publish(bus_url, records)
     anchor = Anchor(times[0], time.time_ns() + 500_000_000, speed)
-    cfg = ReplayerConfig(candidate=url, concurrency=256, speed=speed, idle_exit_seconds=0.5)
+    cfg = ReplayerConfig(candidate=url, concurrency=256, speed=speed, idle_exit_seconds=0.5, http_client=http_client)
     await run_replayer(bus_url, cfg, anchor)
     hits = dict(await arrivals(url))
     lags = [(hits[r.id] - anchor.due_ns(r.ts)) / 1e6 for r in records if r.id in hits]
@@ -288,7 +303,7 @@ def bursty_times(seconds: float, seed: int = 7) -> list[int]:
     return sorted(T0 + x for x in out if x < seconds * 1e9)
 
 
-def workers_run(backend: Backend, tmp: Path, workers: int, n: int, concurrency: int, loop_flag: list[str],
+def workers_run(backend: Backend, tmp: Path, workers: int, n: int, concurrency: int, flags: list[str],
                 name: str) -> float:
     backend.take()
     url = backend.url
@@ -299,7 +314,7 @@ def workers_run(backend: Backend, tmp: Path, workers: int, n: int, concurrency: 
                    f'control_topic = "w{name}.control"\nconcurrency = {concurrency}\n'
                    f'[metrics]\nlisten = "127.0.0.1:0"\n')
     cmd = [sys.executable, "-m", "shadowreplay.cli", "--log-level", "WARNING", "replay", "--config", str(cfg),
-           "--workers", str(workers), "--speed", "1000000", "--idle-exit", "1.5", *loop_flag]
+           "--workers", str(workers), "--speed", "1000000", "--idle-exit", "1.5", *flags]
     subprocess.run(cmd, check=True, timeout=120)
     hits = backend.take()
     assert len(hits) == n, (len(hits), n)
@@ -338,6 +353,8 @@ def main() -> int:
     ap.add_argument("--fast-backend", choices=("nginx", "aiohttp"), default="nginx",
                     help="backend for the throughput and scale figures (default nginx, which needs "
                          "`apt-get install -y nginx-light`; accuracy always uses the aiohttp backend)")
+    ap.add_argument("--http-client", choices=("builtin", "aiohttp"), default="builtin",
+                    help="the replayer's HTTP client (default builtin, as `shadowreplay replay`)")
     ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.backend:
@@ -364,7 +381,8 @@ def main() -> int:
             tune_gc()  # as `shadowreplay replay` does; the bare loop runs in this process too
             print(f"loop: {'uvloop' if args.uvloop else 'asyncio'}; cores: {os.cpu_count()}; "
                   f"load: {os.getloadavg()[0]:.2f}; concurrency {args.concurrency}; median of {runs} runs; "
-                  f"backend for throughput and scale: {fast.name}; for accuracy: {aio.name}", flush=True)
+                  f"backend for throughput and scale: {fast.name}; for accuracy: {aio.name}; "
+                  f"replayer HTTP client: {args.http_client}", flush=True)
             run_figures(args, fast, aio, tmp, scale, runs, loop_flag)
         finally:
             aio.close()
@@ -378,11 +396,14 @@ def run_figures(args: argparse.Namespace, fast: Backend, aio: AiohttpBackend, tm
     misses = 0
     url = aio.url
     n = int(12_000 * scale)
-    pairs = [throughput(fast, tmp / f"t{i}", n, args.concurrency) for i in range(runs)]
+    cpu: list[tuple[float, float]] = []
+    pairs = [throughput(fast, tmp / f"t{i}", n, args.concurrency, args.http_client, cpu) for i in range(runs)]
     misses += not judge_ratio(f"throughput ({n} requests, 1 target)", "bare aiohttp", "replayer", pairs, 0.8)
+    print(f"  replayer CPU per request: event loop {median([m for m, _ in cpu]):.0f} µs, "
+          f"bus threads {median([o for _, o in cpu]):.0f} µs (medians)", flush=True)
     secs = 5.0 * scale
     uniform = [T0 + i * 500_000 for i in range(int(2000 * secs))]
-    us = [asyncio.run(accuracy(url, tmp, f"uniform{i}", uniform, 1.0)) for i in range(runs)]
+    us = [asyncio.run(accuracy(url, tmp, f"uniform{i}", uniform, 1.0, args.http_client)) for i in range(runs)]
     p50, p99 = median([u["p50_ms"] for u in us]), median([u["p99_ms"] for u in us])
     ok = p50 <= 1 and p99 <= 5
     misses += not ok
@@ -391,7 +412,7 @@ def run_figures(args: argparse.Namespace, fast: Backend, aio: AiohttpBackend, tm
           f"(p99 runs: {listed(u['p99_ms'] for u in us)}) goal p50 <= 1, p99 <= 5: {verdict(ok)}",
           flush=True)
     bursty = bursty_times(12.0 * scale)
-    bs = [asyncio.run(accuracy(url, tmp, f"bursty{i}", bursty, 2.0)) for i in range(runs)]
+    bs = [asyncio.run(accuracy(url, tmp, f"bursty{i}", bursty, 2.0, args.http_client)) for i in range(runs)]
     p50, p99 = median([b["p50_ms"] for b in bs]), median([b["p99_ms"] for b in bs])
     err = median([b["duration_error_pct"] for b in bs])
     ok = p99 <= 10 and abs(err) <= 1
@@ -401,10 +422,11 @@ def run_figures(args: argparse.Namespace, fast: Backend, aio: AiohttpBackend, tm
           f"duration error {err:+.2f}% (p99 runs: {listed(b['p99_ms'] for b in bs)}) "
           f"goal p99 <= 10 ms, |error| <= 1%: {verdict(ok)}", flush=True)
     nw = int(24_000 * scale)
+    flags = [*loop_flag, "--http-client", args.http_client]
     scales = []
     for i in range(runs):
-        one = workers_run(fast, tmp, 1, nw, args.concurrency, loop_flag, f"a{i}")
-        two = workers_run(fast, tmp, 2, nw, args.concurrency, loop_flag, f"b{i}")
+        one = workers_run(fast, tmp, 1, nw, args.concurrency, flags, f"a{i}")
+        two = workers_run(fast, tmp, 2, nw, args.concurrency, flags, f"b{i}")
         scales.append((one, two))
     misses += not judge_ratio(f"scale ({nw} requests, flat out, via the CLI)", "--workers 1", "--workers 2", scales, 1.5)
     print(f"{4 - misses} of 4 goals met (load now {os.getloadavg()[0]:.2f}; provisional on a shared machine)")

@@ -112,6 +112,7 @@ def build_targets(config: ReplayerConfig) -> dict[str, TargetClient]:
             concurrency=opts.concurrency or config.concurrency,
             keep_host=config.keep_host,
             tls_verify=opts.tls_verify,
+            http_client=config.http_client,
         )
     return out
 
@@ -195,13 +196,14 @@ class Replayer:
         for client in self.targets.values():
             await client.start()
         log.info(
-            "replayer started: targets=%s speed=%s rate=%s concurrency=%s window=%s..%s",
+            "replayer started: targets=%s speed=%s rate=%s concurrency=%s window=%s..%s http client=%s",
             {n: c.base_url for n, c in self.targets.items()},
             self._config.speed,
             self._config.rate,
             {n: c.concurrency for n, c in self.targets.items()},
             self._window_from,
             self._window_to,
+            self._config.http_client,
         )
         if self._window_from is not None:
             await self._consumer.seek_to_time(self._window_from)

@@ -166,6 +166,8 @@ class ReplayerConfig:
     max_body_bytes: int = 1024 * 1024
     methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
     keep_host: bool = False
+    # builtin: the lean HTTP/1.1 client (replayer/http1.py); aiohttp: aiohttp's client
+    http_client: str = "builtin"
     # A replay with no new records for this long is considered caught up by `demo`
     # and by one-shot replays (`--to`); `follow` waits forever.
     idle_exit_seconds: float = 0.0
@@ -413,6 +415,8 @@ def _validate_replayer(r: ReplayerConfig) -> None:
             raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
     if r.late_policy not in ("send", "drop"):
         raise ConfigError(f"replayer.late_policy: send or drop, got {r.late_policy!r}")
+    if r.http_client not in ("builtin", "aiohttp"):
+        raise ConfigError(f"replayer.http_client: builtin or aiohttp, got {r.http_client!r}")
     if r.anchor not in ("auto", "bus", "local"):
         raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
     for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds"):

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import shutil
 import socket
+import ssl
+import subprocess
+import zlib
+from pathlib import Path
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 import pytest
 from aiohttp import web
 
@@ -53,6 +60,17 @@ async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse
         await resp.write(b"x" * 10)
         await resp.write_eof()
         return resp
+    if path in ("/gzip", "/deflate", "/br"):
+        coded = {"/gzip": gzip.compress, "/deflate": zlib.compress, "/br": brotli.compress}[path](BIG)
+        return web.Response(body=coded, headers={"Content-Encoding": path[1:], "Content-Type": "x/y"})
+    if path == "/chunked":
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(BIG), 3000):
+            await resp.write(BIG[i : i + 3000])
+        await resp.write_eof()
+        return resp
     if path == "/cookie":
         resp = web.Response(text="c", status=201)
         resp.headers.add("Set-Cookie", "a=1; Path=/")
@@ -80,8 +98,14 @@ async def backend() -> AsyncIterator[Backend]:
     await runner.cleanup()
 
 
-def _client(url: str, **kw: object) -> TargetClient:
-    opts: dict = {"timeout_seconds": 5.0, "max_body_bytes": 1 << 20, "concurrency": 8}
+@pytest.fixture(params=["builtin", "aiohttp"])
+def http_client(request: pytest.FixtureRequest) -> str:
+    """Every TargetClient test runs with both HTTP clients: they must behave the same."""
+    return str(request.param)
+
+
+def _client(http_client: str, url: str, **kw: object) -> TargetClient:
+    opts: dict = {"timeout_seconds": 5.0, "max_body_bytes": 1 << 20, "concurrency": 8, "http_client": http_client}
     opts.update(kw)
     return TargetClient("candidate", url, **opts)
 
@@ -145,9 +169,9 @@ def test_target_url(base: str, target: str, expected: str) -> None:
     assert str(target_url(base, target)) == expected
 
 
-async def test_headers_on_the_wire(backend: Backend) -> None:
+async def test_headers_on_the_wire(backend: Backend, http_client: str) -> None:
     rec = _rec(id="rid-7", host="prod.example.com", headers=HOSTILE_HEADERS, client="10.1.2.3")
-    async with _client(backend.url) as client:
+    async with _client(http_client, backend.url) as client:
         resp = await client.send(rec)
     assert resp.status == 200 and resp.error is None
     (seen,) = backend.seen
@@ -166,9 +190,9 @@ async def test_headers_on_the_wire(backend: Backend) -> None:
     assert "content-length" not in got or got["content-length"] == ["0"]
 
 
-async def test_keep_host(backend: Backend) -> None:
+async def test_keep_host(backend: Backend, http_client: str) -> None:
     rec = _rec(host="prod.example.com", headers=(("Host", "other.example"),))
-    async with _client(backend.url, keep_host=True) as client:
+    async with _client(http_client, backend.url, keep_host=True) as client:
         await client.send(rec)
     hosts = [v for k, v in backend.seen[0].headers if k.lower() == "host"]
     assert hosts == ["prod.example.com"]
@@ -182,24 +206,24 @@ async def test_keep_host(backend: Backend) -> None:
         "/unicode/%E2%9C%93?k=%E2%9C%93&k=v",
     ],
 )
-async def test_raw_target_is_sent_exactly(backend: Backend, target: str) -> None:
-    async with _client(backend.url) as client:
+async def test_raw_target_is_sent_exactly(backend: Backend, target: str, http_client: str) -> None:
+    async with _client(http_client, backend.url) as client:
         resp = await client.send(_rec(target))
     assert resp.status == 200
     assert backend.seen[0].raw_path == target
 
 
-async def test_base_url_path_prefix(backend: Backend) -> None:
-    async with _client(backend.url + "/v2/") as client:
+async def test_base_url_path_prefix(backend: Backend, http_client: str) -> None:
+    async with _client(http_client, backend.url + "/v2/") as client:
         await client.send(_rec("/items?b=1&a=2"))
     assert backend.seen[0].raw_path == "/v2/items?b=1&a=2"
 
 
-async def test_body_sent_exactly_with_recomputed_length(backend: Backend) -> None:
+async def test_body_sent_exactly_with_recomputed_length(backend: Backend, http_client: str) -> None:
     body = bytes(range(256)) * 3
     headers = (("Content-Length", "5"), ("Content-Type", "x/y"))
     rec = _rec("/upload", method="POST", body=body, headers=headers)
-    async with _client(backend.url) as client:
+    async with _client(http_client, backend.url) as client:
         resp = await client.send(rec)
     assert resp.status == 200
     seen = backend.seen[0]
@@ -220,8 +244,8 @@ async def test_body_sent_exactly_with_recomputed_length(backend: Backend) -> Non
 )
 async def test_body_is_capped(
     backend: Backend, cap: int, expected_len: int, truncated: bool
-) -> None:
-    async with _client(backend.url, max_body_bytes=cap) as client:
+, http_client: str) -> None:
+    async with _client(http_client, backend.url, max_body_bytes=cap) as client:
         resp = await client.send(_rec("/big"))
         again = await client.send(_rec("/"))  # the client stays usable after a truncated read
     assert resp.status == 200
@@ -230,8 +254,8 @@ async def test_body_is_capped(
     assert again.status == 200 and again.body == b"ok"[:cap]
 
 
-async def test_ttfb_before_latency(backend: Backend) -> None:
-    async with _client(backend.url) as client:
+async def test_ttfb_before_latency(backend: Backend, http_client: str) -> None:
+    async with _client(http_client, backend.url) as client:
         resp = await client.send(_rec("/slowbody"))
     assert resp.status == 200 and resp.body == b"x" * 10
     assert resp.ttfb is not None and resp.latency is not None
@@ -239,8 +263,8 @@ async def test_ttfb_before_latency(backend: Backend) -> None:
     assert resp.latency - resp.ttfb >= 0.1
 
 
-async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend) -> None:
-    async with _client(backend.url) as client:
+async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend, http_client: str) -> None:
+    async with _client(http_client, backend.url) as client:
         resp = await client.send(_rec("/cookie"))
         await client.send(_rec("/after"))
     assert resp.status == 201
@@ -249,19 +273,19 @@ async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend
     assert not [v for k, v in backend.seen[1].headers if k.lower() == "cookie"]
 
 
-async def test_timeout_is_an_error_response(backend: Backend) -> None:
-    async with _client(backend.url, timeout_seconds=0.2) as client:
+async def test_timeout_is_an_error_response(backend: Backend, http_client: str) -> None:
+    async with _client(http_client, backend.url, timeout_seconds=0.2) as client:
         resp = await client.send(_rec("/slow"))
     assert resp.status is None
     assert resp.error == "timeout"
     assert resp.latency is not None and 0.15 < resp.latency < 1.5
 
 
-async def test_connect_refused_is_an_error_response() -> None:
+async def test_connect_refused_is_an_error_response(http_client: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with _client(f"http://127.0.0.1:{port}") as client:
+    async with _client(http_client, f"http://127.0.0.1:{port}") as client:
         resp = await client.send(_rec("/"))
     assert resp.status is None and resp.error == "connect"
 
@@ -281,13 +305,87 @@ async def _raw_server(reply: bytes) -> tuple[asyncio.Server, str]:
 @pytest.mark.parametrize(
     ("reply", "kind"), [(b"", "reset"), (b"NOT HTTP AT ALL\r\n\r\n", "protocol")]
 )
-async def test_broken_peer_is_an_error_response(reply: bytes, kind: str) -> None:
+async def test_broken_peer_is_an_error_response(reply: bytes, kind: str, http_client: str) -> None:
     server, url = await _raw_server(reply)
     try:
-        async with _client(url) as client:
+        async with _client(http_client, url) as client:
             resp = await client.send(_rec("/"))
     finally:
         server.close()
         await server.wait_closed()
     assert resp.status is None
     assert resp.error == kind
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/deflate", "/br", "/chunked"])
+async def test_encoded_and_chunked_bodies_are_decoded_and_capped(backend: Backend, http_client: str, path: str) -> None:
+    async with _client(http_client, backend.url) as client:
+        whole = await client.send(_rec(path))
+    async with _client(http_client, backend.url, max_body_bytes=1000) as client:
+        capped = await client.send(_rec(path))
+        again = await client.send(_rec("/"))
+    assert (whole.status, whole.body, whole.truncated) == (200, BIG, False)
+    assert (capped.status, capped.body, capped.truncated) == (200, BIG[:1000], True)
+    assert again.body == b"ok"
+    if path != "/chunked":
+        assert whole.header("Content-Encoding") == path[1:]  # headers are kept as received
+
+
+async def test_head_and_empty_post(backend: Backend, http_client: str) -> None:
+    async with _client(http_client, backend.url) as client:
+        head = await client.send(_rec("/big", method="HEAD"))
+        post = await client.send(_rec("/p", method="POST", body=b""))
+        after = await client.send(_rec("/"))
+    assert (head.status, head.body) == (200, b"")
+    assert head.header("Content-Length") == str(len(BIG))
+    assert post.status == 200 and backend.seen[1].method == "POST" and backend.seen[1].body == b""
+    assert after.body == b"ok"
+
+
+async def test_header_that_would_inject_is_a_request_error(backend: Backend, http_client: str) -> None:
+    rec = _rec(headers=(("X-A", "1\r\nX-Injected: yes"),))
+    async with _client(http_client, backend.url) as client:
+        resp = await client.send(rec)
+        after = await client.send(_rec("/"))
+    assert resp.status is None and resp.error == "request"
+    assert after.status == 200
+    assert all(k.lower() != "x-injected" for s in backend.seen for k, _ in s.headers)
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command at run time."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS tests need the openssl command: apt-get install openssl")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=d, check=True, capture_output=True, timeout=60)
+    return d
+
+
+@pytest.mark.parametrize("verify", [True, False])
+async def test_tls_target(self_signed: Path, http_client: str, verify: bool) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(self_signed / "cert.pem"), str(self_signed / "key.pem"))
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="over tls")
+
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with _client(http_client, f"https://127.0.0.1:{port}", tls_verify=verify) as client:
+            resp = await client.send(_rec("/"))
+            again = await client.send(_rec("/"))
+    finally:
+        await runner.cleanup()
+    if verify:  # self-signed: not trusted
+        assert (resp.status, resp.error, again.error) == (None, "tls", "tls")
+    else:
+        assert (resp.status, resp.body, again.body) == (200, b"over tls", b"over tls")

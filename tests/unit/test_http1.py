@@ -1,0 +1,316 @@
+"""The built-in HTTP/1.1 client: response framing fed byte by byte, request building, and the
+connection pool against raw asyncio servers on loopback ports picked at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import brotli
+import pytest
+
+from replayer.http1 import ConnectionPool, HTTPFailure, _Parser, build_request
+
+# -- framing ------------------------------------------------------------------------------
+
+
+def feed(raw: bytes, *, cap: int = 1 << 20, head: bool = False, step: int = 1, eof: bool = False) -> _Parser:
+    """Feed ``raw`` ``step`` bytes at a time; the parser must finish (at EOF if ``eof``), and
+    only at the last byte unless the body is truncated at the cap."""
+    parser = _Parser(head, cap)
+    done = False
+    for i in range(0, len(raw), step):
+        assert not done, "bytes fed after the response was complete"
+        done = parser.feed(raw[i : i + step])
+        if done and parser.truncated:
+            break
+    if eof:
+        assert not done
+        done = parser.feed_eof()
+    assert done
+    return parser
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 16])
+def test_content_length_body(step: int) -> None:
+    p = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello", step=step)
+    assert (p.status, bytes(p.body), p.truncated, p.keep_alive) == (200, b"hello", False, True)
+    assert p.headers == (("Content-Length", "5"), ("X-A", "1"), ("x-a", "2"))
+
+
+@pytest.mark.parametrize("step", [1, 3, 1 << 16])
+def test_chunked_body_with_extensions_and_trailers(step: int) -> None:
+    raw = (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5;ext=1\r\nhello\r\n1A\r\n" + b"x" * 26 + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
+    p = feed(raw, step=step)
+    assert (p.status, bytes(p.body), p.keep_alive) == (201, b"hello" + b"x" * 26, True)
+
+
+def test_transfer_encoding_overrides_content_length() -> None:
+    p = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    assert bytes(p.body) == b"ok"
+
+
+def test_interim_responses_are_skipped() -> None:
+    p = feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", step=5)
+    assert (p.status, p.headers, bytes(p.body)) == (200, (("Content-Length", "2"),), b"ok")
+
+
+@pytest.mark.parametrize(("status", "head"), [(200, True), (204, False), (304, False)])
+def test_no_body_after_head_204_304(status: int, head: bool) -> None:
+    p = feed(f"HTTP/1.1 {status} X\r\nContent-Length: 10\r\n\r\n".encode(), head=head)
+    assert (p.status, bytes(p.body), p.keep_alive) == (status, b"", True)
+
+
+def test_body_until_close() -> None:
+    p = feed(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", eof=True)
+    assert (bytes(p.body), p.keep_alive) == (b"until the end", False)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"],
+)
+def test_connection_not_kept(head: bytes) -> None:
+    assert not feed(head).keep_alive
+
+
+def test_http10_keep_alive_is_kept() -> None:
+    assert feed(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "raw-deflate", "br"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_encoded_body_is_decoded(encoding: str, chunked: bool) -> None:
+    plain = b"".join(b"line %d of the body\n" % i for i in range(2000))
+    if encoding in ("gzip", "x-gzip"):
+        body = gzip.compress(plain)
+    elif encoding == "deflate":
+        body = zlib.compress(plain)
+    elif encoding == "raw-deflate":
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body, encoding = c.compress(plain) + c.flush(), "deflate"
+    else:
+        body = brotli.compress(plain)
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100]) for i in range(0, len(body), 100))
+        raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n" % (
+            encoding.encode(), framed)
+    else:
+        raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            encoding.encode(), len(body), body)
+    p = feed(raw, step=333)
+    assert bytes(p.body) == plain and not p.truncated
+    capped = feed(raw, step=333, cap=1000)
+    assert bytes(capped.body) == plain[:1000] and capped.truncated and not capped.keep_alive
+
+
+def test_corrupt_encoding_is_a_protocol_error() -> None:
+    with pytest.raises(HTTPFailure) as err:
+        feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip")
+    assert err.value.kind == "protocol"
+
+
+@pytest.mark.parametrize(("cap", "truncated"), [(0, True), (4, True), (5, False), (6, False)])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_cap(cap: int, truncated: bool, chunked: bool) -> None:
+    raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n" if chunked
+           else b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    parser = _Parser(False, cap)
+    done = False
+    for i in range(len(raw)):
+        done = parser.feed(raw[i : i + 1])
+        if done:
+            break
+    assert done
+    assert (bytes(parser.body), parser.truncated) == (b"hello"[:cap], truncated)
+    assert parser.keep_alive is not truncated
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000,
+    ],
+)
+def test_malformed_responses_are_protocol_errors(raw: bytes) -> None:
+    parser = _Parser(False, 1 << 20)
+    with pytest.raises(HTTPFailure) as err:
+        for i in range(0, len(raw), 4096):
+            parser.feed(raw[i : i + 4096])
+    assert err.value.kind == "protocol"
+
+
+def test_header_values_that_are_not_utf8_are_kept_as_latin1() -> None:
+    p = feed(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 0\r\n\r\n")
+    assert p.headers == (("X-Name", "café"), ("Content-Length", "0"))
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def test_build_request() -> None:
+    wire = build_request("POST", "/a?b=1", "h:81", [("X-A", "1"), ("x-a", "2")], b"body")
+    assert wire == b"POST /a?b=1 HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 4\r\n\r\nbody"
+    assert build_request("GET", "/", "h", [], None) == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert b"Content-Length: 0" in build_request("PUT", "/", "h", [], b"")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/", [("X-A", "1\r\nX-Injected: 1")]),
+        ("GET", "/", [("X-A", "1\nX")]),
+        ("GET", "/", [("X-A", "nul\x00")]),
+        ("GET", "/", [("X-A", "lone surrogate \ud800")]),
+        ("GET", "/", [("Bad Name", "1")]),
+        ("GET", "/", [("X-A:", "1")]),
+        ("GET", "/a b", []),
+        ("GET", "/a\r\nX: 1", []),
+        ("G T", "/", []),
+    ],
+)
+def test_request_that_could_smuggle_is_refused(method: str, target: str, headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(HTTPFailure) as err:
+        build_request(method, target, "h", headers, None)
+    assert err.value.kind == "request"
+
+
+# -- the pool against raw servers ---------------------------------------------------------
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class RawServer:
+    """Counts connections (open at once, and in all); each is handled by ``serve``."""
+
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> RawServer:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            try:
+                await self.serve(reader, writer, self.connections)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                self.open -= 1
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int, *, delay: float = 0.0,
+                     answer_first: int = 1 << 30) -> None:
+    """Answer requests on one connection; after ``answer_first`` of them, close unanswered."""
+    for _ in range(answer_first):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        if delay:
+            await asyncio.sleep(delay)
+        body = b"conn %d" % conn
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")  # the next request gets no answer: the connection just closes
+
+
+async def test_connections_are_reused() -> None:
+    async with RawServer(keep_alive) as srv:
+        pool = ConnectionPool(srv.url, limit=4)
+        for _ in range(5):
+            resp = await pool.request("GET", "/", "", [], None, 1000)
+            assert (resp.status, resp.body) == (200, b"conn 1")
+        pool.close()
+    assert srv.connections == 1
+
+
+async def test_at_most_limit_connections_and_every_request_answered() -> None:
+    async with RawServer(partial(keep_alive, delay=0.02)) as srv:
+        pool = ConnectionPool(srv.url, limit=3)
+        answers = await asyncio.gather(*(pool.request("GET", f"/{i}", "", [], None, 1000) for i in range(20)))
+        pool.close()
+    assert [a.status for a in answers] == [200] * 20
+    assert srv.connections == 3 and srv.most_open == 3
+
+
+async def test_a_keep_alive_connection_closed_by_the_peer_is_retried_once_if_idempotent() -> None:
+    async with RawServer(partial(keep_alive, answer_first=1)) as srv:
+        pool = ConnectionPool(srv.url, limit=1)
+        first = await pool.request("GET", "/", "", [], None, 1000)
+        again = await pool.request("GET", "/", "", [], None, 1000)  # conn 1 closes on it: retried on conn 2
+        with pytest.raises(HTTPFailure) as err:
+            await pool.request("POST", "/", "", [], b"x", 1000)  # not idempotent: not sent twice
+        after = await pool.request("GET", "/", "", [], None, 1000)
+        pool.close()
+    assert (first.body, again.body, after.body) == (b"conn 1", b"conn 2", b"conn 3")
+    assert err.value.kind == "reset"
+    assert srv.connections == 3
+
+
+async def test_cancelled_waiters_do_not_leak_connections() -> None:
+    async with RawServer(partial(keep_alive, delay=0.2)) as srv:
+        pool = ConnectionPool(srv.url, limit=1)
+        busy = asyncio.ensure_future(pool.request("GET", "/", "", [], None, 1000))
+        await asyncio.sleep(0.01)
+        for _ in range(3):  # wait for the busy connection, give up: the slot stays the busy one's
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.02):
+                    await pool.request("GET", "/", "", [], None, 1000)
+        assert (await busy).status == 200
+        with pytest.raises(TimeoutError):  # a timeout mid-response drops that connection
+            async with asyncio.timeout(0.05):
+                await pool.request("GET", "/", "", [], None, 1000)
+        resp = await pool.request("GET", "/", "", [], None, 1000)
+        pool.close()
+    assert resp.status == 200
+    assert srv.connections == 2
+
+
+async def test_connect_refused() -> None:
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()
+    pool = ConnectionPool(f"http://127.0.0.1:{port}", limit=2)
+    for _ in range(3):  # a failed connect gives its slot back
+        with pytest.raises(HTTPFailure) as err:
+            await pool.request("GET", "/", "", [], None, 1000)
+        assert err.value.kind == "connect"
+
+
+def test_base_url() -> None:
+    pool = ConnectionPool("https://staging.example:443/v2/", limit=1)
+    assert (pool.tls, pool.host, pool.port, pool.authority, pool.prefix) == (True, "staging.example", 443,
+                                                                             "staging.example", "/v2")
+    assert ConnectionPool("http://[::1]:8080", limit=1).authority == "[::1]:8080"
+    with pytest.raises(ValueError):
+        ConnectionPool("ftp://x", limit=1)
