@@ -48,7 +48,7 @@ from replayer.metrics import ReplayerMetrics  # noqa: E402
 from replayer.schedule import Anchor  # noqa: E402
 from shadowreplay.bus import open_bus  # noqa: E402
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer  # noqa: E402
-from shadowreplay.config import ReplayerConfig  # noqa: E402
+from shadowreplay.config import HTTP_CLIENTS, ReplayerConfig  # noqa: E402
 from shadowreplay.record import RequestRecord, encode_request  # noqa: E402
 from shadowreplay.runtime import tune_gc  # noqa: E402
 
@@ -353,7 +353,7 @@ def main() -> int:
     ap.add_argument("--fast-backend", choices=("nginx", "aiohttp"), default="nginx",
                     help="backend for the throughput and scale figures (default nginx, which needs "
                          "`apt-get install -y nginx-light`; accuracy always uses the aiohttp backend)")
-    ap.add_argument("--http-client", choices=("builtin", "aiohttp"), default="builtin",
+    ap.add_argument("--http-client", choices=HTTP_CLIENTS, default="builtin",
                     help="the replayer's HTTP client (default builtin, as `shadowreplay replay`)")
     ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -25,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from replayer.http1 import ConnectionPool, HTTPFailure
+from shadowreplay.config import HTTP_CLIENTS
 from shadowreplay.record import Headers, RequestRecord, Response
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ _REPLACED = frozenset({"content-length", "host", "x-forwarded-for", "x-shadow-re
 _DROPPED = HOP_BY_HOP | _REPLACED
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _READ_CHUNK = 64 * 1024
-HTTP_CLIENTS = ("builtin", "aiohttp")
 
 
 def outgoing_headers(record: RequestRecord, *, keep_host: bool) -> list[tuple[str, str]]:
@@ -67,13 +67,18 @@ def outgoing_headers(record: RequestRecord, *, keep_host: bool) -> list[tuple[st
         if k.lower() not in dropped and not k.lower().startswith("proxy-")
     ]
     if keep_host:
-        host = record.host or record.header("Host")
+        host = logged_host(record)
         if host:
             out.append(("Host", host))
     if record.client:
         out.append(("X-Forwarded-For", record.client))
     out.append(("X-Shadow-Replay", record.id))
     return out
+
+
+def logged_host(record: RequestRecord) -> str:
+    """The Host production saw: the record's host, else its Host header, else ""."""
+    return record.host or record.header("Host") or ""
 
 
 def origin_form(target: str) -> str:
@@ -215,10 +220,9 @@ class TargetClient:
                       self.name, record.method, record.id, kind, exc)
             return Response(status=None, latency=time.perf_counter() - t0, ttfb=ttfb, error=kind)
 
-
     async def _send_builtin(self, record: RequestRecord, pool: ConnectionPool) -> Response:
         t0 = time.perf_counter()
-        host = (record.host or record.header("Host") or "") if self._keep_host else ""
+        host = logged_host(record) if self._keep_host else ""  # "": the pool sends the target's
         try:
             async with asyncio.timeout(self._timeout_seconds):
                 raw = await pool.request(

@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import brotli
 
+from shadowreplay.record import Headers
+
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one response
 MAX_CHUNK_LINE = 4096
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -43,8 +45,6 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _good_names: set[str] = set()  # header names already checked (they repeat in every request)
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: [^\r\n]*)?\Z")
-
-Headers = tuple[tuple[str, str], ...]
 
 
 class HTTPFailure(Exception):
@@ -133,7 +133,9 @@ class _Parser:
         self._buf = bytearray()
         self._mode = "head"  # head, length, chunked, eof, trailers, done
         self._left = 0
-        self._chunk_left = -1  # chunked: bytes of the current chunk still to come (-1: a size line)
+        # chunked: data bytes of the current chunk still to come; -1: a size line is next,
+        # -2: the CRLF that ends a chunk's data
+        self._chunk_left = -1
         self._decoder: _Decoder | None = None
         self.status = 0
         self.headers: Headers = ()
@@ -160,16 +162,14 @@ class _Parser:
             if len(data) > len(take):
                 self.keep_alive = False  # more than the response: the stream is out of step
             self._store(take)
-            if self._left == 0 and self._mode != "done":
+            if self._left == 0:
                 self._mode = "done"
             return self._mode == "done"
         if self._mode == "chunked" or self._mode == "trailers":
             self._buf += data
             return self._parse_chunked()
-        if self._mode == "eof":
-            self._store(data)
-            return self._mode == "done"
-        return True
+        self._store(data)  # "eof": the body runs until the peer closes
+        return self._mode == "done"
 
     def feed_eof(self) -> bool:
         """The peer closed: True if that completes the response (a body read until close)."""
@@ -360,7 +360,7 @@ class _Connection(asyncio.Protocol):
             return
         if parser.feed_eof():
             self._wake()
-        elif exc is not None and isinstance(exc, ssl.SSLError):
+        elif isinstance(exc, ssl.SSLError):
             self._fail(HTTPFailure("tls", f"TLS failed mid-response: {exc}"))
         elif parser.started:
             self._fail(HTTPFailure("protocol", "the target closed the connection mid-response"))

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shadowreplay.errors import ConfigError
 
@@ -151,6 +152,10 @@ class ReplayTargets:
     secondary: TargetOptions = field(default_factory=TargetOptions)
 
 
+# The replayer's HTTP clients: builtin is replayer/http1.py, aiohttp is aiohttp's client.
+HTTP_CLIENTS = ("builtin", "aiohttp")
+
+
 @dataclass(frozen=True)
 class ReplayerConfig:
     candidate: str = ""
@@ -166,8 +171,7 @@ class ReplayerConfig:
     max_body_bytes: int = 1024 * 1024
     methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
     keep_host: bool = False
-    # builtin: the lean HTTP/1.1 client (replayer/http1.py); aiohttp: aiohttp's client
-    http_client: str = "builtin"
+    http_client: str = "builtin"  # one of HTTP_CLIENTS
     # A replay with no new records for this long is considered caught up by `demo`
     # and by one-shot replays (`--to`); `follow` waits forever.
     idle_exit_seconds: float = 0.0
@@ -396,6 +400,13 @@ def _validate_forward_tls(t: ForwardTls) -> None:
             raise ConfigError(f"{key}.{name}: no such file: {path!r}")
 
 
+def _has_host(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        return False
+
+
 def _validate_replayer(r: ReplayerConfig) -> None:
     if not r.speed > 0 and not (r.speed == 0 and r.rate > 0):
         raise ConfigError("replayer.speed: must be > 0 (0, no ceiling, only with a rate)")
@@ -407,16 +418,16 @@ def _validate_replayer(r: ReplayerConfig) -> None:
         raise ConfigError("replayer.timeout_seconds: must be > 0")
     for key, url in (("replayer.candidate", r.candidate), ("replayer.baseline", r.baseline),
                      ("replayer.secondary", r.secondary)):
-        if url and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}: must be an http:// or https:// URL, got {url!r}")
+        if url and not (url.startswith(("http://", "https://")) and _has_host(url)):
+            raise ConfigError(f"{key}: must be an http:// or https:// URL with a host, got {url!r}")
     for name in ("candidate", "baseline", "secondary"):
         opts: TargetOptions = getattr(r.targets, name)
         if opts.timeout_seconds < 0 or opts.concurrency < 0:
             raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
     if r.late_policy not in ("send", "drop"):
         raise ConfigError(f"replayer.late_policy: send or drop, got {r.late_policy!r}")
-    if r.http_client not in ("builtin", "aiohttp"):
-        raise ConfigError(f"replayer.http_client: builtin or aiohttp, got {r.http_client!r}")
+    if r.http_client not in HTTP_CLIENTS:
+        raise ConfigError(f"replayer.http_client: {' or '.join(HTTP_CLIENTS)}, got {r.http_client!r}")
     if r.anchor not in ("auto", "bus", "local"):
         raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
     for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds"):

@@ -9,10 +9,8 @@ import asyncio
 import dataclasses
 import gzip
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from collector_harness import StartCollector, collectors
 from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong_refused, record, text
 from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
 from shadowreplay.errors import ConfigError
+from tls_certs import SERVER_EXT, issue, require_openssl
 
 pytestmark = pytest.mark.integration
 
@@ -273,35 +272,17 @@ async def test_missing_secret_is_a_config_error(start: Start) -> None:
 # -- TLS ---------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(d: Path, name: str, cn: str, ca: str | None, ext: str) -> None:
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    if ca is None:
-        _openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-                 "-subj", f"/CN={cn}", "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-        return
-    _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-    (d / f"{name}.ext").write_text(ext + "\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1, a client certificate from the CA and one
     from an unrelated CA, made with the openssl command at run time."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS tests need the openssl command: apt-get install openssl")
+    require_openssl()
     d = tmp_path_factory.mktemp("pki")
-    _issue(d, "ca", "shadowreplay test CA", None, "")
-    _issue(d, "server", "127.0.0.1", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    _issue(d, "client", "client.test", "ca", "extendedKeyUsage=clientAuth")
-    _issue(d, "rogue_ca", "rogue CA", None, "")
-    _issue(d, "rogue", "rogue.test", "rogue_ca", "extendedKeyUsage=clientAuth")
+    issue(d, "ca", "shadowreplay test CA", None, "")
+    issue(d, "server", "127.0.0.1", "ca", SERVER_EXT)
+    issue(d, "client", "client.test", "ca", "extendedKeyUsage=clientAuth")
+    issue(d, "rogue_ca", "rogue CA", None, "")
+    issue(d, "rogue", "rogue.test", "rogue_ca", "extendedKeyUsage=clientAuth")
     return d
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
 import socket
 import ssl
-import subprocess
 import zlib
-from pathlib import Path
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import brotli
@@ -20,6 +18,7 @@ from aiohttp import web
 
 from replayer.client import TargetClient, outgoing_headers, target_url
 from shadowreplay.record import RequestRecord
+from tls_certs import SERVER_EXT, issue, require_openssl
 
 BIG = bytes(range(256)) * 40  # 10240 bytes
 
@@ -353,21 +352,19 @@ async def test_header_that_would_inject_is_a_request_error(backend: Backend, htt
 
 
 @pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command at run time."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS tests need the openssl command: apt-get install openssl")
+def untrusted_server_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A certificate for 127.0.0.1 from a test CA that no trust store knows."""
+    require_openssl()
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=d, check=True, capture_output=True, timeout=60)
+    issue(d, "ca", "shadowreplay test CA", None, "")
+    issue(d, "server", "127.0.0.1", "ca", SERVER_EXT)
     return d
 
 
 @pytest.mark.parametrize("verify", [True, False])
-async def test_tls_target(self_signed: Path, http_client: str, verify: bool) -> None:
+async def test_tls_target(untrusted_server_cert: Path, http_client: str, verify: bool) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(self_signed / "cert.pem"), str(self_signed / "key.pem"))
+    ctx.load_cert_chain(str(untrusted_server_cert / "server.pem"), str(untrusted_server_cert / "server.key"))
     app = web.Application()
 
     async def hello(request: web.Request) -> web.Response:
@@ -385,7 +382,7 @@ async def test_tls_target(self_signed: Path, http_client: str, verify: bool) -> 
             again = await client.send(_rec("/"))
     finally:
         await runner.cleanup()
-    if verify:  # self-signed: not trusted
+    if verify:  # its CA is not trusted
         assert (resp.status, resp.error, again.error) == (None, "tls", "tls")
     else:
         assert (resp.status, resp.body, again.body) == (200, b"over tls", b"over tls")

@@ -30,6 +30,9 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
         ("[bus]\nurl = 'redis://x'\n", "bus.url"),
         ("[collector]\nlisten = 'nowhere'\n", "collector.listen"),
         ("[replayer]\ncandidate = 'ftp://x'\n", "replayer.candidate"),
+        ("[replayer]\ncandidate = 'http://'\n", "replayer.candidate"),
+        ("[replayer]\nbaseline = 'http://[::1'\n", "replayer.baseline"),
+        ("[replayer]\nhttp_client = 'curl'\n", "replayer.http_client"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
