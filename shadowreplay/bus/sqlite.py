@@ -178,6 +178,41 @@ def _insert_at_once(
     conn.execute(_INSERT_AT_ONCE, (orjson.dumps(meta).decode("ascii"), b"".join(keys), b"".join(values)))
 
 
+_SELECT_ROWS = (
+    "SELECT off, ts, key, value FROM messages"
+    " WHERE topic = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?"
+)
+
+# The read side of the same trick: the rows of one poll as one result row (fetching row
+# by row would retake the GIL once a row). The JSON array holds (offset, timestamp, key
+# length or null, value length); the keys and the values each come concatenated, in
+# the same order, since both aggregates step through the same rows together.
+_SELECT_AT_ONCE = (
+    "SELECT json_group_array(json_array(off, ts, length(CAST(key AS BLOB)), length(CAST(value AS BLOB)))),"
+    " CAST(group_concat(key, '') AS BLOB), CAST(group_concat(value, '') AS BLOB)"
+    f" FROM ({_SELECT_ROWS})"
+)
+
+
+def _select_at_once(
+    conn: sqlite3.Connection, args: tuple[int, int, int, int]
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    meta_json, keys, values = conn.execute(_SELECT_AT_ONCE, args).fetchone()
+    keys, values = keys or b"", values or b""  # NULL: no (non-null) keys, or no rows
+    rows: list[tuple[int, int, bytes | None, bytes]] = []
+    key_at = value_at = 0
+    for off, ts, key_len, value_len in orjson.loads(meta_json):
+        key = None
+        if key_len is not None:
+            key = keys[key_at:key_at + key_len]
+            key_at += key_len
+        rows.append((off, ts, key, values[value_at:value_at + value_len]))
+        value_at += value_len
+    if any(rows[i][0] >= rows[i + 1][0] for i in range(len(rows) - 1)):
+        rows.sort()  # an aggregate's order is SQLite's to choose; the pairing above is not
+    return rows
+
+
 class SqliteBus:
     """A bus in one SQLite file. Producers and consumers each open their own connection."""
 
@@ -329,8 +364,10 @@ class SqliteProducer:
                 next_offset[(topic_id, partition)] = 0 if row[0] is None else int(row[0]) + 1
             if self._one_statement:
                 try:
-                    _insert_at_once(self._conn, self._buffer, next_offset)
+                    _insert_at_once(self._conn, self._buffer, dict(next_offset))
                     return
+                except sqlite3.DataError:
+                    pass  # together past SQLite's length limit (1 GB): row by row, this once
                 except sqlite3.OperationalError as exc:
                     if "json" not in str(exc):
                         raise
@@ -388,6 +425,7 @@ class SqliteConsumer:
         self._rotate = 0
         self._min_ts: int | None = None
         self._closed = False
+        self._one_statement = True
         # Join now, so that members created together are dealt partitions together.
         with _write(self._conn, "join group"):
             self._heartbeat(time.time_ns())
@@ -477,6 +515,21 @@ class SqliteConsumer:
         ).fetchone())
         return 0 if row[0] is None else int(row[0]) + 1
 
+    def _read_rows(self, args: tuple[int, int, int, int]) -> list[tuple[int, int, bytes | None, bytes]]:
+        """(offset, timestamp, key, value) of up to ``args[3]`` messages of one partition from
+        offset ``args[2]`` on, in offset order."""
+        if self._one_statement:
+            try:
+                return _select_at_once(self._conn, args)
+            except sqlite3.DataError:
+                pass  # together past SQLite's length limit (1 GB): row by row, this once
+            except sqlite3.OperationalError as exc:
+                if "json" not in str(exc):
+                    raise
+                log.info("sqlite bus: no JSON functions (%s); reading row by row", exc)
+                self._one_statement = False
+        return self._conn.execute(_SELECT_ROWS, args).fetchall()
+
     def _fetch(self, max_records: int) -> tuple[list[Message], bool]:
         """Read from owned partitions; also say whether any position moved."""
         out: list[Message] = []
@@ -491,11 +544,7 @@ class SqliteConsumer:
                 break
             position = self._positions[(topic, partition)]
             args = (self._topic_ids[topic], partition, position, room)
-            rows = _read("poll", lambda args=args: self._conn.execute(  # type: ignore[misc]
-                "SELECT off, ts, key, value FROM messages"
-                " WHERE topic = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?",
-                args,
-            ).fetchall())
+            rows = _read("poll", lambda args=args: self._read_rows(args))  # type: ignore[misc]
             if not rows:
                 continue
             moved = True
