@@ -250,3 +250,60 @@ async def test_unreachable_target_gives_error_results_not_a_crash(
     assert _value(registry, "shadow_replay_requests_total", target="baseline", outcome="error") == n
     assert _value(registry, "shadow_replay_requests_total", target="candidate", outcome="ok") == n
     assert _drain(bus, REQUESTS, GROUP, 0, max_seconds=3) == []
+
+
+async def test_a_full_window_before_the_anchor_does_not_stall_the_replay(
+    bus: Bus, backends: tuple[Backend, Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Self-anchoring waits for every owned partition to answer, at most ANCHOR_WAIT_SECONDS.
+    With all records in one partition of four, the window of polled messages filled up
+    before that and polling stopped for good: the replay never started."""
+    candidate, _ = backends
+    monkeypatch.setattr("replayer.loop.MAX_PENDING", 120)
+    records = [RequestRecord(id=f"r{i:05d}", ts=LOG_T0 + i * 1_000_000, method="GET", target=f"/items/{i}",
+                             client="10.9.9.9") for i in range(600)]
+    _publish(bus, records)
+    assert len({m.partition for m in _drain(bus, REQUESTS, "peek", len(records))}) == 1
+    cfg = ReplayerConfig(candidate=candidate.url, speed=1000.0, concurrency=4, idle_exit_seconds=0.5)
+    replayer = await _run_replayer(bus, cfg, None, asyncio.Event(), CollectorRegistry())
+    assert replayer.replayed == len(records)
+    assert Counter(h.id for h in candidate.hits) == Counter(r.id for r in records)
+
+
+async def test_large_records_fill_the_window_by_bytes(
+    bus: Bus, backends: tuple[Backend, Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window of polled, uncommitted messages is bounded in bytes too: records with
+    large bodies stop polling before the count cap, and everything is still replayed."""
+    candidate, _ = backends
+    cap = 64 * 1024
+    monkeypatch.setattr("replayer.loop.MAX_PENDING_BYTES", cap)
+    monkeypatch.setattr("replayer.loop.POLL_MAX_RECORDS", 20)
+    pad = "x" * 4000
+    records = [RequestRecord(id=f"r{i:05d}", ts=LOG_T0 + i * 1_000_000, method="GET", target=f"/items/{i}",
+                             headers=(("X-Pad", pad),), client=f"10.0.0.{i % 5}") for i in range(300)]
+    _publish(bus, records)
+    size = len(encode_request(records[0]))
+    consumer, producer = AsyncConsumer(bus, [REQUESTS], GROUP), AsyncProducer(bus)
+    cfg = ReplayerConfig(candidate=candidate.url, speed=100.0, concurrency=4, idle_exit_seconds=0.5)
+    replayer = Replayer(cfg, consumer, producer, RESULTS, ReplayerMetrics(CollectorRegistry()),
+                        anchor=Anchor(LOG_T0, time.time_ns() + 100_000_000, 100.0))
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, replayer._pending_bytes)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait_for(replayer.run(asyncio.Event()), timeout=30)
+    finally:
+        watcher.cancel()
+        await consumer.close()
+        await producer.close()
+    assert replayer.replayed == len(records)
+    assert replayer._pending_bytes == 0
+    assert cap <= peak <= cap + 20 * size  # reached the cap, overshot by at most one poll
+    assert peak < len(records) * size / 3  # far below what an uncapped window would hold
