@@ -166,6 +166,9 @@ class Replayer:
         self._max_pending = max(MAX_PENDING, 16 * concurrency)
         self._pending = 0
         self._pending_bytes = 0  # of the polled messages' values: large bodies fill the window sooner
+        # Results and the offsets they complete in one bus transaction, where the bus can
+        # (asked when the run starts).
+        self._commit_in_flush = False
         self._slots: dict[_TP, deque[_Slot]] = {}  # per partition, in offset order
         self._finished: set[_TP] = set()  # partitions that reached --to
         self._assigned: set[_TP] = set()
@@ -201,6 +204,7 @@ class Replayer:
         every partition's done prefix committed; records not yet due are left uncommitted
         for the next consumer of the group.
         """
+        self._commit_in_flush = self._producer.commits_for(self._consumer)
         for client in self.targets.values():
             await client.start()
         log.info(
@@ -593,12 +597,39 @@ class Replayer:
         for histogram in self._resp.values():
             histogram.fold()
         batch, self._unflushed = self._unflushed, []
-        if batch:
-            items = [item for _, item in batch]
-            producer, topic = self._producer, self._results_topic
-            await _retrying("publish results", lambda: producer.publish_and_flush(topic, items))
+        items = [item for _, item in batch]
+        producer, topic, consumer = self._producer, self._results_topic, self._consumer
+        if self._commit_in_flush:
+            # One transaction (the SQLite bus): the results, and the offsets they complete.
+            # Should it fail for good, the replayer stops, so marking them done first is safe.
             for slot, _ in batch:
                 slot.done = True
+            last, freed, freed_bytes = self._done_prefixes()
+            if items or last:
+                await _retrying("publish results and commit offsets",
+                                lambda: producer.publish_and_flush(topic, items, commit=(consumer, last)))
+        else:
+            if items:
+                await _retrying("publish results", lambda: producer.publish_and_flush(topic, items))
+                for slot, _ in batch:
+                    slot.done = True
+            last, freed, freed_bytes = self._done_prefixes()
+            if last:
+                try:
+                    await _retrying("commit offsets", lambda: consumer.commit(last))
+                except BusError as exc:
+                    if exc.retriable:
+                        raise
+                    # The group rebalanced meanwhile: the partitions' new owner gets these again.
+                    log.warning("commit refused (rebalance?); the new owner will redo them: %s", exc)
+        if freed:
+            self._pending -= freed
+            self._pending_bytes -= freed_bytes
+            self._capacity.set()
+
+    def _done_prefixes(self) -> tuple[list[Message], int, int]:
+        """Take each partition's run of done messages off its front: (the last message of
+        each run, to commit — it covers the run; how many messages; their bytes)."""
         last: list[Message] = []
         freed = freed_bytes = 0
         for slots in self._slots.values():
@@ -608,18 +639,8 @@ class Replayer:
                 freed += 1
                 freed_bytes += len(head.message.value)
             if head is not None:
-                last.append(head.message)  # committing the highest done offset covers the prefix
-        if last:
-            try:
-                await _retrying("commit offsets", lambda: self._consumer.commit(last))
-            except BusError as exc:
-                if exc.retriable:
-                    raise
-                # The group rebalanced meanwhile: the partitions' new owner gets these again.
-                log.warning("commit refused (rebalance?); the new owner will redo them: %s", exc)
-            self._pending -= freed
-            self._pending_bytes -= freed_bytes
-            self._capacity.set()
+                last.append(head.message)
+        return last, freed, freed_bytes
 
 
 async def _retrying(what: str, call: Callable[[], Awaitable[None]]) -> None:

@@ -49,10 +49,20 @@ class AsyncProducer(_OnOwnThread):
     async def flush(self, timeout_seconds: float = 30.0) -> None:
         await self._call(self._producer.flush, timeout_seconds)
 
+    def commits_for(self, consumer: AsyncConsumer) -> bool:
+        """Whether ``publish_and_flush(..., commit=...)`` can take ``consumer``'s offsets
+        into the flush's own transaction. The SQLite bus can, for a consumer of the
+        same file; elsewhere the caller commits after the flush, as usual."""
+        commits_for = getattr(self._producer, "commits_for", None)
+        return commits_for is not None and bool(commits_for(consumer._consumer))
+
     async def publish_and_flush(
-        self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]], timeout_seconds: float = 30.0
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]], timeout_seconds: float = 30.0,
+        commit: tuple[AsyncConsumer, Sequence[Message]] | None = None,
     ) -> None:
-        """Queue and flush in one hop to the bus thread."""
+        """Queue and flush in one hop to the bus thread. With ``commit=(consumer, messages)``
+        (only where ``commits_for(consumer)``), the flush also commits ``messages`` for the
+        consumer's group, in the same transaction."""
 
         def _do() -> None:
             # Backends may offer publish_batch(topic, items): the same as publishing
@@ -63,7 +73,11 @@ class AsyncProducer(_OnOwnThread):
             else:
                 for key, value, ts in items:
                     self._producer.publish(topic, value, key=key, timestamp_ns=ts)
-            self._producer.flush(timeout_seconds)
+            if commit is None:
+                self._producer.flush(timeout_seconds)
+            else:
+                consumer, messages = commit
+                self._producer.flush_and_commit(consumer._consumer, messages, timeout_seconds)  # type: ignore[attr-defined]
 
         await self._call(_do)
 

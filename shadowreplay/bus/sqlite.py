@@ -213,6 +213,14 @@ def _select_at_once(
     return rows
 
 
+def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Message]) -> None:
+    conn.executemany(
+        "INSERT INTO group_offsets (grp, topic, part, off) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (grp, topic, part) DO UPDATE SET off = excluded.off",
+        [(group, t, p, o) for (t, p), o in next_positions(messages).items()],
+    )
+
+
 class SqliteBus:
     """A bus in one SQLite file. Producers and consumers each open their own connection."""
 
@@ -335,26 +343,44 @@ class SqliteProducer:
         with self._lock:
             self._flush_locked(timeout_seconds)
 
-    def _flush_locked(self, timeout_seconds: float | None = None) -> None:
-        if not self._buffer:
+    def commits_for(self, consumer: object) -> bool:
+        """Whether ``flush_and_commit`` can commit ``consumer``'s offsets: a consumer of the same file."""
+        return isinstance(consumer, SqliteConsumer) and consumer.path == self._bus.path
+
+    def flush_and_commit(self, consumer: SqliteConsumer, messages: Sequence[Message],
+                         timeout_seconds: float = 30.0) -> None:
+        """``flush``, and commit ``messages`` for ``consumer``'s group in the same transaction
+        (as ``consumer.commit`` would): both happen or neither does, for one fsync."""
+        if not self.commits_for(consumer):
+            raise BusError("sqlite bus: flush_and_commit needs a consumer of the same bus file", retriable=False)
+        with self._lock:
+            self._flush_locked(timeout_seconds, (consumer.group, messages))
+
+    def _flush_locked(self, timeout_seconds: float | None = None,
+                      commit: tuple[str, Sequence[Message]] | None = None) -> None:
+        if not self._buffer and not (commit and commit[1]):
             return
         if timeout_seconds is not None:
             # The only wait in a flush is for the write lock: bound it by the timeout.
             busy_ms = max(1, int(timeout_seconds * 1000))
             self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         try:
-            self._write_buffer()
+            self._write_buffer(commit)
         finally:
             # Written or not, the buffer is done with: a failed flush leaves the messages
             # unacknowledged and every caller publishes them again, so keeping them here
             # would store them twice (Kafka's producer likewise drops failed sends).
             self._buffer.clear()
 
-    def _write_buffer(self) -> None:
+    def _write_buffer(self, commit: tuple[str, Sequence[Message]] | None = None) -> None:
         counts: dict[tuple[int, int], int] = {}
         for topic_id, partition, _, _, _ in self._buffer:
             counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
         with _write(self._conn, "flush"):
+            if commit is not None:
+                _commit_offsets(self._conn, *commit)
+            if not self._buffer:
+                return
             next_offset: dict[tuple[int, int], int] = {}
             for topic_id, partition in counts:
                 row = self._conn.execute(
@@ -409,7 +435,8 @@ class SqliteConsumer:
         if not topics:
             raise ConfigError("bus consumer: at least one topic is required")
         self._bus = bus
-        self._group = group
+        self.group = group
+        self.path = bus.path
         self._member = uuid.uuid4().hex
         self._topics = sorted(set(topics))
         self._session_ns = bus.session_timeout_ms * 1_000_000
@@ -434,11 +461,11 @@ class SqliteConsumer:
         self._conn.execute(
             "INSERT INTO members (grp, member, topics, heartbeat_ns) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (grp, member) DO UPDATE SET heartbeat_ns = excluded.heartbeat_ns",
-            (self._group, self._member, json.dumps(self._topics), now_ns),
+            (self.group, self._member, json.dumps(self._topics), now_ns),
         )
 
     def _rebalance(self) -> None:
-        conn, grp = self._conn, self._group
+        conn, grp = self._conn, self.group
         with _write(conn, "rebalance"):
             now = time.time_ns()
             self._heartbeat(now)
@@ -575,15 +602,10 @@ class SqliteConsumer:
                     time.sleep(min(POLL_STEP_SECONDS, deadline - now))
 
     def commit(self, messages: Sequence[Message]) -> None:
-        positions = next_positions(messages)
-        if not positions:
+        if not messages:
             return
         with self._lock, _write(self._conn, "commit"):
-            self._conn.executemany(
-                "INSERT INTO group_offsets (grp, topic, part, off) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (grp, topic, part) DO UPDATE SET off = excluded.off",
-                [(self._group, t, p, o) for (t, p), o in positions.items()],
-            )
+            _commit_offsets(self._conn, self.group, messages)
 
     def seek_to_time(self, timestamp_ns: int) -> None:
         with self._lock:
@@ -604,12 +626,12 @@ class SqliteConsumer:
             try:
                 with _write(self._conn, "leave group"):
                     self._conn.execute(
-                        "DELETE FROM owners WHERE grp = ? AND member = ?", (self._group, self._member)
+                        "DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self._member)
                     )
                     self._conn.execute(
-                        "DELETE FROM members WHERE grp = ? AND member = ?", (self._group, self._member)
+                        "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self._member)
                     )
             except BusError as exc:
-                log.warning("sqlite bus: could not leave group %s cleanly: %s", self._group, exc)
+                log.warning("sqlite bus: could not leave group %s cleanly: %s", self.group, exc)
             finally:
                 self._conn.close()

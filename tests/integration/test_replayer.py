@@ -307,3 +307,24 @@ async def test_large_records_fill_the_window_by_bytes(
     assert replayer._pending_bytes == 0
     assert cap <= peak <= cap + 20 * size  # reached the cap, overshot by at most one poll
     assert peak < len(records) * size / 3  # far below what an uncapped window would hold
+
+
+async def test_on_the_sqlite_bus_results_and_offsets_share_one_transaction(
+    bus: Bus, backends: tuple[Backend, Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    candidate, _ = backends
+    separate_commits = []
+
+    async def commit(self: AsyncConsumer, messages: Sequence[Message]) -> None:
+        separate_commits.append(messages)
+
+    monkeypatch.setattr(AsyncConsumer, "commit", commit)
+    records = _records(200, 1_000_000)
+    _publish(bus, records)
+    cfg = ReplayerConfig(candidate=candidate.url, speed=100.0, concurrency=8, idle_exit_seconds=0.5)
+    anchor = Anchor(log_t0_ns=LOG_T0, wall_t0_ns=time.time_ns() + 100_000_000, speed=100.0)
+    replayer = await _run_replayer(bus, cfg, anchor, asyncio.Event(), CollectorRegistry())
+    assert replayer.replayed == len(records)
+    assert separate_commits == []
+    assert _drain(bus, REQUESTS, GROUP, 0, max_seconds=2) == []  # all committed, by the flushes
+    assert len(_drain(bus, RESULTS, "checker", len(records))) == len(records)

@@ -15,7 +15,7 @@ import pytest
 
 from shadowreplay.bus import Consumer, Message, open_bus
 from shadowreplay.bus.sqlite import SqliteBus, SqliteProducer
-from shadowreplay.errors import ConfigError
+from shadowreplay.errors import BusError, ConfigError
 
 FAST_GROUPS = "?session_timeout_ms=600&rebalance_interval_ms=100"
 
@@ -293,3 +293,50 @@ def test_reads_and_writes_past_sqlites_length_limit_go_row_by_row(tmp_path: Path
     bus.close()
     assert [(m.offset, m.key, m.value, m.timestamp_ns) for m in got] == [
         (i, key, value, ts) for i, (key, value, ts) in enumerate(items)]
+
+
+def test_flush_and_commit_writes_messages_and_offsets_together_or_neither(tmp_path: Path) -> None:
+    bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=1)
+    producer = bus.producer()
+    for i in range(5):
+        producer.publish("in", b"%d" % i)
+    producer.flush()
+    worker = bus.consumer(["in"], "workers")
+    polled = poll_until(worker, 5)
+    worker.close()  # leaves the group to the checkers below; its group is all a commit uses
+    assert producer.commits_for(worker)
+
+    producer.publish("out", b"result of 0-2")
+    producer.flush_and_commit(worker, polled[:3])
+    late = bus.consumer(["in"], "workers")  # resumes after what the group committed
+    assert [m.value for m in poll_until(late, 2)] == [b"3", b"4"]
+    late.close()
+    reader = bus.consumer(["out"], "readers")
+    assert [m.value for m in poll_until(reader, 1)] == [b"result of 0-2"]
+
+    # A transaction that fails writes neither the results nor the offsets.
+    bus._conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON group_offsets BEGIN SELECT RAISE(ABORT, 'no'); END")
+    producer.publish("out", b"result of 3-4")
+    with pytest.raises(BusError, match="no"):
+        producer.flush_and_commit(worker, polled[3:])
+    assert reader.poll(timeout_seconds=0.2) == []
+    again = bus.consumer(["in"], "workers")
+    assert [m.value for m in poll_until(again, 2)] == [b"3", b"4"]
+    for c in (again, reader):
+        c.close()
+    producer.close()
+    bus.close()
+
+
+def test_flush_and_commit_needs_a_consumer_of_the_same_file(tmp_path: Path) -> None:
+    here = SqliteBus(f"sqlite:///{tmp_path}/a.db", str(tmp_path / "a.db"))
+    there = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"))
+    producer, consumer = here.producer(), there.consumer(["t"], "g")
+    assert not producer.commits_for(consumer)
+    assert not producer.commits_for(object())
+    with pytest.raises(BusError, match="same bus file"):
+        producer.flush_and_commit(consumer, [])
+    consumer.close()
+    producer.close()
+    here.close()
+    there.close()
