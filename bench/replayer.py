@@ -472,9 +472,17 @@ def run_figures(args: argparse.Namespace, fast: Backend, aio: AiohttpBackend, tm
     scales = [(one[0], two[0]) for one, two in zip(ones, twos, strict=True)]
     misses += not judge_ratio(f"scale ({nw} requests, flat out, via the CLI)", "--workers 1", "--workers 2", scales, 1.5)
     cores = os.cpu_count() or 1
+    busy1, busy2 = median([o[1] for o in ones]), median([t[1] for t in twos])
     print(f"  machine busy while requests arrived (all {cores} cores; replayer, bus threads and backend): "
-          f"--workers 1 {100 * median([o[1] for o in ones]):.0f}%, --workers 2 {100 * median([t[1] for t in twos]):.0f}% "
+          f"--workers 1 {100 * busy1:.0f}%, --workers 2 {100 * busy2:.0f}% "
           f"(steal {100 * median([o[2] for o in ones + twos]):.1f}%; medians)", flush=True)
+    # Requests per second per fully busy machine: equal means the second worker turns the
+    # CPU it gets into requests as well as the first; 100 % / busy1 is then the ratio's ceiling.
+    per1 = median([o[0] / o[1] for o in ones])
+    per2 = median([t[0] / t[1] for t in twos])
+    print(f"  per busy machine: --workers 1 {per1:,.0f} req/s, --workers 2 {per2:,.0f} req/s "
+          f"(x{per2 / per1:.2f}); one worker already keeps {100 * busy1:.0f}% of the machine busy, so at equal "
+          f"CPU per request two can reach at most {1 / busy1:.2f}x here", flush=True)
     print(f"{4 - misses} of 4 goals met (load now {os.getloadavg()[0]:.2f}; provisional on a shared machine)")
     return misses
 
