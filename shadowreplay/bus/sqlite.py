@@ -249,10 +249,19 @@ class SqliteBus:
             raise ConfigError(f"{url}: directory {str(parent)!r} does not exist")
         self._lock = threading.Lock()
         self._conn = _connect(path, busy_timeout_ms)
-        with _write(self._conn, "create schema"):
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            with _write(self._conn, "create schema"):
+                version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    # Not ours to change: a newer build's layout, read wrongly or stamped over.
+                    raise ConfigError(f"{url}: the file's bus schema is version {version}, written by a "
+                                      f"newer shadowreplay; this one reads version {SCHEMA_VERSION}")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._conn.close()
+            raise
 
     def connect(self) -> sqlite3.Connection:
         return _connect(self.path, self.busy_timeout_ms)

@@ -340,3 +340,14 @@ def test_flush_and_commit_needs_a_consumer_of_the_same_file(tmp_path: Path) -> N
     producer.close()
     here.close()
     there.close()
+
+
+def test_a_file_from_a_newer_schema_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    SqliteBus(f"sqlite:///{path}", str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match="schema is version 99, written by a newer shadowreplay"):
+        SqliteBus(f"sqlite:///{path}", str(path))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 99
