@@ -599,29 +599,25 @@ class Replayer:
         batch, self._unflushed = self._unflushed, []
         items = [item for _, item in batch]
         producer, topic, consumer = self._producer, self._results_topic, self._consumer
+        if items and not self._commit_in_flush:
+            await _retrying("publish results", lambda: producer.publish_and_flush(topic, items))
+        # Durable now, or (one transaction, the SQLite bus) together with the commit below:
+        # should that fail for good, the replayer stops, so marking them done first is safe.
+        for slot, _ in batch:
+            slot.done = True
+        last, freed, freed_bytes = self._done_prefixes()
         if self._commit_in_flush:
-            # One transaction (the SQLite bus): the results, and the offsets they complete.
-            # Should it fail for good, the replayer stops, so marking them done first is safe.
-            for slot, _ in batch:
-                slot.done = True
-            last, freed, freed_bytes = self._done_prefixes()
             if items or last:
                 await _retrying("publish results and commit offsets",
                                 lambda: producer.publish_and_flush(topic, items, commit=(consumer, last)))
-        else:
-            if items:
-                await _retrying("publish results", lambda: producer.publish_and_flush(topic, items))
-                for slot, _ in batch:
-                    slot.done = True
-            last, freed, freed_bytes = self._done_prefixes()
-            if last:
-                try:
-                    await _retrying("commit offsets", lambda: consumer.commit(last))
-                except BusError as exc:
-                    if exc.retriable:
-                        raise
-                    # The group rebalanced meanwhile: the partitions' new owner gets these again.
-                    log.warning("commit refused (rebalance?); the new owner will redo them: %s", exc)
+        elif last:
+            try:
+                await _retrying("commit offsets", lambda: consumer.commit(last))
+            except BusError as exc:
+                if exc.retriable:
+                    raise
+                # The group rebalanced meanwhile: the partitions' new owner gets these again.
+                log.warning("commit refused (rebalance?); the new owner will redo them: %s", exc)
         if freed:
             self._pending -= freed
             self._pending_bytes -= freed_bytes

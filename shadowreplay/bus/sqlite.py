@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -213,6 +213,35 @@ def _select_at_once(
     return rows
 
 
+class _OneStatement(Protocol):
+    _one_statement: bool  # false once this SQLite turned out to have no JSON functions
+
+
+def _at_once(owner: _OneStatement, fn: Callable[[], T], doing: str) -> tuple[bool, T | None]:
+    """Run ``fn`` (a one-statement path that needs JSON functions): (True, its result), or
+    (False, None) when the caller must go row by row: this once if the rows together pass
+    SQLite's length limit (1 GB), for good if this SQLite has no JSON functions (before
+    3.38 they were optional)."""
+    if not owner._one_statement:
+        return False, None
+    try:
+        return True, fn()
+    except sqlite3.DataError:
+        return False, None
+    except sqlite3.OperationalError as exc:
+        if "json" not in str(exc):
+            raise
+        log.info("sqlite bus: no JSON functions (%s); %s row by row", exc, doing)
+        owner._one_statement = False
+        return False, None
+
+
+def _end_offset(conn: sqlite3.Connection, topic_id: int, partition: int) -> int:
+    """The offset the partition's next message gets."""
+    row = conn.execute("SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?", (topic_id, partition)).fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
 def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Message]) -> None:
     conn.executemany(
         "INSERT INTO group_offsets (grp, topic, part, off) VALUES (?, ?, ?, ?)"
@@ -354,7 +383,7 @@ class SqliteProducer:
 
     def commits_for(self, consumer: object) -> bool:
         """Whether ``flush_and_commit`` can commit ``consumer``'s offsets: a consumer of the same file."""
-        return isinstance(consumer, SqliteConsumer) and consumer.path == self._bus.path
+        return isinstance(consumer, SqliteConsumer) and consumer._bus.path == self._bus.path
 
     def flush_and_commit(self, consumer: SqliteConsumer, messages: Sequence[Message],
                          timeout_seconds: float = 30.0) -> None:
@@ -390,25 +419,11 @@ class SqliteProducer:
                 _commit_offsets(self._conn, *commit)
             if not self._buffer:
                 return
-            next_offset: dict[tuple[int, int], int] = {}
-            for topic_id, partition in counts:
-                row = self._conn.execute(
-                    "SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?",
-                    (topic_id, partition),
-                ).fetchone()
-                next_offset[(topic_id, partition)] = 0 if row[0] is None else int(row[0]) + 1
-            if self._one_statement:
-                try:
-                    _insert_at_once(self._conn, self._buffer, dict(next_offset))
-                    return
-                except sqlite3.DataError:
-                    pass  # together past SQLite's length limit (1 GB): row by row, this once
-                except sqlite3.OperationalError as exc:
-                    if "json" not in str(exc):
-                        raise
-                    # An SQLite built without JSON functions (before 3.38 they were optional).
-                    log.info("sqlite bus: no JSON functions (%s); inserting row by row", exc)
-                    self._one_statement = False
+            next_offset = {tp: _end_offset(self._conn, *tp) for tp in counts}
+            done, _ = _at_once(self, lambda: _insert_at_once(self._conn, self._buffer, dict(next_offset)),
+                               "inserting")
+            if done:
+                return
             rows = []
             for topic_id, partition, ts, key, value in self._buffer:
                 off = next_offset[(topic_id, partition)]
@@ -445,7 +460,6 @@ class SqliteConsumer:
             raise ConfigError("bus consumer: at least one topic is required")
         self._bus = bus
         self.group = group
-        self.path = bus.path
         self._member = uuid.uuid4().hex
         self._topics = sorted(set(topics))
         self._session_ns = bus.session_timeout_ms * 1_000_000
@@ -546,24 +560,14 @@ class SqliteConsumer:
         ).fetchone())
         if row[0] is not None:
             return int(row[0])
-        row = _read("seek", lambda: self._conn.execute(
-            "SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?", (topic_id, tp[1])
-        ).fetchone())
-        return 0 if row[0] is None else int(row[0]) + 1
+        return _read("seek", lambda: _end_offset(self._conn, topic_id, tp[1]))
 
     def _read_rows(self, args: tuple[int, int, int, int]) -> list[tuple[int, int, bytes | None, bytes]]:
         """(offset, timestamp, key, value) of up to ``args[3]`` messages of one partition from
         offset ``args[2]`` on, in offset order."""
-        if self._one_statement:
-            try:
-                return _select_at_once(self._conn, args)
-            except sqlite3.DataError:
-                pass  # together past SQLite's length limit (1 GB): row by row, this once
-            except sqlite3.OperationalError as exc:
-                if "json" not in str(exc):
-                    raise
-                log.info("sqlite bus: no JSON functions (%s); reading row by row", exc)
-                self._one_statement = False
+        done, rows = _at_once(self, lambda: _select_at_once(self._conn, args), "reading")
+        if done and rows is not None:
+            return rows
         return self._conn.execute(_SELECT_ROWS, args).fetchall()
 
     def _fetch(self, max_records: int) -> tuple[list[Message], bool]:

@@ -197,16 +197,20 @@ def test_seek_applies_to_partitions_gained_later(tmp_path: Path) -> None:
     bus.close()
 
 
+ODD_ITEMS: list[tuple[bytes | None, bytes, int | None]] = [
+    (None, b"", 2**63 - 1),
+    (b"", b"\x00\xff", -5),
+    (b"\xff\x00client", b'{"v":1}', 7),
+    (None, b"x" * 70_000, 0),
+    (b"10.0.0.1", b"\xc3\x28 not utf-8 \x00", 1_700_000_000_123_456_789),
+    (b"\x00", b"\x00" * 3, 1),
+]
+
+
 @pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "row-by-row"])
 def test_publish_batch_stores_exactly_what_publish_stores(tmp_path: Path, one_statement: bool) -> None:
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
-    items: list[tuple[bytes | None, bytes, int | None]] = [
-        (None, b"", 2**63 - 1),
-        (b"", b"\x00\xff", -5),
-        (b"\xff\x00client", b'{"v":1}', 7),
-        (None, b"x" * 70_000, 0),
-        (b"10.0.0.1", b"y", 1_700_000_000_123_456_789),
-    ] * 3
+    items = ODD_ITEMS * 3
     producer = bus.producer()
     producer._one_statement = one_statement
     producer.publish_batch("batch", items)
@@ -224,16 +228,6 @@ def test_publish_batch_stores_exactly_what_publish_stores(tmp_path: Path, one_st
 
     assert len(stored("batch")) == len(items)
     assert stored("batch") == stored("single")
-
-
-ODD_ITEMS: list[tuple[bytes | None, bytes, int | None]] = [
-    (None, b"", 2**63 - 1),
-    (b"", b"\x00\xff", -5),
-    (b"\xff\x00client", b'{"v":1}', 7),
-    (None, b"x" * 70_000, 0),
-    (b"10.0.0.1", b"\xc3\x28 not utf-8 \x00", 1_700_000_000_123_456_789),
-    (b"\x00", b"\x00" * 3, 1),
-]
 
 
 def routed(items: Sequence[tuple[bytes | None, bytes, int | None]], partitions: int
