@@ -15,6 +15,16 @@ longer its own and claims what is, only when the previous owner has let go (or d
 so no two live members read one partition at the same time. A member that gains a
 partition starts from the group's committed offset (or 0).
 
+Storage: as Kafka keeps record batches, each flush stores a partition's messages as a
+few batch rows (``batches``: the first offset, the count, the largest timestamp, the
+timestamps and lengths packed as int64, the keys and values concatenated), at most
+``BATCH_MAX_MESSAGES`` messages and ``BATCH_MAX_BYTES`` of keys and values each (one
+larger message gets a batch of its own). One row per message cost a b-tree insert into
+the table and two indexes per message, more than twice the CPU. A poll reads the batch
+holding its position and the ones after it; a time seek finds the first batch whose
+largest timestamp reaches T (an index), then the first message in it that does. Schema
+version 1 (one row per message) is converted in place, in one transaction, when opened.
+
 Timestamps are int nanoseconds and are kept exactly.
 """
 
@@ -23,16 +33,16 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 import uuid
 import zlib
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar
-
-import orjson
+from typing import TypeVar
 
 from shadowreplay.bus.base import Message, next_positions
 from shadowreplay.errors import BusError, ConfigError
@@ -41,18 +51,23 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_BUFFERED = 10_000
 POLL_STEP_SECONDS = 0.025
+BATCH_MAX_MESSAGES = 512
+BATCH_MAX_BYTES = 256 * 1024
+PAGE_SIZE = 16384
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS topics ("
     " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS messages ("
-    " topic INTEGER NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,"
-    " ts INTEGER NOT NULL, key BLOB, value BLOB NOT NULL,"
-    " PRIMARY KEY (topic, part, off))",
-    "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (topic, part, ts, off)",
+    # meta: (timestamp, key length or -1 for none, value length) per message, int64
+    # little-endian; data: each message's key then value, in offset order.
+    "CREATE TABLE IF NOT EXISTS batches ("
+    " topic INTEGER NOT NULL, part INTEGER NOT NULL, base INTEGER NOT NULL,"
+    " count INTEGER NOT NULL, max_ts INTEGER NOT NULL, meta BLOB NOT NULL, data BLOB NOT NULL,"
+    " PRIMARY KEY (topic, part, base))",
+    "CREATE INDEX IF NOT EXISTS batches_by_time ON batches (topic, part, max_ts, base)",
     "CREATE TABLE IF NOT EXISTS group_offsets ("
     " grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,"
     " PRIMARY KEY (grp, topic, part)) WITHOUT ROWID",
@@ -76,6 +91,7 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new, empty file
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.Error as exc:
@@ -136,110 +152,152 @@ def _ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int) -> tupl
     return int(row[0]), int(row[1])
 
 
-# All the rows of a flush in one statement: the keys and the values each travel as one
-# blob, cut with substr() by a JSON array of (topic, part, off, ts, key start, key length
-# or -1 for none, value start, value length). sqlite3's executemany drops and retakes the
-# GIL around every row; with the collector's event loop busy decoding on the other
-# thread, each retake can wait a whole switch interval (5 ms), so 1,000 rows took seconds.
-# One statement is one wait, and SQLite does all of the work without the GIL.
-_INSERT_AT_ONCE = (
-    "INSERT INTO messages (topic, part, off, ts, key, value) SELECT"
-    " json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
-    " json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'),"
-    " CASE WHEN json_extract(j.value, '$[5]') < 0 THEN NULL"
-    " ELSE substr(?2, json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]')) END,"
-    " substr(?3, json_extract(j.value, '$[6]'), json_extract(j.value, '$[7]'))"
-    " FROM json_each(?1) AS j"
-)
+Row = tuple[int, int, bytes | None, bytes]  # (offset, timestamp ns, key, value)
+
+_LITTLE = sys.byteorder == "little"
 
 
-def _insert_at_once(
-    conn: sqlite3.Connection,
-    buffer: list[tuple[int, int, int, bytes | None, bytes]],
-    next_offset: dict[tuple[int, int], int],
-) -> None:
-    meta = []
-    keys = []
-    values = []
-    key_at = value_at = 1  # substr() counts from 1
-    for topic_id, partition, ts, key, value in buffer:
-        tp = (topic_id, partition)
-        off = next_offset[tp]
-        next_offset[tp] = off + 1
+def _pack(messages: Sequence[tuple[int, bytes | None, bytes]]) -> tuple[bytes, bytes]:
+    """(meta, data) of one batch of (timestamp, key, value)."""
+    meta = array("q")
+    parts: list[bytes] = []
+    for ts, key, value in messages:
         if key is None:
-            key_len = -1
+            meta.extend((ts, -1, len(value)))
         else:
-            key_len = len(key)
-            keys.append(key)
-        values.append(value)
-        meta.append((topic_id, partition, off, ts, key_at, key_len, value_at, len(value)))
-        key_at += max(key_len, 0)
-        value_at += len(value)
-    conn.execute(_INSERT_AT_ONCE, (orjson.dumps(meta).decode("ascii"), b"".join(keys), b"".join(values)))
+            meta.extend((ts, len(key), len(value)))
+            parts.append(key)
+        parts.append(value)
+    if not _LITTLE:
+        meta.byteswap()
+    return meta.tobytes(), b"".join(parts)
 
 
-_SELECT_ROWS = (
-    "SELECT off, ts, key, value FROM messages"
-    " WHERE topic = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?"
-)
-
-# The read side of the same trick: the rows of one poll as one result row (fetching row
-# by row would retake the GIL once a row). The JSON array holds (offset, timestamp, key
-# length or null, value length); the keys and the values each come concatenated, in
-# the same order, since both aggregates step through the same rows together.
-_SELECT_AT_ONCE = (
-    "SELECT json_group_array(json_array(off, ts, length(CAST(key AS BLOB)), length(CAST(value AS BLOB)))),"
-    " CAST(group_concat(key, '') AS BLOB), CAST(group_concat(value, '') AS BLOB)"
-    f" FROM ({_SELECT_ROWS})"
-)
+def _meta(meta_bytes: bytes) -> array[int]:
+    """A batch's (timestamp, key length, value length) per message, flat."""
+    meta = array("q", meta_bytes)
+    if not _LITTLE:
+        meta.byteswap()
+    return meta
 
 
-def _select_at_once(
-    conn: sqlite3.Connection, args: tuple[int, int, int, int]
-) -> list[tuple[int, int, bytes | None, bytes]]:
-    meta_json, keys, values = conn.execute(_SELECT_AT_ONCE, args).fetchone()
-    keys, values = keys or b"", values or b""  # NULL: no (non-null) keys, or no rows
-    rows: list[tuple[int, int, bytes | None, bytes]] = []
-    key_at = value_at = 0
-    for off, ts, key_len, value_len in orjson.loads(meta_json):
+def _unpack(base: int, meta_bytes: bytes, data: bytes, first: int, room: int) -> list[Row]:
+    """The batch's messages from offset ``first`` on, at most ``room`` of them."""
+    meta = _meta(meta_bytes)
+    skip = first - base
+    key_lens = meta[1::3]
+    skipped = key_lens[:skip]
+    at = sum(meta[2:3 * skip:3]) + sum(skipped) + skipped.count(-1)  # -1 (no key) takes no bytes
+    end = min(len(key_lens), skip + room)
+    rows: list[Row] = []
+    append = rows.append
+    for off, ts, key_len, value_len in zip(range(first, base + end), meta[3 * skip:3 * end:3], key_lens[skip:end],
+                                           meta[3 * skip + 2:3 * end:3], strict=True):
         key = None
-        if key_len is not None:
-            key = keys[key_at:key_at + key_len]
-            key_at += key_len
-        rows.append((off, ts, key, values[value_at:value_at + value_len]))
-        value_at += value_len
-    if any(rows[i][0] >= rows[i + 1][0] for i in range(len(rows) - 1)):
-        rows.sort()  # an aggregate's order is SQLite's to choose; the pairing above is not
+        if key_len >= 0:
+            key = data[at:at + key_len]
+            at += key_len
+        append((off, ts, key, data[at:at + value_len]))
+        at += value_len
     return rows
 
 
-class _OneStatement(Protocol):
-    _one_statement: bool  # false once this SQLite turned out to have no JSON functions
+def _batches(messages: list[tuple[int, bytes | None, bytes]], max_bytes: int
+             ) -> Iterator[list[tuple[int, bytes | None, bytes]]]:
+    """Cut one partition's messages into batches of at most ``BATCH_MAX_MESSAGES`` and
+    ``max_bytes`` of keys and values (a larger message alone)."""
+    batch: list[tuple[int, bytes | None, bytes]] = []
+    size = 0
+    for message in messages:
+        n = len(message[1] or b"") + len(message[2])
+        if batch and (len(batch) >= BATCH_MAX_MESSAGES or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(message)
+        size += n
+    if batch:
+        yield batch
 
 
-def _at_once(owner: _OneStatement, fn: Callable[[], T], doing: str) -> tuple[bool, T | None]:
-    """Run ``fn`` (a one-statement path that needs JSON functions): (True, its result), or
-    (False, None) when the caller must go row by row: this once if the rows together pass
-    SQLite's length limit (1 GB), for good if this SQLite has no JSON functions (before
-    3.38 they were optional)."""
-    if not owner._one_statement:
-        return False, None
-    try:
-        return True, fn()
-    except sqlite3.DataError:
-        return False, None
-    except sqlite3.OperationalError as exc:
-        if "json" not in str(exc):
-            raise
-        log.info("sqlite bus: no JSON functions (%s); %s row by row", exc, doing)
-        owner._one_statement = False
-        return False, None
+def _insert_batches(conn: sqlite3.Connection, topic_id: int, partition: int, base: int,
+                    messages: list[tuple[int, bytes | None, bytes]]) -> int:
+    """Store ``messages`` (timestamp, key, value) from offset ``base`` on; return the next offset."""
+    # A batch's data must fit SQLite's length limit (1 GB unless lowered).
+    max_bytes = min(BATCH_MAX_BYTES, conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+    rows = []
+    for batch in _batches(messages, max_bytes):
+        meta, data = _pack(batch)
+        rows.append((topic_id, partition, base, len(batch), max(ts for ts, _, _ in batch), meta, data))
+        base += len(batch)
+    conn.executemany(
+        "INSERT INTO batches (topic, part, base, count, max_ts, meta, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return base
+
+
+# The batch holding offset ?3, or else the first one after it. (The inner query looks only
+# at the last batch starting at or before ?3, so it costs one index step however long the
+# partition; "base + count > ?3" as a plain condition would scan.)
+_SELECT_BATCH = (
+    "SELECT base, meta, data FROM batches WHERE topic = ?1 AND part = ?2 AND base >= COALESCE("
+    "(SELECT CASE WHEN base + count > ?3 THEN base ELSE ?3 END FROM batches"
+    " WHERE topic = ?1 AND part = ?2 AND base <= ?3 ORDER BY base DESC LIMIT 1), ?3)"
+    " ORDER BY base LIMIT 1"
+)
+
+
+def _select_rows(conn: sqlite3.Connection, topic_id: int, partition: int, position: int, room: int) -> list[Row]:
+    """Up to ``room`` messages of one partition from offset ``position`` on, in offset order."""
+    rows: list[Row] = []
+    while len(rows) < room:
+        # One statement per batch: each releases and retakes the GIL once (a busy event
+        # loop can hold it for a switch interval), so no row is fetched that is not used.
+        batch = conn.execute(_SELECT_BATCH, (topic_id, partition, position)).fetchall()
+        if not batch:
+            break
+        base, meta, data = batch[0]
+        got = _unpack(base, meta, data, max(position, base), room - len(rows))
+        rows.extend(got)
+        position = got[-1][0] + 1
+    return rows
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Convert schema version 1 (a ``messages`` table, one row per message) into batches,
+    inside the caller's transaction, and drop the old table."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone() is None:
+        return
+    count = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    log.info("sqlite bus: converting %d messages to bus schema version %d", count, SCHEMA_VERSION)
+    run: list[tuple[int, bytes | None, bytes]] = []
+    run_at: tuple[int, int, int] | None = None  # (topic, partition, first offset) of ``run``
+    reader = conn.cursor()  # its own cursor: the inserts below must not reset it
+    for topic_id, partition, off, ts, key, value in reader.execute(
+            "SELECT topic, part, off, ts, key, value FROM messages ORDER BY topic, part, off"):
+        if run_at is not None and (run_at[:2] != (topic_id, partition) or run_at[2] + len(run) != off
+                                   or len(run) >= BATCH_MAX_MESSAGES):
+            _insert_batches(conn, *run_at, run)
+            run, run_at = [], None
+        if run_at is None:
+            run_at = (topic_id, partition, off)
+        run.append((ts, key, value))
+    if run_at is not None:
+        _insert_batches(conn, *run_at, run)
+    conn.execute("DROP TABLE messages")  # and its index
+
+
+def _end_offsets(conn: sqlite3.Connection, topic_id: int, partitions: Sequence[int]) -> dict[int, int]:
+    """The offset each partition's next message gets, in one statement (each statement is a
+    GIL release and retake on a thread that competes with a busy event loop)."""
+    rows = conn.execute(
+        f"WITH parts (p) AS (VALUES {', '.join(['(?)'] * len(partitions))}) SELECT p, (SELECT base + count"
+        " FROM batches WHERE topic = ? AND part = p ORDER BY base DESC LIMIT 1) FROM parts",
+        (*partitions, topic_id)).fetchall()
+    return {int(p): int(end or 0) for p, end in rows}
 
 
 def _end_offset(conn: sqlite3.Connection, topic_id: int, partition: int) -> int:
     """The offset the partition's next message gets."""
-    row = conn.execute("SELECT MAX(off) FROM messages WHERE topic = ? AND part = ?", (topic_id, partition)).fetchone()
-    return 0 if row[0] is None else int(row[0]) + 1
+    return _end_offsets(conn, topic_id, [partition])[partition]
 
 
 def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Message]) -> None:
@@ -287,6 +345,8 @@ class SqliteBus:
                                       f"newer shadowreplay; this one reads version {SCHEMA_VERSION}")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
+                if version == 1:
+                    _migrate_v1(self._conn)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._conn.close()
@@ -324,7 +384,6 @@ class SqliteProducer:
         # (topic id, partition, timestamp ns, key, value)
         self._buffer: list[tuple[int, int, int, bytes | None, bytes]] = []
         self._closed = False
-        self._one_statement = True
 
     def publish(
         self,
@@ -411,28 +470,18 @@ class SqliteProducer:
             self._buffer.clear()
 
     def _write_buffer(self, commit: tuple[str, Sequence[Message]] | None = None) -> None:
-        counts: dict[tuple[int, int], int] = {}
-        for topic_id, partition, _, _, _ in self._buffer:
-            counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
+        by_partition: dict[tuple[int, int], list[tuple[int, bytes | None, bytes]]] = {}
+        for topic_id, partition, ts, key, value in self._buffer:
+            by_partition.setdefault((topic_id, partition), []).append((ts, key, value))
         with _write(self._conn, "flush"):
             if commit is not None:
                 _commit_offsets(self._conn, *commit)
-            if not self._buffer:
-                return
-            next_offset = {tp: _end_offset(self._conn, *tp) for tp in counts}
-            done, _ = _at_once(self, lambda: _insert_at_once(self._conn, self._buffer, dict(next_offset)),
-                               "inserting")
-            if done:
-                return
-            rows = []
-            for topic_id, partition, ts, key, value in self._buffer:
-                off = next_offset[(topic_id, partition)]
-                next_offset[(topic_id, partition)] = off + 1
-                rows.append((topic_id, partition, off, ts, key, value))
-            self._conn.executemany(
-                "INSERT INTO messages (topic, part, off, ts, key, value) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            ends: dict[tuple[int, int], int] = {}
+            for topic_id in {t for t, _ in by_partition}:
+                parts = [p for t, p in by_partition if t == topic_id]
+                ends.update(((topic_id, p), end) for p, end in _end_offsets(self._conn, topic_id, parts).items())
+            for (topic_id, partition), messages in by_partition.items():
+                _insert_batches(self._conn, topic_id, partition, ends[(topic_id, partition)], messages)
 
     def close(self) -> None:
         with self._lock:
@@ -475,7 +524,6 @@ class SqliteConsumer:
         self._rotate = 0
         self._min_ts: int | None = None
         self._closed = False
-        self._one_statement = True
         # Join now, so that members created together are dealt partitions together.
         with _write(self._conn, "join group"):
             self._heartbeat(time.time_ns())
@@ -553,22 +601,20 @@ class SqliteConsumer:
             log.debug("sqlite bus: member %s of %s owns %s", self._member, grp, sorted(now_owned))
 
     def _offset_for_time(self, tp: tuple[str, int], timestamp_ns: int) -> int:
+        """The partition's first offset whose timestamp is >= ``timestamp_ns`` (or its end)."""
         topic_id = self._topic_ids[tp[0]]
-        row = _read("seek", lambda: self._conn.execute(
-            "SELECT MIN(off) FROM messages WHERE topic = ? AND part = ? AND ts >= ?",
-            (topic_id, tp[1], timestamp_ns),
-        ).fetchone())
-        if row[0] is not None:
-            return int(row[0])
-        return _read("seek", lambda: _end_offset(self._conn, topic_id, tp[1]))
 
-    def _read_rows(self, args: tuple[int, int, int, int]) -> list[tuple[int, int, bytes | None, bytes]]:
-        """(offset, timestamp, key, value) of up to ``args[3]`` messages of one partition from
-        offset ``args[2]`` on, in offset order."""
-        done, rows = _at_once(self, lambda: _select_at_once(self._conn, args), "reading")
-        if done and rows is not None:
-            return rows
-        return self._conn.execute(_SELECT_ROWS, args).fetchall()
+        def seek() -> int:
+            # Every batch before the first one whose largest timestamp reaches T is older.
+            row = self._conn.execute(
+                "SELECT base, meta FROM batches WHERE topic = ? AND part = ? AND max_ts >= ?"
+                " ORDER BY base LIMIT 1", (topic_id, tp[1], timestamp_ns)).fetchone()
+            if row is None:
+                return _end_offset(self._conn, topic_id, tp[1])
+            base, meta = row
+            return int(base) + next(i for i, ts in enumerate(_meta(meta)[0::3]) if ts >= timestamp_ns)
+
+        return _read("seek", seek)
 
     def _fetch(self, max_records: int) -> tuple[list[Message], bool]:
         """Read from owned partitions; also say whether any position moved."""
@@ -583,8 +629,8 @@ class SqliteConsumer:
             if room <= 0:
                 break
             position = self._positions[(topic, partition)]
-            args = (self._topic_ids[topic], partition, position, room)
-            rows = _read("poll", lambda args=args: self._read_rows(args))  # type: ignore[misc]
+            args = (self._conn, self._topic_ids[topic], partition, position, room)
+            rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
             if not rows:
                 continue
             moved = True

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shadowreplay.bus import Consumer, Message, open_bus
+from shadowreplay.bus import sqlite as sqlite_bus
 from shadowreplay.bus.sqlite import SqliteBus, SqliteProducer
 from shadowreplay.errors import BusError, ConfigError
 
@@ -207,12 +208,10 @@ ODD_ITEMS: list[tuple[bytes | None, bytes, int | None]] = [
 ]
 
 
-@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "row-by-row"])
-def test_publish_batch_stores_exactly_what_publish_stores(tmp_path: Path, one_statement: bool) -> None:
+def test_publish_batch_stores_exactly_what_publish_stores(tmp_path: Path) -> None:
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
     items = ODD_ITEMS * 3
     producer = bus.producer()
-    producer._one_statement = one_statement
     producer.publish_batch("batch", items)
     for key, value, ts in items:
         producer.publish("single", value, key=key, timestamp_ns=ts)
@@ -244,32 +243,48 @@ def routed(items: Sequence[tuple[bytes | None, bytes, int | None]], partitions: 
     return out
 
 
-@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "row-by-row"])
-def test_poll_returns_exactly_what_was_published_in_offset_order(tmp_path: Path, one_statement: bool) -> None:
+@pytest.mark.parametrize("max_messages", [3, 512], ids=["small-batches", "default-batches"])
+def test_poll_returns_exactly_what_was_published_in_offset_order(tmp_path: Path, max_messages: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls of 7 start and end inside batches and cross from one batch into the next, and
+    several flushes make several batches per partition."""
+    monkeypatch.setattr(sqlite_bus, "BATCH_MAX_MESSAGES", max_messages)
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
     items = ODD_ITEMS * 40
     producer = bus.producer()
-    producer.publish_batch("t", items)
-    producer.flush()
+    for at in range(0, len(items), 50):
+        producer.publish_batch("t", items[at:at + 50])
+        producer.flush()
     producer.close()
     consumer = bus.consumer(["t"], "g")
-    consumer._one_statement = one_statement
-    got: list[Message] = []
-    deadline = time.monotonic() + 5
-    while len(got) < len(items) and time.monotonic() < deadline:
-        got.extend(consumer.poll(max_records=7, timeout_seconds=0.05))  # polls end mid-partition
+    got = poll_all(consumer, len(items), max_records=7)
     consumer.close()
     bus.close()
+    assert_partitions_hold(got, items, 3)
+
+
+def poll_all(consumer: Consumer, want: int, max_records: int) -> list[Message]:
+    got: list[Message] = []
+    deadline = time.monotonic() + 5
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(consumer.poll(max_records=max_records, timeout_seconds=0.05))
+    return got
+
+
+def assert_partitions_hold(got: Sequence[Message], items: Sequence[tuple[bytes | None, bytes, int | None]],
+                           partitions: int) -> None:
+    """Each partition holds exactly its share of ``items``, at offsets 0, 1, 2, ..."""
     by_partition: dict[int, list[Message]] = {}
     for m in got:
         by_partition.setdefault(m.partition, []).append(m)
     assert {p: [m.offset for m in ms] for p, ms in by_partition.items()} == {
         p: list(range(len(ms))) for p, ms in by_partition.items()}
-    assert {p: [(m.key, m.value, m.timestamp_ns) for m in ms] for p, ms in by_partition.items()} == routed(items, 3)
+    assert {p: [(m.key, m.value, m.timestamp_ns) for m in ms]
+            for p, ms in by_partition.items()} == routed(items, partitions)
 
 
-def test_reads_and_writes_past_sqlites_length_limit_go_row_by_row(tmp_path: Path) -> None:
-    """A poll's or a flush's rows together may exceed SQLite's length limit (1 GB by default;
+def test_a_flush_past_sqlites_length_limit_is_cut_into_batches_that_fit(tmp_path: Path) -> None:
+    """A flush's messages together may exceed SQLite's length limit (1 GB by default;
     lowered here to 200 kB): each still fits alone, so nothing is refused."""
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=1)
     items: list[tuple[bytes | None, bytes, int | None]] = [(b"k%d" % i, bytes([i]) * 90_000, i) for i in range(8)]
@@ -277,16 +292,14 @@ def test_reads_and_writes_past_sqlites_length_limit_go_row_by_row(tmp_path: Path
     producer._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)
     producer.publish_batch("t", items)
     producer.flush()
-    assert producer._one_statement  # the next flush tries the one statement again
     producer.close()
     consumer = bus.consumer(["t"], "g")
-    consumer._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)
     got = poll_until(consumer, len(items))
-    assert consumer._one_statement
     consumer.close()
-    bus.close()
     assert [(m.offset, m.key, m.value, m.timestamp_ns) for m in got] == [
         (i, key, value, ts) for i, (key, value, ts) in enumerate(items)]
+    assert bus._conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 4  # two messages a batch
+    bus.close()
 
 
 def test_flush_and_commit_writes_messages_and_offsets_together_or_neither(tmp_path: Path) -> None:
@@ -345,3 +358,78 @@ def test_a_file_from_a_newer_schema_is_refused_and_left_as_it_was(tmp_path: Path
         SqliteBus(f"sqlite:///{path}", str(path))
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 99
+
+
+def test_a_time_seek_finds_the_first_message_at_or_after_t_with_timestamps_out_of_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_bus, "BATCH_MAX_MESSAGES", 7)
+    stamps = [(i * 7919) % 101 for i in range(100)]  # a permutation of 0..100 minus one: out of order
+    bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=1)
+    producer = bus.producer()
+    producer.publish_batch("t", [(None, b"%d" % i, ts) for i, ts in enumerate(stamps)])
+    producer.close()
+    consumer = bus.consumer(["t"], "g")
+    for t in (-1, 0, 1, 50, 99, 100, 101, 500):
+        want = next((i for i, ts in enumerate(stamps) if ts >= t), len(stamps))
+        assert consumer._offset_for_time(("t", 0), t) == want, t
+    consumer.seek_to_time(60)
+    got = poll_all(consumer, sum(ts >= 60 for ts in stamps), max_records=5)
+    assert [(m.offset, m.timestamp_ns) for m in got] == [(i, ts) for i, ts in enumerate(stamps) if ts >= 60]
+    consumer.close()
+    bus.close()
+
+
+V1_SCHEMA = (
+    "CREATE TABLE topics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL)",
+    "CREATE TABLE messages (topic INTEGER NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,"
+    " ts INTEGER NOT NULL, key BLOB, value BLOB NOT NULL, PRIMARY KEY (topic, part, off))",
+    "CREATE INDEX messages_by_time ON messages (topic, part, ts, off)",
+    "CREATE TABLE group_offsets (grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL,"
+    " off INTEGER NOT NULL, PRIMARY KEY (grp, topic, part)) WITHOUT ROWID",
+    "CREATE TABLE members (grp TEXT NOT NULL, member TEXT NOT NULL, topics TEXT NOT NULL,"
+    " heartbeat_ns INTEGER NOT NULL, PRIMARY KEY (grp, member)) WITHOUT ROWID",
+    "CREATE TABLE owners (grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, member TEXT NOT NULL,"
+    " PRIMARY KEY (grp, topic, part)) WITHOUT ROWID",
+)
+
+
+def test_a_version_1_file_is_converted_in_place_keeping_offsets_and_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file written by a build with one row per message: every message keeps its offset,
+    key, value and timestamp, committed offsets still hold, and new messages follow on."""
+    monkeypatch.setattr(sqlite_bus, "BATCH_MAX_MESSAGES", 4)
+    path = tmp_path / "b.db"
+    items = ODD_ITEMS * 3
+    with sqlite3.connect(path) as conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO topics (id, name, partitions) VALUES (1, 't', 2), (2, 'empty', 2)")
+        # Partition 0 holds all the items; partition 1 has a gap (offsets 0-2, then 10-11).
+        conn.executemany("INSERT INTO messages VALUES (1, 0, ?, ?, ?, ?)",
+                         [(i, ts or 0, key, value) for i, (key, value, ts) in enumerate(items)])
+        conn.executemany("INSERT INTO messages VALUES (1, 1, ?, ?, NULL, ?)",
+                         [(off, off, b"p1-%d" % off) for off in (0, 1, 2, 10, 11)])
+        conn.execute("INSERT INTO group_offsets VALUES ('g', 't', 0, 5)")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    bus = SqliteBus(f"sqlite:///{path}", str(path), partitions=2)
+    assert bus._conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_bus.SCHEMA_VERSION
+    assert bus._conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'messages%'").fetchall() == []
+    producer = bus.producer()
+    producer.publish("t", b"new", key=None)  # round robin: partition 0
+    producer.publish("t", b"new", key=None)  # partition 1
+    producer.close()
+    resumed = bus.consumer(["t"], "g")  # committed 5 on partition 0, nothing on 1
+    got = poll_all(resumed, len(items) - 5 + 1 + 6, max_records=3)
+    resumed.close()
+    by_partition: dict[int, list[tuple[int, bytes | None, bytes, int]]] = {0: [], 1: []}
+    for m in got:
+        by_partition[m.partition].append((m.offset, m.key, m.value, m.timestamp_ns))
+    assert by_partition[0] == [(i, key, value, ts or 0) for i, (key, value, ts) in enumerate(items)][5:] + [
+        (len(items), None, b"new", by_partition[0][-1][3])]
+    assert by_partition[1] == [(off, None, b"p1-%d" % off, off) for off in (0, 1, 2, 10, 11)] + [
+        (12, None, b"new", by_partition[1][-1][3])]
+    seeker = bus.consumer(["t"], "seek")
+    assert seeker._offset_for_time(("t", 1), 3) == 10  # the gap: the next message at or after T
+    seeker.close()
+    bus.close()
