@@ -256,6 +256,11 @@ def _select_rows(conn: sqlite3.Connection, topic_id: int, partition: int, positi
             break
         base, meta, data = batch[0]
         got = _unpack(base, meta, data, max(position, base), room - len(rows))
+        if not got and rows:
+            break  # return the good messages first; the next poll reports the damage
+        if not got:  # its count says it holds ``position``, its packed lengths say not
+            raise BusError(f"sqlite bus: the batch at offset {base} of partition {partition} is damaged",
+                           retriable=False)
         rows.extend(got)
         position = got[-1][0] + 1
     return rows
@@ -476,12 +481,10 @@ class SqliteProducer:
         with _write(self._conn, "flush"):
             if commit is not None:
                 _commit_offsets(self._conn, *commit)
-            ends: dict[tuple[int, int], int] = {}
-            for topic_id in {t for t, _ in by_partition}:
-                parts = [p for t, p in by_partition if t == topic_id]
-                ends.update(((topic_id, p), end) for p, end in _end_offsets(self._conn, topic_id, parts).items())
-            for (topic_id, partition), messages in by_partition.items():
-                _insert_batches(self._conn, topic_id, partition, ends[(topic_id, partition)], messages)
+            for topic_id in sorted({t for t, _ in by_partition}):
+                ends = _end_offsets(self._conn, topic_id, [p for t, p in by_partition if t == topic_id])
+                for partition, base in ends.items():
+                    _insert_batches(self._conn, topic_id, partition, base, by_partition[(topic_id, partition)])
 
     def close(self) -> None:
         with self._lock:
@@ -630,7 +633,12 @@ class SqliteConsumer:
                 break
             position = self._positions[(topic, partition)]
             args = (self._conn, self._topic_ids[topic], partition, position, room)
-            rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
+            try:
+                rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
+            except BusError:
+                if out:
+                    break  # hand over what was read (positions moved past it); the next poll raises again
+                raise
             if not rows:
                 continue
             moved = True

@@ -433,3 +433,30 @@ def test_a_version_1_file_is_converted_in_place_keeping_offsets_and_commits(
     assert seeker._offset_for_time(("t", 1), 3) == 10  # the gap: the next message at or after T
     seeker.close()
     bus.close()
+
+
+def test_a_damaged_batch_is_a_clear_error_after_every_good_message(tmp_path: Path) -> None:
+    """Not a silent stall, and not the loss of good messages read in the same poll, from
+    the damaged batch or from another partition."""
+    bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=2)
+    producer = bus.producer()
+    producer.publish_batch("t", [(None, b"%d" % i, i) for i in range(6)])  # round robin: 3 each
+    producer.flush()
+    bus._conn.execute("UPDATE batches SET count = 10 WHERE part = 0")  # claims more than it packs
+    consumer = bus.consumer(["t"], "g")
+    got: list[Message] = []
+    errors = []
+    for i in range(6):  # polls alternate which partition they read first
+        if i == 2:
+            producer.publish_batch("t", [(None, b"6", 6), (None, b"7", 7)])  # 6 on partition 0, 7 on 1
+            producer.flush()
+        try:
+            got.extend(consumer.poll(max_records=10, timeout_seconds=0.2))
+        except BusError as exc:
+            errors.append(str(exc))
+    assert errors and all("the batch at offset 0 of partition 0 is damaged" in e for e in errors)
+    assert [m.value for m in got if m.partition == 0] == [b"0", b"2", b"4"]
+    assert [m.value for m in got if m.partition == 1] == [b"1", b"3", b"5", b"7"]
+    producer.close()
+    consumer.close()
+    bus.close()
