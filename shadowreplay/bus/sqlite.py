@@ -91,12 +91,23 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new, empty file
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.Error as exc:
         raise BusError(f"cannot open sqlite bus {path!r}: {exc}", retriable=False) from exc
-    return conn
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new, empty file
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
+        except sqlite3.Error as exc:
+            # Processes that open a new file at the same moment race to turn it to WAL;
+            # SQLite answers the losers "locked" at once, without its busy wait. Wait here.
+            if "locked" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            conn.close()
+            raise BusError(f"cannot open sqlite bus {path!r}: {exc}", retriable=False) from exc
 
 
 def _translate(exc: sqlite3.Error, what: str) -> BusError:
@@ -152,25 +163,7 @@ def _ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int) -> tupl
     return int(row[0]), int(row[1])
 
 
-Row = tuple[int, int, bytes | None, bytes]  # (offset, timestamp ns, key, value)
-
 _LITTLE = sys.byteorder == "little"
-
-
-def _pack(messages: Sequence[tuple[int, bytes | None, bytes]]) -> tuple[bytes, bytes]:
-    """(meta, data) of one batch of (timestamp, key, value)."""
-    meta = array("q")
-    parts: list[bytes] = []
-    for ts, key, value in messages:
-        if key is None:
-            meta.extend((ts, -1, len(value)))
-        else:
-            meta.extend((ts, len(key), len(value)))
-            parts.append(key)
-        parts.append(value)
-    if not _LITTLE:
-        meta.byteswap()
-    return meta.tobytes(), b"".join(parts)
 
 
 def _meta(meta_bytes: bytes) -> array[int]:
@@ -181,7 +174,8 @@ def _meta(meta_bytes: bytes) -> array[int]:
     return meta
 
 
-def _unpack(base: int, meta_bytes: bytes, data: bytes, first: int, room: int) -> list[Row]:
+def _unpack(topic: str, partition: int, base: int, meta_bytes: bytes, data: bytes, first: int,
+            room: int) -> list[Message]:
     """The batch's messages from offset ``first`` on, at most ``room`` of them."""
     meta = _meta(meta_bytes)
     skip = first - base
@@ -189,7 +183,7 @@ def _unpack(base: int, meta_bytes: bytes, data: bytes, first: int, room: int) ->
     skipped = key_lens[:skip]
     at = sum(meta[2:3 * skip:3]) + sum(skipped) + skipped.count(-1)  # -1 (no key) takes no bytes
     end = min(len(key_lens), skip + room)
-    rows: list[Row] = []
+    rows: list[Message] = []
     append = rows.append
     for off, ts, key_len, value_len in zip(range(first, base + end), meta[3 * skip:3 * end:3], key_lens[skip:end],
                                            meta[3 * skip + 2:3 * end:3], strict=True):
@@ -197,41 +191,77 @@ def _unpack(base: int, meta_bytes: bytes, data: bytes, first: int, room: int) ->
         if key_len >= 0:
             key = data[at:at + key_len]
             at += key_len
-        append((off, ts, key, data[at:at + value_len]))
+        append(Message(topic, partition, off, key, data[at:at + value_len], ts))
         at += value_len
     return rows
 
 
-def _batches(messages: list[tuple[int, bytes | None, bytes]], max_bytes: int
-             ) -> Iterator[list[tuple[int, bytes | None, bytes]]]:
-    """Cut one partition's messages into batches of at most ``BATCH_MAX_MESSAGES`` and
-    ``max_bytes`` of keys and values (a larger message alone)."""
-    batch: list[tuple[int, bytes | None, bytes]] = []
+def _packed(messages: Sequence[tuple[int, bytes | None, bytes]], max_bytes: int
+            ) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """Cut one partition's (timestamp, key, value) messages into batches of at most
+    ``BATCH_MAX_MESSAGES`` and ``max_bytes`` of keys and values (a larger message alone);
+    yield each as (count, largest timestamp, meta, data)."""
+    meta = array("q")
+    parts: list[bytes] = []
     size = 0
-    for message in messages:
-        n = len(message[1] or b"") + len(message[2])
-        if batch and (len(batch) >= BATCH_MAX_MESSAGES or size + n > max_bytes):
-            yield batch
-            batch, size = [], 0
-        batch.append(message)
+    for ts, key, value in messages:
+        n = len(value) if key is None else len(key) + len(value)
+        if parts and (len(meta) >= 3 * BATCH_MAX_MESSAGES or size + n > max_bytes):
+            yield _sealed(meta, parts)
+            meta, parts, size = array("q"), [], 0
+        if key is None:
+            meta.extend((ts, -1, len(value)))
+        else:
+            meta.extend((ts, len(key), len(value)))
+            parts.append(key)
+        parts.append(value)
         size += n
-    if batch:
-        yield batch
+    if parts:
+        yield _sealed(meta, parts)
 
 
-def _insert_batches(conn: sqlite3.Connection, topic_id: int, partition: int, base: int,
-                    messages: list[tuple[int, bytes | None, bytes]]) -> int:
-    """Store ``messages`` (timestamp, key, value) from offset ``base`` on; return the next offset."""
+def _sealed(meta: array[int], parts: list[bytes]) -> tuple[int, int, bytes, bytes]:
+    count, top = len(meta) // 3, max(meta[0::3])
+    if not _LITTLE:
+        meta.byteswap()
+    return count, top, meta.tobytes(), b"".join(parts)
+
+
+# A flush goes in with as few statements as possible: each statement releases and retakes
+# the GIL, and with a busy event loop holding it every retake is a forced switch (a wait of
+# up to one switch interval and two context switches). One statement reads the end offset
+# of every partition the flush writes to, as a single row; one more inserts its batch rows.
+ROWS_PER_STATEMENT = 100  # 7 parameters a row: within even old SQLite's limit of 999
+
+
+def _max_batch_bytes(conn: sqlite3.Connection) -> int:
     # A batch's data must fit SQLite's length limit (1 GB unless lowered).
-    max_bytes = min(BATCH_MAX_BYTES, conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+    return min(BATCH_MAX_BYTES, conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+
+
+def _insert_batches(conn: sqlite3.Connection,
+                    by_partition: dict[tuple[int, int], list[tuple[int, bytes | None, bytes]]]) -> None:
+    """Append each (topic id, partition)'s (timestamp, key, value) messages to it."""
+    ends = _end_offsets(conn, list(by_partition))
+    _insert_rows(conn, [row for (topic_id, partition), messages in by_partition.items()
+                        for row in _rows(conn, topic_id, partition, ends[(topic_id, partition)], messages)])
+
+
+def _rows(conn: sqlite3.Connection, topic_id: int, partition: int, base: int,
+          messages: Sequence[tuple[int, bytes | None, bytes]]) -> list[tuple[int, int, int, int, int, bytes, bytes]]:
+    """The batch rows of ``messages`` (timestamp, key, value) from offset ``base`` on."""
     rows = []
-    for batch in _batches(messages, max_bytes):
-        meta, data = _pack(batch)
-        rows.append((topic_id, partition, base, len(batch), max(ts for ts, _, _ in batch), meta, data))
-        base += len(batch)
-    conn.executemany(
-        "INSERT INTO batches (topic, part, base, count, max_ts, meta, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    return base
+    for count, top, meta, data in _packed(messages, _max_batch_bytes(conn)):
+        rows.append((topic_id, partition, base, count, top, meta, data))
+        base += count
+    return rows
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int, int, bytes, bytes]]) -> None:
+    for at in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[at:at + ROWS_PER_STATEMENT]
+        conn.execute("INSERT INTO batches (topic, part, base, count, max_ts, meta, data) VALUES "
+                     + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)), [x for row in chunk for x in row])
 
 
 # The batch holding offset ?3, or else the first one after it. (The inner query looks only
@@ -245,9 +275,10 @@ _SELECT_BATCH = (
 )
 
 
-def _select_rows(conn: sqlite3.Connection, topic_id: int, partition: int, position: int, room: int) -> list[Row]:
+def _select_rows(conn: sqlite3.Connection, topic: str, topic_id: int, partition: int, position: int,
+                 room: int) -> list[Message]:
     """Up to ``room`` messages of one partition from offset ``position`` on, in offset order."""
-    rows: list[Row] = []
+    rows: list[Message] = []
     while len(rows) < room:
         # One statement per batch: each releases and retakes the GIL once (a busy event
         # loop can hold it for a switch interval), so no row is fetched that is not used.
@@ -255,14 +286,14 @@ def _select_rows(conn: sqlite3.Connection, topic_id: int, partition: int, positi
         if not batch:
             break
         base, meta, data = batch[0]
-        got = _unpack(base, meta, data, max(position, base), room - len(rows))
+        got = _unpack(topic, partition, base, meta, data, max(position, base), room - len(rows))
         if not got and rows:
             break  # return the good messages first; the next poll reports the damage
         if not got:  # its count says it holds ``position``, its packed lengths say not
             raise BusError(f"sqlite bus: the batch at offset {base} of partition {partition} is damaged",
                            retriable=False)
         rows.extend(got)
-        position = got[-1][0] + 1
+        position = got[-1].offset + 1
     return rows
 
 
@@ -280,37 +311,46 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
             "SELECT topic, part, off, ts, key, value FROM messages ORDER BY topic, part, off"):
         if run_at is not None and (run_at[:2] != (topic_id, partition) or run_at[2] + len(run) != off
                                    or len(run) >= BATCH_MAX_MESSAGES):
-            _insert_batches(conn, *run_at, run)
+            _insert_rows(conn, _rows(conn, *run_at, run))  # offsets as they were, gaps included
             run, run_at = [], None
         if run_at is None:
             run_at = (topic_id, partition, off)
         run.append((ts, key, value))
     if run_at is not None:
-        _insert_batches(conn, *run_at, run)
+        _insert_rows(conn, _rows(conn, *run_at, run))
     conn.execute("DROP TABLE messages")  # and its index
 
 
-def _end_offsets(conn: sqlite3.Connection, topic_id: int, partitions: Sequence[int]) -> dict[int, int]:
-    """The offset each partition's next message gets, in one statement (each statement is a
-    GIL release and retake on a thread that competes with a busy event loop)."""
-    rows = conn.execute(
-        f"WITH parts (p) AS (VALUES {', '.join(['(?)'] * len(partitions))}) SELECT p, (SELECT base + count"
-        " FROM batches WHERE topic = ? AND part = p ORDER BY base DESC LIMIT 1) FROM parts",
-        (*partitions, topic_id)).fetchall()
-    return {int(p): int(end or 0) for p, end in rows}
+def _end_offsets(conn: sqlite3.Connection, partitions: Sequence[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """The offset each (topic id, partition)'s next message gets, read by one statement
+    whose result is one row (each row fetched is another GIL retake)."""
+    ends: dict[tuple[int, int], int] = {}
+    for at in range(0, len(partitions), 400):  # 2 parameters each
+        chunk = partitions[at:at + 400]
+        row = conn.execute(
+            f"WITH parts (t, p) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))}) SELECT group_concat("
+            "t || ':' || p || ':' || COALESCE((SELECT base + count FROM batches WHERE topic = t AND part = p"
+            " ORDER BY base DESC LIMIT 1), 0), ' ') FROM parts", [x for tp in chunk for x in tp]).fetchone()
+        for item in row[0].split():
+            t, p, end = (int(x) for x in item.split(":"))
+            ends[(t, p)] = end
+    return ends
 
 
 def _end_offset(conn: sqlite3.Connection, topic_id: int, partition: int) -> int:
     """The offset the partition's next message gets."""
-    return _end_offsets(conn, topic_id, [partition])[partition]
+    return _end_offsets(conn, [(topic_id, partition)])[(topic_id, partition)]
 
 
 def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Message]) -> None:
-    conn.executemany(
-        "INSERT INTO group_offsets (grp, topic, part, off) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (grp, topic, part) DO UPDATE SET off = excluded.off",
-        [(group, t, p, o) for (t, p), o in next_positions(messages).items()],
-    )
+    rows = [(group, t, p, o) for (t, p), o in next_positions(messages).items()]
+    for at in range(0, len(rows), 200):  # one statement (one GIL retake) for up to 200 partitions
+        chunk = rows[at:at + 200]
+        conn.execute(
+            f"INSERT INTO group_offsets (grp, topic, part, off) VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}"
+            " ON CONFLICT (grp, topic, part) DO UPDATE SET off = excluded.off",
+            [x for row in chunk for x in row],
+        )
 
 
 class SqliteBus:
@@ -386,8 +426,10 @@ class SqliteProducer:
         self._conn = bus.connect()
         self._topics: dict[str, tuple[int, int]] = {}
         self._round_robin: dict[int, int] = {}
-        # (topic id, partition, timestamp ns, key, value)
-        self._buffer: list[tuple[int, int, int, bytes | None, bytes]] = []
+        # (topic id, partition) -> [(timestamp ns, key, value)], in publish order
+        self._buffer: dict[tuple[int, int], list[tuple[int, bytes | None, bytes]]] = {}
+        self._buffered = 0
+        self._busy_ms = bus.busy_timeout_ms
         self._closed = False
 
     def publish(
@@ -401,7 +443,7 @@ class SqliteProducer:
         with self._lock:
             if self._closed:
                 raise BusError("sqlite bus: producer is closed", retriable=False)
-            if len(self._buffer) >= self._max_buffered:
+            if self._buffered >= self._max_buffered:
                 self._flush_locked()
             spec = self._topics.get(topic)
             if spec is None:
@@ -414,7 +456,8 @@ class SqliteProducer:
             else:
                 partition = zlib.crc32(key) % partitions
             ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
-            self._buffer.append((topic_id, partition, ts, key, value))
+            self._buffer.setdefault((topic_id, partition), []).append((ts, key, value))
+            self._buffered += 1
 
     def publish_batch(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
         """``publish`` each (key, value, timestamp_ns) of ``items``, in order, at a
@@ -422,7 +465,7 @@ class SqliteProducer:
         with self._lock:
             if self._closed:
                 raise BusError("sqlite bus: producer is closed", retriable=False)
-            if self._buffer and len(self._buffer) + len(items) > self._max_buffered:
+            if self._buffered and self._buffered + len(items) > self._max_buffered:
                 self._flush_locked()
             spec = self._topics.get(topic)
             if spec is None:
@@ -431,15 +474,16 @@ class SqliteProducer:
             n = self._round_robin.get(topic_id, 0)
             crc32 = zlib.crc32
             now = time.time_ns()
-            append = self._buffer.append
+            lists = [self._buffer.setdefault((topic_id, p), []) for p in range(partitions)]
             for key, value, ts in items:
                 if key is None:
                     partition = n % partitions
                     n += 1
                 else:
                     partition = crc32(key) % partitions
-                append((topic_id, partition, now if ts is None else int(ts), key, value))
+                lists[partition].append((now if ts is None else int(ts), key, value))
             self._round_robin[topic_id] = n
+            self._buffered += len(items)
 
     def flush(self, timeout_seconds: float = 30.0) -> None:
         with self._lock:
@@ -460,12 +504,14 @@ class SqliteProducer:
 
     def _flush_locked(self, timeout_seconds: float | None = None,
                       commit: tuple[str, Sequence[Message]] | None = None) -> None:
-        if not self._buffer and not (commit and commit[1]):
+        if not self._buffered and not (commit and commit[1]):
             return
         if timeout_seconds is not None:
             # The only wait in a flush is for the write lock: bound it by the timeout.
             busy_ms = max(1, int(timeout_seconds * 1000))
-            self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if busy_ms != self._busy_ms:
+                self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                self._busy_ms = busy_ms
         try:
             self._write_buffer(commit)
         finally:
@@ -473,25 +519,21 @@ class SqliteProducer:
             # unacknowledged and every caller publishes them again, so keeping them here
             # would store them twice (Kafka's producer likewise drops failed sends).
             self._buffer.clear()
+            self._buffered = 0
 
     def _write_buffer(self, commit: tuple[str, Sequence[Message]] | None = None) -> None:
-        by_partition: dict[tuple[int, int], list[tuple[int, bytes | None, bytes]]] = {}
-        for topic_id, partition, ts, key, value in self._buffer:
-            by_partition.setdefault((topic_id, partition), []).append((ts, key, value))
+        by_partition = {tp: messages for tp, messages in self._buffer.items() if messages}
         with _write(self._conn, "flush"):
             if commit is not None:
                 _commit_offsets(self._conn, *commit)
-            for topic_id in sorted({t for t, _ in by_partition}):
-                ends = _end_offsets(self._conn, topic_id, [p for t, p in by_partition if t == topic_id])
-                for partition, base in ends.items():
-                    _insert_batches(self._conn, topic_id, partition, base, by_partition[(topic_id, partition)])
+            _insert_batches(self._conn, by_partition)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            pending = len(self._buffer)
+            pending = self._buffered
             try:
                 self._flush_locked()
             except BusError as exc:
@@ -632,7 +674,7 @@ class SqliteConsumer:
             if room <= 0:
                 break
             position = self._positions[(topic, partition)]
-            args = (self._conn, self._topic_ids[topic], partition, position, room)
+            args = (self._conn, topic, self._topic_ids[topic], partition, position, room)
             try:
                 rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
             except BusError:
@@ -642,13 +684,9 @@ class SqliteConsumer:
             if not rows:
                 continue
             moved = True
-            self._positions[(topic, partition)] = rows[-1][0] + 1
+            self._positions[(topic, partition)] = rows[-1].offset + 1
             min_ts = self._min_ts
-            out.extend(
-                Message(topic, partition, off, key, value, ts)
-                for off, ts, key, value in rows
-                if min_ts is None or ts >= min_ts
-            )
+            out.extend(rows if min_ts is None else (m for m in rows if m.timestamp_ns >= min_ts))
         return out, moved
 
     def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:

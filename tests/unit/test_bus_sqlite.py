@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -249,6 +250,7 @@ def test_poll_returns_exactly_what_was_published_in_offset_order(tmp_path: Path,
     """Polls of 7 start and end inside batches and cross from one batch into the next, and
     several flushes make several batches per partition."""
     monkeypatch.setattr(sqlite_bus, "BATCH_MAX_MESSAGES", max_messages)
+    monkeypatch.setattr(sqlite_bus, "ROWS_PER_STATEMENT", 2 if max_messages < 10 else 100)  # flushes of 6+ statements
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
     items = ODD_ITEMS * 40
     producer = bus.producer()
@@ -460,3 +462,28 @@ def test_a_damaged_batch_is_a_clear_error_after_every_good_message(tmp_path: Pat
     producer.close()
     consumer.close()
     bus.close()
+
+
+def test_processes_opening_a_new_file_at_once_all_get_it(tmp_path: Path) -> None:
+    """Stages start together (`shadowreplay run`, `--workers N`) and each opens the bus:
+    the ones that lose SQLite's race to turn a new file to WAL were told "database is
+    locked" (about 1 open in 90 here). Threads stand in for processes: each has its own
+    connection, so SQLite sees the same race."""
+    errors: list[str] = []
+    for i in range(100):
+        path = tmp_path / f"b{i}.db"
+        barrier = threading.Barrier(4)
+
+        def open_it(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                SqliteBus(f"sqlite:///{path}", str(path)).close()
+            except BusError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
