@@ -227,11 +227,12 @@ def _sealed(meta: array[int], parts: list[bytes]) -> tuple[int, int, bytes, byte
     return count, top, meta.tobytes(), b"".join(parts)
 
 
-# A flush goes in with as few statements as possible: each statement releases and retakes
-# the GIL, and with a busy event loop holding it every retake is a forced switch (a wait of
-# up to one switch interval and two context switches). One statement reads the end offset
-# of every partition the flush writes to, as a single row; one more inserts its batch rows.
-ROWS_PER_STATEMENT = 100  # 7 parameters a row: within even old SQLite's limit of 999
+# A flush goes in with few statements: each statement (and each row it steps through)
+# releases and retakes the GIL, and with a busy event loop holding it every retake is a
+# forced switch (a wait of up to one switch interval and two context switches). One
+# statement reads the end offset of every partition the flush writes to, as a single row;
+# the batch rows (a few per partition) follow. (A multi-row INSERT would save a retake or
+# two per flush, but copies every blob once more: slower in the end.)
 
 
 def _max_batch_bytes(conn: sqlite3.Connection) -> int:
@@ -258,10 +259,8 @@ def _rows(conn: sqlite3.Connection, topic_id: int, partition: int, base: int,
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int, int, bytes, bytes]]) -> None:
-    for at in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[at:at + ROWS_PER_STATEMENT]
-        conn.execute("INSERT INTO batches (topic, part, base, count, max_ts, meta, data) VALUES "
-                     + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)), [x for row in chunk for x in row])
+    conn.executemany("INSERT INTO batches (topic, part, base, count, max_ts, meta, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     rows)
 
 
 # The batch holding offset ?3, or else the first one after it. (The inner query looks only

@@ -250,7 +250,6 @@ def test_poll_returns_exactly_what_was_published_in_offset_order(tmp_path: Path,
     """Polls of 7 start and end inside batches and cross from one batch into the next, and
     several flushes make several batches per partition."""
     monkeypatch.setattr(sqlite_bus, "BATCH_MAX_MESSAGES", max_messages)
-    monkeypatch.setattr(sqlite_bus, "ROWS_PER_STATEMENT", 2 if max_messages < 10 else 100)  # flushes of 6+ statements
     bus = SqliteBus(f"sqlite:///{tmp_path}/b.db", str(tmp_path / "b.db"), partitions=3)
     items = ODD_ITEMS * 40
     producer = bus.producer()
