@@ -244,15 +244,16 @@ def _insert_batches(conn: sqlite3.Connection,
                     by_partition: dict[tuple[int, int], list[tuple[int, bytes | None, bytes]]]) -> None:
     """Append each (topic id, partition)'s (timestamp, key, value) messages to it."""
     ends = _end_offsets(conn, list(by_partition))
+    max_bytes = _max_batch_bytes(conn)
     _insert_rows(conn, [row for (topic_id, partition), messages in by_partition.items()
-                        for row in _rows(conn, topic_id, partition, ends[(topic_id, partition)], messages)])
+                        for row in _rows(topic_id, partition, ends[(topic_id, partition)], messages, max_bytes)])
 
 
-def _rows(conn: sqlite3.Connection, topic_id: int, partition: int, base: int,
-          messages: Sequence[tuple[int, bytes | None, bytes]]) -> list[tuple[int, int, int, int, int, bytes, bytes]]:
+def _rows(topic_id: int, partition: int, base: int, messages: Sequence[tuple[int, bytes | None, bytes]],
+          max_bytes: int) -> list[tuple[int, int, int, int, int, bytes, bytes]]:
     """The batch rows of ``messages`` (timestamp, key, value) from offset ``base`` on."""
     rows = []
-    for count, top, meta, data in _packed(messages, _max_batch_bytes(conn)):
+    for count, top, meta, data in _packed(messages, max_bytes):
         rows.append((topic_id, partition, base, count, top, meta, data))
         base += count
     return rows
@@ -303,6 +304,7 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         return
     count = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
     log.info("sqlite bus: converting %d messages to bus schema version %d", count, SCHEMA_VERSION)
+    max_bytes = _max_batch_bytes(conn)
     run: list[tuple[int, bytes | None, bytes]] = []
     run_at: tuple[int, int, int] | None = None  # (topic, partition, first offset) of ``run``
     reader = conn.cursor()  # its own cursor: the inserts below must not reset it
@@ -310,13 +312,13 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
             "SELECT topic, part, off, ts, key, value FROM messages ORDER BY topic, part, off"):
         if run_at is not None and (run_at[:2] != (topic_id, partition) or run_at[2] + len(run) != off
                                    or len(run) >= BATCH_MAX_MESSAGES):
-            _insert_rows(conn, _rows(conn, *run_at, run))  # offsets as they were, gaps included
+            _insert_rows(conn, _rows(*run_at, run, max_bytes))  # offsets as they were, gaps included
             run, run_at = [], None
         if run_at is None:
             run_at = (topic_id, partition, off)
         run.append((ts, key, value))
     if run_at is not None:
-        _insert_rows(conn, _rows(conn, *run_at, run))
+        _insert_rows(conn, _rows(*run_at, run, max_bytes))
     conn.execute("DROP TABLE messages")  # and its index
 
 
@@ -439,24 +441,7 @@ class SqliteProducer:
         key: bytes | None = None,
         timestamp_ns: int | None = None,
     ) -> None:
-        with self._lock:
-            if self._closed:
-                raise BusError("sqlite bus: producer is closed", retriable=False)
-            if self._buffered >= self._max_buffered:
-                self._flush_locked()
-            spec = self._topics.get(topic)
-            if spec is None:
-                spec = self._topics[topic] = _ensure_topic(self._conn, topic, self._bus.partitions)
-            topic_id, partitions = spec
-            if key is None:
-                n = self._round_robin.get(topic_id, 0)
-                self._round_robin[topic_id] = n + 1
-                partition = n % partitions
-            else:
-                partition = zlib.crc32(key) % partitions
-            ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
-            self._buffer.setdefault((topic_id, partition), []).append((ts, key, value))
-            self._buffered += 1
+        self.publish_batch(topic, [(key, value, timestamp_ns)])
 
     def publish_batch(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
         """``publish`` each (key, value, timestamp_ns) of ``items``, in order, at a

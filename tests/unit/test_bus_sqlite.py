@@ -22,11 +22,11 @@ from shadowreplay.errors import BusError, ConfigError
 FAST_GROUPS = "?session_timeout_ms=600&rebalance_interval_ms=100"
 
 
-def poll_until(consumer: Consumer, want: int, seconds: float = 5.0) -> list[Message]:
+def poll_until(consumer: Consumer, want: int, seconds: float = 5.0, max_records: int = 1000) -> list[Message]:
     got: list[Message] = []
     deadline = time.monotonic() + seconds
     while len(got) < want and time.monotonic() < deadline:
-        got.extend(consumer.poll(max_records=1000, timeout_seconds=0.05))
+        got.extend(consumer.poll(max_records=max_records, timeout_seconds=0.05))
     return got
 
 
@@ -258,18 +258,10 @@ def test_poll_returns_exactly_what_was_published_in_offset_order(tmp_path: Path,
         producer.flush()
     producer.close()
     consumer = bus.consumer(["t"], "g")
-    got = poll_all(consumer, len(items), max_records=7)
+    got = poll_until(consumer, len(items), max_records=7)
     consumer.close()
     bus.close()
     assert_partitions_hold(got, items, 3)
-
-
-def poll_all(consumer: Consumer, want: int, max_records: int) -> list[Message]:
-    got: list[Message] = []
-    deadline = time.monotonic() + 5
-    while len(got) < want and time.monotonic() < deadline:
-        got.extend(consumer.poll(max_records=max_records, timeout_seconds=0.05))
-    return got
 
 
 def assert_partitions_hold(got: Sequence[Message], items: Sequence[tuple[bytes | None, bytes, int | None]],
@@ -374,7 +366,7 @@ def test_a_time_seek_finds_the_first_message_at_or_after_t_with_timestamps_out_o
         want = next((i for i, ts in enumerate(stamps) if ts >= t), len(stamps))
         assert consumer._offset_for_time(("t", 0), t) == want, t
     consumer.seek_to_time(60)
-    got = poll_all(consumer, sum(ts >= 60 for ts in stamps), max_records=5)
+    got = poll_until(consumer, sum(ts >= 60 for ts in stamps), max_records=5)
     assert [(m.offset, m.timestamp_ns) for m in got] == [(i, ts) for i, ts in enumerate(stamps) if ts >= 60]
     consumer.close()
     bus.close()
@@ -421,7 +413,7 @@ def test_a_version_1_file_is_converted_in_place_keeping_offsets_and_commits(
     producer.publish("t", b"new", key=None)  # partition 1
     producer.close()
     resumed = bus.consumer(["t"], "g")  # committed 5 on partition 0, nothing on 1
-    got = poll_all(resumed, len(items) - 5 + 1 + 6, max_records=3)
+    got = poll_until(resumed, len(items) - 5 + 1 + 6, max_records=3)
     resumed.close()
     by_partition: dict[int, list[tuple[int, bytes | None, bytes, int]]] = {0: [], 1: []}
     for m in got:
