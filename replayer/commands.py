@@ -46,7 +46,9 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
                    help="run on uvloop (the default when it is installed); --no-uvloop: asyncio's loop")
     if workers:
         g.add_argument("--workers", type=int, metavar="N",
-                       help="run N replayer processes in one consumer group (metrics on consecutive ports)")
+                       help="run N replayer processes in one consumer group (metrics on consecutive ports); "
+                            "--rate and --concurrency stay totals, split across them")
+        g.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)  # set by --workers on its children
 
 
 def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
@@ -101,6 +103,11 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         t = cfg.replayer.targets
         insecure = {n: dataclasses.replace(getattr(t, n), tls_verify=False) for n in ("candidate", "baseline", "secondary")}
         cfg = configmod.override(cfg, "replayer", targets=dataclasses.replace(t, **insecure))
+    worker = getattr(args, "worker", None)
+    if worker:
+        from replayer.workers import worker_share
+
+        cfg = dataclasses.replace(cfg, replayer=worker_share(cfg.replayer, worker))
     return cfg
 
 

@@ -4,11 +4,16 @@ The parent publishes the group's anchor on the bus (unless ``--anchor bus``: the
 one ``replay start`` set is used), starts N children with ``--anchor bus`` so they all
 schedule from it, forwards SIGINT/SIGTERM to them and waits. Each child has its own
 event loop and serves its own ``/metrics`` on consecutive ports (``metrics.listen``
-port + i; port 0: each picks a free one); ``--rate R`` is split R/N per child.
+port + i; port 0: each picks a free one).
+
+``--rate`` and ``--concurrency`` (and each target's own concurrency) stay totals: child i
+of N (``--worker i/N``) takes its share, so a target sees the same rate and the same cap
+on in-flight requests whatever N is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -19,17 +24,54 @@ from types import FrameType
 
 from replayer.control import start_anchor
 from shadowreplay.bus import open_bus
-from shadowreplay.config import Config, parse_hostport
+from shadowreplay.config import Config, ReplayerConfig, parse_hostport
+from shadowreplay.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Head start of a --workers anchor: children need this long to start and join the group.
 LEAD_SECONDS = {"sqlite": 2.0, "kafka": 8.0}
-_STRIPPED = ("--workers", "--metrics-listen", "--rate", "--anchor")
+_STRIPPED = ("--workers", "--metrics-listen", "--anchor", "--worker")
+TARGET_NAMES = ("candidate", "baseline", "secondary")
+
+
+def part_of(total: int, i: int, n: int) -> int:
+    """Worker i's part of ``total`` split over n: equal parts, the first ones take the remainder."""
+    return total // n + (1 if i < total % n else 0)
+
+
+def check_split(r: ReplayerConfig, n: int) -> None:
+    """Refuse a concurrency cap that n workers cannot share (each needs at least one)."""
+    caps = [("replayer.concurrency", r.concurrency)] + [
+        (f"replayer.targets.{name}.concurrency", getattr(r.targets, name).concurrency)
+        for name in TARGET_NAMES if getattr(r.targets, name).concurrency
+    ]
+    for key, cap in caps:
+        if cap < n:
+            raise ConfigError(f"{key} = {cap} cannot be split over {n} workers (each needs at least 1 "
+                              f"request in flight): raise --concurrency or lower --workers")
+
+
+def worker_share(r: ReplayerConfig, worker: str) -> ReplayerConfig:
+    """``r`` as child ``I`` of ``N`` (``worker`` is "I/N") runs it: its share of the rate and
+    of every concurrency cap."""
+    try:
+        i, n = (int(x) for x in worker.split("/"))
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n:
+        raise ConfigError(f"--worker: I/N with 0 <= I < N, got {worker!r}")
+    check_split(r, n)
+    targets = {name: dataclasses.replace(getattr(r.targets, name),
+                                         concurrency=part_of(getattr(r.targets, name).concurrency, i, n))
+               for name in TARGET_NAMES}
+    return dataclasses.replace(r, rate=r.rate / n, concurrency=part_of(r.concurrency, i, n),
+                               targets=dataclasses.replace(r.targets, **targets))
 
 
 def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
-    """The command line of child ``i``: the parent's, with its own metrics port, anchor and rate share."""
+    """The command line of child ``i``: the parent's, with its own metrics port and anchor,
+    and ``--worker i/n`` (its share of the rate and concurrency)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -42,15 +84,15 @@ def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
             continue
         out.append(arg)
     host, port = parse_hostport(cfg.metrics.listen, "metrics.listen")
-    out += ["--workers", "1", "--anchor", "bus", "--metrics-listen", f"{host}:{port + i if port else 0}"]
-    if cfg.replayer.rate > 0:
-        out += ["--rate", repr(cfg.replayer.rate / n)]
+    out += ["--workers", "1", "--anchor", "bus", "--metrics-listen", f"{host}:{port + i if port else 0}",
+            "--worker", f"{i}/{n}"]
     return out
 
 
 def run_workers(cfg: Config, argv: Sequence[str]) -> int:
     """Run ``cfg.replayer.workers`` children; their highest exit status is returned."""
     n = cfg.replayer.workers
+    check_split(cfg.replayer, n)
     if cfg.replayer.anchor != "bus":
         kind = "kafka" if cfg.bus.url.startswith("kafka://") else "sqlite"
         bus = open_bus(cfg.bus.url, cfg.bus.partitions)
@@ -65,7 +107,8 @@ def run_workers(cfg: Config, argv: Sequence[str]) -> int:
         subprocess.Popen([sys.executable, "-m", "shadowreplay.cli", *child_argv(argv, i, n, cfg)])
         for i in range(n)
     ]
-    log.info("started %d replayer workers: pids %s", n, [c.pid for c in children])
+    log.info("started %d replayer workers: pids %s; each takes 1/%d of the rate and of the concurrency cap",
+             n, [c.pid for c in children], n)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:

@@ -176,3 +176,51 @@ async def test_workers_flag_runs_processes_in_one_group(tmp_path: Path) -> None:
     finally:
         bus.close()
         await runner.cleanup()
+
+
+async def test_workers_share_one_concurrency_cap(tmp_path: Path) -> None:
+    """--concurrency is what the target sees, whatever --workers is: 2 workers with a cap of
+    3 get 2 and 1, never 3 each."""
+    inflight = peak = 0
+    seen: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        try:
+            await asyncio.sleep(0.04)
+        finally:
+            inflight -= 1
+        seen.append(request.headers.get("X-Shadow-Replay", ""))
+        return web.Response(text="ok")
+
+    url, runner = await serve(slow)
+    bus_url = f"sqlite:///{tmp_path / 'bus.db'}"
+    bus = open_bus(bus_url, 4)
+    try:
+        bus.ensure_topic("req", 4)
+        records = _records(80, MS)
+        _publish(bus, "req", records)
+        cfg = _config(tmp_path, bus_url, "req", "res", "g", url)
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            _cli("replay", "--config", str(cfg), "--workers", "2", "--concurrency", "3", "--speed", "1000",
+                 "--idle-exit", "2"),
+            capture_output=True, timeout=60,
+        )
+        log = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 0, log[-3000:]
+        assert sorted(seen) == sorted(r.id for r in records)
+        replayed = [int(x) for x in re.findall(r"replayer stopped: (\d+) records replayed", log)]
+        assert len(replayed) == 2 and min(replayed) > 0, replayed
+        assert 2 <= peak <= 3, peak
+        refused = await asyncio.to_thread(
+            subprocess.run, _cli("replay", "--config", str(cfg), "--workers", "4", "--concurrency", "3"),
+            capture_output=True, timeout=60,
+        )
+        assert refused.returncode != 0
+        assert b"replayer.concurrency = 3 cannot be split over 4 workers" in refused.stderr
+    finally:
+        bus.close()
+        await runner.cleanup()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from replayer.workers import child_argv
+from replayer.workers import child_argv, part_of, worker_share
 from shadowreplay import config as configmod
 from shadowreplay.cli import build_parser, config_from_args
 from shadowreplay.config import ReplayerConfig
@@ -37,13 +38,44 @@ def test_replay_start_parses_without_a_candidate() -> None:
     assert (cfg.replayer.group, cfg.replayer.speed, cfg.replayer.window_from) == ("g", 3.0, "-1h")
 
 
-def test_child_argv_gets_its_own_port_anchor_and_rate_share() -> None:
+def test_child_argv_gets_its_own_port_anchor_and_share() -> None:
     cfg = _cfg("replay", "--candidate", "http://c", "--rate", "900", "--metrics-listen", "127.0.0.1:9500")
     argv = ["--log-level", "INFO", "replay", "--candidate", "http://c", "--workers", "3", "--rate=900",
             "--metrics-listen", "127.0.0.1:9500", "--anchor", "auto"]
     child = child_argv(argv, 2, 3, configmod.override(cfg, "replayer", workers=3))
-    assert child[:5] == ["--log-level", "INFO", "replay", "--candidate", "http://c"]
-    assert child[5:] == ["--workers", "1", "--anchor", "bus", "--metrics-listen", "127.0.0.1:9502", "--rate", "300.0"]
+    assert child[:6] == ["--log-level", "INFO", "replay", "--candidate", "http://c", "--rate=900"]
+    assert child[6:] == ["--workers", "1", "--anchor", "bus", "--metrics-listen", "127.0.0.1:9502", "--worker", "2/3"]
+    r = _cfg(*child[2:]).replayer
+    assert (r.rate, r.speed, r.workers, r.anchor) == (300.0, 0.0, 1, "bus")
+
+
+def test_parts_add_up_to_the_total() -> None:
+    for n in range(1, 6):
+        for total in range(n, 40):
+            parts = [part_of(total, i, n) for i in range(n)]
+            assert sum(parts) == total and min(parts) >= 1 and max(parts) - min(parts) <= 1, (total, n, parts)
+
+
+def test_each_worker_takes_its_share_of_rate_and_every_concurrency_cap(tmp_path: Path) -> None:
+    # rate in the config file only, no --speed: a child keeps the speed ceiling (speed 1),
+    # as --workers 1 would; it used to get "--rate R/N" on its command line, which read as
+    # "--rate alone" and dropped the ceiling.
+    toml = tmp_path / "r.toml"
+    toml.write_text('[replayer]\ncandidate = "http://c"\nrate = 100.0\nconcurrency = 7\n'
+                    "[replayer.targets.baseline]\nconcurrency = 3\n")
+    shares = [_cfg("replay", "--config", str(toml), "--baseline", "http://b", "--worker", f"{i}/3").replayer
+              for i in range(3)]
+    assert [r.rate for r in shares] == pytest.approx([100 / 3] * 3)
+    assert [r.speed for r in shares] == [1.0, 1.0, 1.0]
+    assert [r.concurrency for r in shares] == [3, 2, 2]
+    assert [r.targets.baseline.concurrency for r in shares] == [1, 1, 1]
+    assert [r.targets.candidate.concurrency for r in shares] == [0, 0, 0]  # no override: still none
+    with pytest.raises(ConfigError, match=r"replayer.targets.baseline.concurrency = 3 cannot be split over 4"):
+        worker_share(_cfg("replay", "--config", str(toml)).replayer, "0/4")
+    with pytest.raises(ConfigError, match=r"replayer.concurrency = 2 cannot be split over 3 workers"):
+        _cfg("replay", "--candidate", "http://c", "--concurrency", "2", "--worker", "0/3")
+    with pytest.raises(ConfigError, match="--worker: I/N"):
+        _cfg("replay", "--candidate", "http://c", "--worker", "3/3")
 
 
 @pytest.mark.parametrize(
