@@ -320,10 +320,34 @@ class _Parser:
             self.body += data
 
 
+class _Writes:
+    """The requests of one event loop turn, written back to back once the turn's other
+    callbacks have run. A target then finds several requests at each wakeup instead of
+    being woken for each (on loopback with nginx: 0.04 sleeps a request instead of 0.5, and
+    a quarter less CPU on both sides). A request waits for the rest of its turn: microseconds
+    when paced, more only when the loop is flat out."""
+
+    __slots__ = ("_queued",)
+
+    def __init__(self) -> None:
+        self._queued: list[tuple[_Connection, bytes, asyncio.Future[None]]] = []
+
+    def add(self, conn: _Connection, data: bytes, waiter: asyncio.Future[None]) -> None:
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.append((conn, data, waiter))
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for conn, data, waiter in queued:
+            conn.send(data, waiter)
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``exchange`` sends a request and awaits its response."""
 
-    def __init__(self) -> None:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.uses = 0
@@ -388,15 +412,25 @@ class _Connection(asyncio.Protocol):
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._parser, self._waiter, self._first_byte = parser, waiter, 0.0
         self.uses += 1
+        self._writes.add(self, request, waiter)
         try:
-            try:
-                self.transport.write(request)
-            except (RuntimeError, OSError) as exc:  # the transport closed under us
-                raise HTTPFailure("reset", f"cannot send on the connection: {exc}") from exc
             await waiter
             return parser, self._first_byte
         finally:
             self._parser, self._waiter = None, None
+
+    def send(self, request: bytes, waiter: asyncio.Future[None]) -> None:
+        """Write the request that ``waiter`` awaits the response of, unless that exchange
+        is over (cancelled: its connection is closed and never reused)."""
+        if waiter.done() or waiter is not self._waiter:
+            return
+        if self.closed or self.transport is None:
+            self._fail(HTTPFailure("reset", "the target had closed the connection"))
+            return
+        try:
+            self.transport.write(request)
+        except (RuntimeError, OSError) as exc:  # the transport closed under us
+            self._fail(HTTPFailure("reset", f"cannot send on the connection: {exc}"))
 
 
 class ConnectionPool:
@@ -424,6 +458,7 @@ class ConnectionPool:
         self._open = 0  # connections open or opening, idle or busy
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
+        self._writes = _Writes()
 
     async def request(
         self, method: str, target: str, host: str, headers: list[tuple[str, str]], body: bytes | None, cap: int
@@ -478,7 +513,7 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl,
+                lambda: _Connection(self._writes), self.host, self.port, ssl=self._ssl,
                 server_hostname=self.host if self._ssl is not None else None,
             )
         except BaseException as exc:

@@ -12,7 +12,7 @@ from functools import partial
 import brotli
 import pytest
 
-from replayer.http1 import ConnectionPool, HTTPFailure, _Parser, build_request
+from replayer.http1 import ConnectionPool, HTTPFailure, _Connection, _Parser, _Writes, build_request
 
 # -- framing ------------------------------------------------------------------------------
 
@@ -293,6 +293,45 @@ async def test_cancelled_waiters_do_not_leak_connections() -> None:
         pool.close()
     assert resp.status == 200
     assert srv.connections == 2
+
+
+class _Transport:
+    def __init__(self, name: int, written: list[tuple[int, bytes]], broken: bool = False) -> None:
+        self.name, self.written, self.broken = name, written, broken
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            raise RuntimeError("unable to perform operation on a closed transport")
+        self.written.append((self.name, data))
+
+
+async def test_requests_of_one_turn_are_written_together_after_it() -> None:
+    """Writes wait for the end of the event loop turn, then go out back to back; an exchange
+    that is over by then is not written, and a connection that cannot take it fails it."""
+    loop = asyncio.get_running_loop()
+    writes, written = _Writes(), list[tuple[int, bytes]]()
+    conns: list[_Connection] = []
+    waiters: list[asyncio.Future[None]] = []
+    for i in range(5):
+        conn = _Connection(writes)
+        conn.connection_made(_Transport(i, written, broken=i == 3))  # type: ignore[arg-type]
+        waiter: asyncio.Future[None] = loop.create_future()
+        conn._waiter = waiter
+        writes.add(conn, b"request %d" % i, waiter)
+        conns.append(conn)
+        waiters.append(waiter)
+    waiters[1].cancel()  # timed out before the write: its connection is dropped, not written to
+    conns[2].closed = True  # the peer closed it meanwhile
+    assert written == []
+    await asyncio.sleep(0)
+    assert written == [(0, b"request 0"), (4, b"request 4")]
+    assert [w.done() for w in (waiters[0], waiters[4])] == [False, False]
+    for i in (2, 3):
+        exc = waiters[i].exception()
+        assert isinstance(exc, HTTPFailure) and exc.kind == "reset"
+    writes.add(conns[0], b"again", waiters[0])  # a later turn gets a flush of its own
+    await asyncio.sleep(0)
+    assert written[-1] == (0, b"again")
 
 
 async def test_connect_refused() -> None:
