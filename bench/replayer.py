@@ -117,7 +117,7 @@ class AiohttpBackend:
 class NginxBackend:
     """Debian's nginx, one worker process, answering every request with a small JSON
     body and logging each arrival (``$msec``: millisecond resolution, enough for a rate).
-    About a quarter of the aiohttp backend's CPU per request, so the figures measure the
+    About a sixth of the aiohttp backend's CPU per request, so the figures measure the
     client side, not the backend's share of the two cores."""
 
     name = "nginx (one worker)"
