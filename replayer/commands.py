@@ -101,7 +101,7 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         cfg = configmod.override(cfg, "replayer", speed=0.0)  # --rate alone: no speed ceiling
     if getattr(args, "insecure", False):
         t = cfg.replayer.targets
-        insecure = {n: dataclasses.replace(getattr(t, n), tls_verify=False) for n in ("candidate", "baseline", "secondary")}
+        insecure = {n: dataclasses.replace(getattr(t, n), tls_verify=False) for n in configmod.TARGET_NAMES}
         cfg = configmod.override(cfg, "replayer", targets=dataclasses.replace(t, **insecure))
     worker = getattr(args, "worker", None)
     if worker:

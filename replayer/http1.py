@@ -323,9 +323,9 @@ class _Parser:
 class _Writes:
     """The requests of one event loop turn, written back to back once the turn's other
     callbacks have run. A target then finds several requests at each wakeup instead of
-    being woken for each (on loopback with nginx: 0.04 sleeps a request instead of 0.5, and
-    a quarter less CPU on both sides). A request waits for the rest of its turn: microseconds
-    when paced, more only when the loop is flat out."""
+    being woken for each (nginx on loopback: 0.04 sleeps a request instead of 0.5, a quarter
+    less CPU a request, and a tenth less for the replayer's event loop). A request waits for
+    the rest of its turn: microseconds when paced, more only when the loop is flat out."""
 
     __slots__ = ("_queued",)
 

@@ -45,7 +45,7 @@ from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, Pacer
 from replayer.window import parse_window
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Message
-from shadowreplay.config import ReplayerConfig
+from shadowreplay.config import TARGET_NAMES, ReplayerConfig
 from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
 from shadowreplay.record import (
@@ -83,7 +83,6 @@ ANCHOR_WAIT_SECONDS = 0.5
 WINDOW_IDLE_EXIT_SECONDS = 2.0
 # The first record this late means the anchor is probably left over from an earlier replay.
 STALE_ANCHOR_SECONDS = 60.0
-TARGET_NAMES = ("candidate", "baseline", "secondary")
 # How encode_request's output starts: a message that does is reused byte for byte.
 _OWN_ENCODING = b'{"v":%d,"id":' % SCHEMA_VERSION
 

@@ -24,7 +24,7 @@ from types import FrameType
 
 from replayer.control import start_anchor
 from shadowreplay.bus import open_bus
-from shadowreplay.config import Config, ReplayerConfig, parse_hostport
+from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig, parse_hostport
 from shadowreplay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # Head start of a --workers anchor: children need this long to start and join the group.
 LEAD_SECONDS = {"sqlite": 2.0, "kafka": 8.0}
 _STRIPPED = ("--workers", "--metrics-listen", "--anchor", "--worker")
-TARGET_NAMES = ("candidate", "baseline", "secondary")
 
 
 def part_of(total: int, i: int, n: int) -> int:

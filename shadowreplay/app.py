@@ -30,7 +30,7 @@ from replayer.metrics import ReplayerMetrics, ScheduleCollector
 from shadowreplay.bus import open_bus
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Bus
-from shadowreplay.config import Config, parse_hostport
+from shadowreplay.config import TARGET_NAMES, Config, parse_hostport
 from shadowreplay.errors import ConfigError
 from shadowreplay.health import probe_bus, probe_url
 
@@ -184,7 +184,7 @@ class Pipeline:
             checks["bus"] = await probe_bus(self.bus)
         if "replay" in self.stages:
             r = self.cfg.replayer
-            for name in ("candidate", "baseline", "secondary"):
+            for name in TARGET_NAMES:
                 url = getattr(r, name, "")
                 if url:
                     checks[f"target:{name}"] = await probe_url(url)

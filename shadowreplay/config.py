@@ -145,6 +145,10 @@ class TargetOptions:
     tls_verify: bool = True
 
 
+# The replay targets, in the order results and pages list them.
+TARGET_NAMES = ("candidate", "baseline", "secondary")
+
+
 @dataclass(frozen=True)
 class ReplayTargets:
     candidate: TargetOptions = field(default_factory=TargetOptions)
@@ -420,7 +424,7 @@ def _validate_replayer(r: ReplayerConfig) -> None:
                      ("replayer.secondary", r.secondary)):
         if url and not (url.startswith(("http://", "https://")) and _has_host(url)):
             raise ConfigError(f"{key}: must be an http:// or https:// URL with a host, got {url!r}")
-    for name in ("candidate", "baseline", "secondary"):
+    for name in TARGET_NAMES:
         opts: TargetOptions = getattr(r.targets, name)
         if opts.timeout_seconds < 0 or opts.concurrency < 0:
             raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
