@@ -12,6 +12,8 @@ what lets one process replay faster than a bare aiohttp loop can:
   skipped, and a ``Content-Encoding`` of gzip, deflate or br is decoded as it streams in;
 * the body is kept up to a cap: past it the response is ``truncated`` and the connection
   dropped, not drained; time to first byte is when the first response byte arrived;
+* the requests made in one event loop turn are written back to back at its end
+  (``_Writes``), so a target finds several at each wakeup;
 * connections are pooled per target up to its concurrency (a request beyond it waits
   for a free one), reused while both sides keep them alive; a request that finds a
   reused connection already closed by the peer (nothing received) is retried once on a
