@@ -433,6 +433,8 @@ class _Connection(asyncio.Protocol):
             self.transport.write(request)
         except (RuntimeError, OSError) as exc:  # the transport closed under us
             self._fail(HTTPFailure("reset", f"cannot send on the connection: {exc}"))
+        except Exception as exc:  # anything else reaches its request; the turn's other writes go on
+            self._fail(exc)
 
 
 class ConnectionPool:

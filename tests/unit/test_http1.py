@@ -296,12 +296,12 @@ async def test_cancelled_waiters_do_not_leak_connections() -> None:
 
 
 class _Transport:
-    def __init__(self, name: int, written: list[tuple[int, bytes]], broken: bool = False) -> None:
-        self.name, self.written, self.broken = name, written, broken
+    def __init__(self, name: int, written: list[tuple[int, bytes]], fails: Exception | None = None) -> None:
+        self.name, self.written, self.fails = name, written, fails
 
     def write(self, data: bytes) -> None:
-        if self.broken:
-            raise RuntimeError("unable to perform operation on a closed transport")
+        if self.fails is not None:
+            raise self.fails
         self.written.append((self.name, data))
 
 
@@ -312,9 +312,10 @@ async def test_requests_of_one_turn_are_written_together_after_it() -> None:
     writes, written = _Writes(), list[tuple[int, bytes]]()
     conns: list[_Connection] = []
     waiters: list[asyncio.Future[None]] = []
-    for i in range(5):
+    fails = {3: RuntimeError("unable to perform operation on a closed transport"), 5: ValueError("odd")}
+    for i in range(7):
         conn = _Connection(writes)
-        conn.connection_made(_Transport(i, written, broken=i == 3))  # type: ignore[arg-type]
+        conn.connection_made(_Transport(i, written, fails.get(i)))  # type: ignore[arg-type]
         waiter: asyncio.Future[None] = loop.create_future()
         conn._waiter = waiter
         writes.add(conn, b"request %d" % i, waiter)
@@ -324,11 +325,12 @@ async def test_requests_of_one_turn_are_written_together_after_it() -> None:
     conns[2].closed = True  # the peer closed it meanwhile
     assert written == []
     await asyncio.sleep(0)
-    assert written == [(0, b"request 0"), (4, b"request 4")]
-    assert [w.done() for w in (waiters[0], waiters[4])] == [False, False]
+    assert written == [(0, b"request 0"), (4, b"request 4"), (6, b"request 6")]
+    assert [w.done() for w in (waiters[0], waiters[4], waiters[6])] == [False, False, False]
     for i in (2, 3):
         exc = waiters[i].exception()
         assert isinstance(exc, HTTPFailure) and exc.kind == "reset"
+    assert isinstance(waiters[5].exception(), ValueError)  # an unexpected failure reaches its request only
     writes.add(conns[0], b"again", waiters[0])  # a later turn gets a flush of its own
     await asyncio.sleep(0)
     assert written[-1] == (0, b"again")
