@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,11 +60,6 @@ def one_round(tmp: Path, messages: int, size: int, flush: int, poll: int) -> tup
     return (*write, 1e6 * cpu / messages, messages / wall)
 
 
-def median(values: list[float]) -> float:
-    s = sorted(values)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=48_000, help="messages per round (default 48,000)")
@@ -76,7 +72,7 @@ def main() -> int:
         ap.error("every count must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-bus-") as d:
         rounds = [one_round(Path(d), args.messages, args.size, args.flush, args.poll) for _ in range(args.rounds)]
-    write_cpu, write_rate, read_cpu, read_rate = (median([r[i] for r in rounds]) for i in range(4))
+    write_cpu, write_rate, read_cpu, read_rate = (statistics.median([r[i] for r in rounds]) for i in range(4))
     print(f"SQLite bus, {args.messages:,} messages of {args.size} bytes, 4 partitions, medians of {args.rounds} rounds")
     print(f"  write (flushes of {args.flush}): {write_cpu:.2f} µs CPU per message, {write_rate:,.0f} messages/s")
     print(f"  read (polls of {args.poll}):    {read_cpu:.2f} µs CPU per message, {read_rate:,.0f} messages/s")

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from statistics import median
 
 # This file is named like the package it measures: keep bench/ off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -359,11 +360,6 @@ def workers_run(backend: Backend, tmp: Path, workers: int, n: int, concurrency: 
     assert len(hits) == n, (len(hits), n)
     arrived = sorted(t for _, t in hits)
     return (rate_of(hits), *cpu.busy_between(arrived[0], arrived[-1]))
-
-
-def median(values: list[float]) -> float:
-    s = sorted(values)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 def listed(values: Iterable[float]) -> str:
