@@ -150,7 +150,9 @@ class Pipeline:
             self._tasks.append(asyncio.create_task(self.comparer.run(self._stage_stop("comparer")), name="comparer"))
         if "replay" in self.stages:
             consumer = await self._consumer([cfg.bus.requests_topic], cfg.replayer.group)
-            producer = await self._producer()
+            # Results can be made again (their offsets are committed with them), so their
+            # flushes need not survive power loss: see Bus.producer.
+            producer = await self._producer(power_safe=False)
             anchor = await resolve_anchor(bus, cfg.replayer)  # the group's shared anchor, if set
             self.replayer = Replayer(
                 cfg.replayer, consumer, producer, cfg.bus.results_topic, ReplayerMetrics(self.registry), anchor
@@ -190,10 +192,10 @@ class Pipeline:
                     checks[f"target:{name}"] = await probe_url(url)
         return checks
 
-    async def _producer(self) -> AsyncProducer:
+    async def _producer(self, *, power_safe: bool = True) -> AsyncProducer:
         assert self.bus is not None
         bus = self.bus
-        producer = await asyncio.to_thread(AsyncProducer, bus)
+        producer = await asyncio.to_thread(lambda: AsyncProducer(bus, power_safe=power_safe))
         self._producers.append(producer)
         return producer
 

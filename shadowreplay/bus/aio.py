@@ -33,9 +33,11 @@ class _OnOwnThread:
 class AsyncProducer(_OnOwnThread):
     """``publish`` many, then ``await flush()``: when it returns, all are durable."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, power_safe: bool = True) -> None:
+        """``power_safe``: as :meth:`Bus.producer`."""
         super().__init__("bus-producer")
-        self._producer: Producer = self._executor.submit(bus.producer).result()
+        self.power_safe = power_safe
+        self._producer: Producer = self._executor.submit(lambda: bus.producer(power_safe=power_safe)).result()
 
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
         """Queue (key, value, timestamp_ns) items; durable after the next ``flush``."""

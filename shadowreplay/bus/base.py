@@ -90,7 +90,16 @@ class Bus(Protocol):
     def ensure_topic(self, topic: str, partitions: int) -> None:
         """Create ``topic`` with ``partitions`` partitions if it does not exist."""
 
-    def producer(self) -> Producer: ...
+    def producer(self, *, power_safe: bool = True) -> Producer:
+        """A new producer. ``power_safe=False`` lets a backend return from ``flush`` once
+        the messages survive the crash of any process, without waiting for them to
+        survive an OS crash or power loss too (the SQLite bus skips its per-flush fsync).
+        It suits messages that can be made again: the replayer's results, whose offsets
+        are committed with them, so a flush that power loss takes back only means those
+        requests are replayed again. The collector's producers stay power-safe: it
+        acknowledges on the strength of ``flush``. The Kafka bus treats both alike
+        (``acks=all``)."""
+        ...
 
     def consumer(self, topics: Sequence[str], group: str) -> Consumer: ...
 

@@ -118,7 +118,9 @@ class KafkaBus:
                     pass
             self._known.add(topic)
 
-    def producer(self) -> KafkaBusProducer:
+    def producer(self, *, power_safe: bool = True) -> KafkaBusProducer:
+        """``acks=all`` whatever ``power_safe`` says: the brokers' replication is Kafka's
+        durability, and there is no per-flush fsync here to skip."""
         return KafkaBusProducer(self)
 
     def consumer(self, topics: Sequence[str], group: str) -> KafkaBusConsumer:

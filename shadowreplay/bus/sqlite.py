@@ -6,6 +6,15 @@ transaction, so it costs one fsync however many messages it carries; in exchange
 flushed message survives power loss, not just a crash of the process. The collector
 acknowledges forward-protocol chunks on the strength of ``flush``, so the stronger
 promise is the one worth paying for (NORMAL could lose the last commits on power loss).
+A producer opened with ``power_safe=False`` (the replayer's, for its results and the
+offsets committed with them) commits with ``synchronous=NORMAL``: no fsync per flush.
+Its flushes survive the crash of any process; an OS crash or power loss can take back
+those made since the file's last fsync (any power-safe commit on the file, by any
+process, or a checkpoint: the WAL is one log, so each fsync covers every frame before
+it). What it takes back goes whole, results together with their offsets, so those
+requests are replayed again (at-least-once). On the two-core bench machine that fsync,
+about 50 a second per replayer, cost two replayer processes sharing the file 6-12 % of
+their throughput (bench/replayer.py's scale figure).
 
 Groups: each consumer is a row in ``members`` with a heartbeat it refreshes while it
 polls; a member silent for ``session_timeout_ms`` is dead. The partitions of the
@@ -406,8 +415,8 @@ class SqliteBus:
         with self._lock:
             _ensure_topic(self._conn, topic, partitions)
 
-    def producer(self) -> SqliteProducer:
-        return SqliteProducer(self)
+    def producer(self, *, power_safe: bool = True) -> SqliteProducer:
+        return SqliteProducer(self, power_safe=power_safe)
 
     def consumer(self, topics: Sequence[str], group: str) -> SqliteConsumer:
         return SqliteConsumer(self, topics, group)
@@ -418,13 +427,19 @@ class SqliteBus:
 
 
 class SqliteProducer:
-    """Buffers in memory (at most ``MAX_BUFFERED`` messages); ``flush`` is one transaction."""
+    """Buffers in memory (at most ``MAX_BUFFERED`` messages); ``flush`` is one transaction.
 
-    def __init__(self, bus: SqliteBus, max_buffered: int = MAX_BUFFERED) -> None:
+    ``power_safe=False``: this connection commits with ``synchronous=NORMAL``, so a flush
+    writes the WAL without its fsync (see the module docstring)."""
+
+    def __init__(self, bus: SqliteBus, max_buffered: int = MAX_BUFFERED, *, power_safe: bool = True) -> None:
         self._bus = bus
         self._max_buffered = max_buffered
         self._lock = threading.Lock()
         self._conn = bus.connect()
+        self.power_safe = power_safe
+        if not power_safe:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         self._topics: dict[str, tuple[int, int]] = {}
         self._round_robin: dict[int, int] = {}
         # (topic id, partition) -> [(timestamp ns, key, value)], in publish order

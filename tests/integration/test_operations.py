@@ -85,6 +85,16 @@ async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backend
         assert status == 503 and "sqlite" in str(body["checks"]["bus"]), body  # type: ignore[index]
 
 
+async def test_only_the_collectors_flushes_wait_for_fsync(tmp_path: Path, backends: tuple[Backend, Backend]) -> None:
+    """The collector acks on the strength of a flush, so its producer is power-safe; the
+    replayer's results can be replayed again, so its producer is not (see Bus.producer)."""
+    candidate, _ = backends
+    cfg = loopback_config(tmp_path / "bus.db", candidate=f"http://127.0.0.1:{candidate.port}")
+    for stages, want in ((("collect",), [True]), (("replay",), [False]), (("collect", "replay"), [False, True])):
+        async with Pipeline(cfg, stages) as pipeline:
+            assert sorted(p.power_safe for p in pipeline._producers) == want, stages
+
+
 def drain(bus: SqliteBus, topic: str, group: str, idle_seconds: float = 1.5) -> list[dict[str, object]]:
     """Every message ``group`` has not committed yet on ``topic`` (read without committing)."""
     consumer = bus.consumer([topic], group)

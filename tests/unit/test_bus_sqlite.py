@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -325,6 +326,38 @@ def test_flush_and_commit_writes_messages_and_offsets_together_or_neither(tmp_pa
     for c in (again, reader):
         c.close()
     producer.close()
+    bus.close()
+
+
+def test_a_producer_that_need_not_be_power_safe_skips_only_its_own_fsync(tmp_path: Path) -> None:
+    """``power_safe=False`` (the replayer's results): that connection commits with
+    ``synchronous=NORMAL``, every other keeps FULL, and what it flushed survives the
+    process being killed the moment ``flush`` returns."""
+    path = tmp_path / "b.db"
+    bus = SqliteBus(f"sqlite:///{path}", str(path), partitions=2)
+    safe, fast = bus.producer(), bus.producer(power_safe=False)
+
+    def synchronous(p: SqliteProducer) -> int:
+        return int(p._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert (safe.power_safe, synchronous(safe)) == (True, 2)  # FULL: an fsync per flush
+    assert (fast.power_safe, synchronous(fast)) == (False, 1)  # NORMAL: none
+    safe.close()
+    fast.close()
+    code = (
+        "import os, signal\n"
+        "from shadowreplay.bus.sqlite import SqliteBus\n"
+        f"bus = SqliteBus('sqlite:///{path}', {str(path)!r}, partitions=2)\n"
+        "p = bus.producer(power_safe=False)\n"
+        "for i in range(300):\n"
+        "    p.publish('t', b'%d' % i)\n"
+        "p.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -signal.SIGKILL
+    reader = bus.consumer(["t"], "g")
+    assert sorted(int(m.value) for m in poll_until(reader, 300)) == list(range(300))
+    reader.close()
     bus.close()
 
 
