@@ -13,7 +13,7 @@ those made since the file's last fsync (any power-safe commit on the file, by an
 process, or a checkpoint: the WAL is one log, so each fsync covers every frame before
 it). What it takes back goes whole, results together with their offsets, so those
 requests are replayed again (at-least-once). On the two-core bench machine that fsync,
-about 50 a second per replayer, cost two replayer processes sharing the file 6-12 % of
+about 50 a second per replayer, cost two replayer processes sharing the file 6-11 % of
 their throughput (bench/replayer.py's scale figure).
 
 Groups: each consumer is a row in ``members`` with a heartbeat it refreshes while it
