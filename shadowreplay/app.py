@@ -195,7 +195,7 @@ class Pipeline:
     async def _producer(self, *, power_safe: bool = True) -> AsyncProducer:
         assert self.bus is not None
         bus = self.bus
-        producer = await asyncio.to_thread(lambda: AsyncProducer(bus, power_safe=power_safe))
+        producer = await asyncio.to_thread(AsyncProducer, bus, power_safe=power_safe)
         self._producers.append(producer)
         return producer
 

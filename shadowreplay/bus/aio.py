@@ -37,7 +37,7 @@ class AsyncProducer(_OnOwnThread):
         """``power_safe``: as :meth:`Bus.producer`."""
         super().__init__("bus-producer")
         self.power_safe = power_safe
-        self._producer: Producer = self._executor.submit(lambda: bus.producer(power_safe=power_safe)).result()
+        self._producer: Producer = self._executor.submit(bus.producer, power_safe=power_safe).result()
 
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
         """Queue (key, value, timestamp_ns) items; durable after the next ``flush``."""
