@@ -215,11 +215,11 @@ class TargetClient:
                     sent_at=t0, window=self.stream_window(record), deadline=deadline,
                 )
         except HTTPFailure as exc:
-            kind = exc.kind
+            kind, detail = exc.kind, str(exc)
         except TimeoutError:
-            kind = "timeout"
-        except OSError:  # not expected from the pool; still a result, not a crash
-            kind = "connect"
+            kind, detail = "timeout", f"no complete response within {self._timeout_seconds} s"
+        except OSError as exc:  # not expected from the pool; still a result, not a crash
+            kind, detail = "connect", str(exc)
         else:
             return Response(
                 status=raw.status,
@@ -232,5 +232,5 @@ class TargetClient:
                 stream=raw.stream,
                 stream_window_reached=raw.window_reached,
             )
-        log.debug("target %s: %s %s failed: %s", self.name, record.method, record.id, kind)
+        log.debug("target %s: %s %s failed: %s: %s", self.name, record.method, record.id, kind, detail)
         return Response(status=None, latency=time.perf_counter() - t0, error=kind)

@@ -553,3 +553,96 @@ def test_build_request_refuses_every_control_byte_and_bad_hosts() -> None:
     for target in ["http://evil/x", "@evil/x", "evil", "/a#\x01"]:
         with pytest.raises(HTTPFailure):
             build_request("GET", target, "h", [], None)
+
+
+# -- the connection: what arrives is refused cleanly, early and IPv6 answers ----------------
+
+
+async def test_a_bad_content_length_fails_the_request_not_the_event_loop() -> None:
+    """``Content-Length: ²`` used to raise ValueError inside data_received: it reached the
+    loop's exception handler and the request waited for its timeout."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write("HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\nxx".encode())
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    try:
+        async with RawServer(answer) as srv:
+            pool = ConnectionPool(srv.url, limit=1)
+            with pytest.raises(HTTPFailure) as err:
+                async with asyncio.timeout(30):
+                    await pool.request("GET", "/", "", [], None, 1000)
+            pool.close()
+    finally:
+        loop.set_exception_handler(None)
+    assert err.value.kind == "protocol" and "Content-Length" in str(err.value)
+    assert reported == []
+
+
+async def _early_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int, *,
+                        close: bool) -> None:
+    """Answer 413 as soon as the head is in, before reading the body; then read it all."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b"content-length" not in head.lower():
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nconn %d" % (len(b"conn %d" % conn), conn))
+        await writer.drain()
+        await reader.read()
+        return
+    writer.write(b"HTTP/1.1 413 Too Large\r\n%sContent-Length: 4\r\n\r\nbig!" % (b"Connection: close\r\n" if close else b""))
+    await writer.drain()
+    if close:
+        writer.write_eof()
+    await reader.read()  # the client's body (and its close)
+
+
+@pytest.mark.parametrize("close", [True, False])
+async def test_an_early_response_is_read_and_its_connection_not_reused(close: bool) -> None:
+    async with RawServer(partial(_early_answer, close=close)) as srv:
+        pool = ConnectionPool(srv.url, limit=1)
+        early = await pool.request("POST", "/upload", "", [], b"x" * (16 << 20), 1000)
+        async with asyncio.timeout(30):  # reused, it would wait behind a body the server reads to the end
+            after = await pool.request("GET", "/", "", [], None, 1000)
+        pool.close()
+    assert (early.status, early.body) == (413, b"big!")
+    assert (after.status, after.body) == (200, b"conn 2")  # not sent behind an unfinished body
+
+
+async def test_ipv6_loopback_target() -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv6")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(handle, "::1", 0)
+    except OSError as exc:
+        pytest.fail(f"this test needs IPv6 on loopback (::1): {exc}")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pool = ConnectionPool(f"http://[::1]:{port}", limit=1)
+        resp = await pool.request("GET", "/six?x=1", "", [], None, 1000)
+        pool.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (resp.status, resp.body) == (200, b"v6")
+    assert seen[0].startswith(b"GET /six?x=1 HTTP/1.1\r\nHost: [::1]:%d\r\n" % port)
+
+
+def test_pools_check_names_each_in_their_own_set() -> None:
+    """No state shared between pools (the old module-wide ``_good_names``)."""
+    import replayer.http1 as http1
+
+    a, b = ConnectionPool("http://127.0.0.1:1", limit=1), ConnectionPool("http://127.0.0.1:2", limit=1)
+    names: set[str] = set()
+    build_request("GET", "/", "h", [("X-A", "1")], None, names)
+    assert names == {"X-A"} and not a._checked_names and not b._checked_names
+    assert not any(isinstance(v, (set, dict, list)) for k, v in vars(http1).items() if not k.startswith("__"))
