@@ -51,7 +51,7 @@ _DROPPED = HOP_BY_HOP | _REPLACED
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """A record's request as it goes on the wire, after the safety rewrites. ``target`` is
     origin-form, relative to the target's base URL (whose path prefix goes before it);

@@ -60,6 +60,7 @@ MAX_CHECKED_NAMES = 4096  # header names a pool remembers as checked
 TIMELINE_POINTS = 64
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
+_FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding", "content-encoding", "content-type", "connection"})
 # A stream's window timer fires first; the request's deadline moves past it by this much
 # so that only a stalled event loop could see a timeout instead.
 _WINDOW_GRACE_SECONDS = 1.0
@@ -69,6 +70,7 @@ _TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _TOKEN = re.compile(_TCHAR + r"+\Z")
 _VCHAR = r"[^\x00\t\n\x0b\x0c\r ]"  # visible or obs-text: no NUL, no whitespace
 _FIELD_LINE = re.compile(rf"({_TCHAR}+):[ \t]*((?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?)[ \t]*\Z")
+_BAD_FIELD_CHAR = re.compile(r"[\x00\x0b\x0c\r]")  # in a field line, besides LF: what _VCHAR and OWS exclude
 _STATUS_LINE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: (?:[ \t]|{_VCHAR})*)?\Z")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*\Z")
@@ -77,7 +79,7 @@ _CONTENT_LENGTH = re.compile(r"[0-9]{1,20}\Z")
 # the target is origin-form or "*"; a value has no control byte but HTAB.
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]*)?\Z")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
-_CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class HTTPFailure(Exception):
@@ -143,15 +145,16 @@ def build_request(
             if checked_names is not None and len(checked_names) < MAX_CHECKED_NAMES:
                 checked_names.add(name)
         lines.append(f"{name}: {value}")
+    values = "".join([v for _, v in headers])
+    # isprintable() is False for any control byte (and for HTAB, some Unicode spaces): only
+    # then does the regex look for what is refused.
+    if not values.isprintable() and _CTL.search(values):
+        bad = next(n for n, v in headers if _CTL.search(v))
+        raise HTTPFailure("request", f"header {bad}: value contains a control character (CR, LF, NUL, ...)")
     if body or (body is not None and method in ("POST", "PUT", "PATCH")):
         lines.append(f"Content-Length: {len(body)}")
     lines.append("\r\n")
     text = "\r\n".join(lines)
-    # One scan of the whole head: each line adds exactly one CR and one LF, so any other is
-    # inside a value (method, target and Host were checked above).
-    if _CTL.search(text) or text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        bad = next(n for n, v in headers if _CTL.search(v) or "\r" in v or "\n" in v)
-        raise HTTPFailure("request", f"header {bad}: value contains a control character (CR, LF, NUL, ...)")
     try:
         head = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as exc:
@@ -244,6 +247,28 @@ def _field_lines(lines: list[str], where: str) -> list[tuple[str, str]]:
     return fields
 
 
+def _fields(text: str, start: int, tokens: set[str]) -> list[tuple[str, str]]:
+    """The field lines of ``text`` from ``start`` (each ending with LF) as pairs. ``tokens``:
+    names already known to be tokens (a pool's own set, bounded)."""
+    block = text[start:-1]
+    if not block:
+        return []
+    # The common case in one pass over the bytes: no fold, no refused character; each line
+    # then only needs its name checked. Anything else takes the line-by-line reading.
+    if _BAD_FIELD_CHAR.search(block) is None and "\n " not in block and "\n\t" not in block and block[0] not in " \t":
+        fields = []
+        for line in block.split("\n"):
+            name, sep, value = line.partition(":")
+            if not sep or (name not in tokens and not _TOKEN.match(name)):
+                break
+            if len(tokens) < MAX_CHECKED_NAMES:
+                tokens.add(name)
+            fields.append((name, value.strip(" \t")))
+        else:
+            return fields
+    return _field_lines(block.split("\n"), "header")
+
+
 def _lines(block: bytes) -> list[str]:
     """The lines of a head or trailer section that ends with its last line's LF."""
     lines = _decode_head(block).replace("\r\n", "\n").split("\n")
@@ -255,11 +280,12 @@ class _Parser:
     """One response: fed bytes, says when it is complete (and whether the connection lives on)."""
 
     __slots__ = ("_buf", "_cap", "_chunk_left", "_decoder", "_head_left", "_head_request", "_interim", "_left",
-                 "_mode", "_scan", "body", "event_stream", "headers", "keep_alive", "received", "status", "stream",
-                 "truncated", "window_reached")
+                 "_mode", "_scan", "_tokens", "body", "event_stream", "headers", "keep_alive", "received", "status",
+                 "stream", "truncated", "window_reached")
 
-    def __init__(self, head_request: bool, cap: int) -> None:
+    def __init__(self, head_request: bool, cap: int, tokens: set[str] | None = None) -> None:
         self._head_request = head_request
+        self._tokens = tokens if tokens is not None else set()
         self._cap = cap
         self._buf = bytearray()
         self._scan = 0  # where the search for the end of the head resumes
@@ -361,14 +387,17 @@ class _Parser:
             if end > self._head_left:
                 raise HTTPFailure("protocol", f"response head longer than {MAX_HEAD_BYTES} bytes")
             self._head_left -= end
-            lines = _lines(bytes(buf[: m.start() + 1]))
+            text = _decode_head(bytes(buf[: m.start() + 1]))
             del buf[:end]
             self._scan = 0
-            sm = _STATUS_LINE.match(lines[0]) if lines else None
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            status_end = text.find("\n")
+            sm = _STATUS_LINE.match(text, 0, status_end)
             if sm is None:
-                raise HTTPFailure("protocol", f"bad status line {(lines or [''])[0][:80]!r}")
+                raise HTTPFailure("protocol", f"bad status line {text[:min(status_end, 80)]!r}")
             status = int(sm.group(3))
-            fields = _field_lines(lines[1:], "header")
+            fields = _fields(text, status_end + 1, self._tokens)
             if status < 200:
                 if status < 100:
                     raise HTTPFailure("protocol", f"bad status code {status}")
@@ -391,24 +420,31 @@ class _Parser:
         keep_alive: bool | None = None
         for name, value in fields:
             lname = name.lower()
+            if lname not in _FRAMING_FIELDS:
+                continue
             if lname == "content-length":  # "5, 5" or repeats of one value: that value
-                values = {v.strip(" \t") for v in value.split(",")}
-                if len(values) != 1 or not _CONTENT_LENGTH.match(v := values.pop()):
-                    raise HTTPFailure("protocol", f"bad Content-Length {value[:40]!r}")
-                if length is not None and int(v) != length:
+                if value.isascii() and value.isdigit() and len(value) <= 20:
+                    n = int(value)
+                else:
+                    values = {v.strip(" \t") for v in value.split(",")}
+                    if len(values) != 1 or not _CONTENT_LENGTH.match(v := values.pop()):
+                        raise HTTPFailure("protocol", f"bad Content-Length {value[:40]!r}")
+                    n = int(v)
+                if length is not None and n != length:
                     raise HTTPFailure("protocol", "conflicting Content-Length values")
-                length = int(v)
+                length = n
             elif lname == "transfer-encoding":
                 # The only transfer coding a replay can read; applied once (RFC 9112 §7).
                 if chunked or not (value.isascii() and value.lower() == "chunked"):
                     raise HTTPFailure("protocol", f"unsupported Transfer-Encoding {value[:40]!r}")
                 chunked = True
             elif lname == "content-encoding":
-                encoding = value.strip(" \t").lower()
+                encoding = value.lower()
             elif lname == "content-type":
-                self.event_stream = value.split(";", 1)[0].strip(" \t").lower() == "text/event-stream"
-            elif lname == "connection":
-                tokens = {t.strip(" \t").lower() for t in value.split(",")}
+                ctype = value.lower()
+                self.event_stream = ctype.startswith("text/event-stream") and ctype[17:18] in ("", ";", " ", "\t")
+            else:  # connection
+                tokens = {t.strip(" \t") for t in value.lower().split(",")}
                 if "close" in tokens:
                     keep_alive = False
                 elif "keep-alive" in tokens and keep_alive is None:
@@ -549,8 +585,9 @@ class _Writes:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``exchange`` sends a request and awaits its response."""
 
-    def __init__(self, writes: _Writes) -> None:
+    def __init__(self, writes: _Writes, tokens: set[str]) -> None:
         self._writes = writes
+        self._tokens = tokens
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.uses = 0
@@ -674,7 +711,7 @@ class _Connection(asyncio.Protocol):
         timeline with times since ``sent_at``, a ``time.perf_counter()`` value)."""
         if self.closed or self.transport is None:
             raise HTTPFailure("reset", "the target had closed the connection")
-        parser = _Parser(head_request, cap)
+        parser = _Parser(head_request, cap, self._tokens)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._parser, self._waiter, self._first_byte = parser, waiter, 0.0
         self._sent_at, self._window, self._deadline, self._watching = sent_at, window, deadline, False
@@ -804,7 +841,7 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(self._writes), self.host, self.port, ssl=self._ssl,
+                lambda: _Connection(self._writes, self._checked_names), self.host, self.port, ssl=self._ssl,
                 server_hostname=self.host if self._ssl is not None else None,
             )
         except BaseException as exc:

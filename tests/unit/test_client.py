@@ -35,6 +35,7 @@ class Seen:
 class Backend:
     url: str
     seen: list[Seen] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown: /slow answers then
 
 
 async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse:
@@ -49,8 +50,8 @@ async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse
     path = request.path
     if path == "/big":
         return web.Response(body=BIG, content_type="application/octet-stream")
-    if path == "/slow":
-        await asyncio.sleep(2.0)
+    if path == "/slow":  # answers only when the test is over (the client has timed out by then)
+        await backend.release.wait()
         return web.Response(text="late")
     if path == "/slowbody":
         resp = web.StreamResponse()
@@ -94,6 +95,7 @@ async def backend() -> AsyncIterator[Backend]:
     host, port = runner.addresses[0][:2]
     state.url = f"http://{host}:{port}"
     yield state
+    state.release.set()
     await runner.cleanup()
 
 

@@ -327,7 +327,7 @@ async def test_requests_of_one_turn_are_written_together_after_it() -> None:
     waiters: list[asyncio.Future[None]] = []
     fails = {3: RuntimeError("unable to perform operation on a closed transport"), 5: ValueError("odd")}
     for i in range(7):
-        conn = _Connection(writes)
+        conn = _Connection(writes, set())
         conn.connection_made(_Transport(i, written, fails.get(i)))  # type: ignore[arg-type]
         waiter: asyncio.Future[None] = loop.create_future()
         conn._waiter = waiter
