@@ -2,8 +2,9 @@
 
 Pure code (no asyncio, no I/O). ``Rules.apply`` returns the record to send (rewritten)
 or None when a filter dropped it, plus the label of every rule that acted, so the loop
-can count each rule in a metric. Safety rewrites that are not configurable (hop-by-hop
-headers, X-Forwarded-For, X-Shadow-Replay, Host) happen later, in ``client.py``.
+can count each rule in a metric. The method allow-list is checked here (``Rules``); the
+safety rewrites that are not configurable (hop-by-hop headers, client-address headers,
+X-Shadow-Replay, Host, the target's form) happen later, in ``client.outgoing_request``.
 
 Rule kinds (one ``[[replayer.rules]]`` table each):
 
