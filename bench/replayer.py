@@ -1,10 +1,10 @@
 """Replayer figures in one run (bounded, about 2 minutes). Provisional on a shared machine.
 
     .venv/bin/python bench/replayer.py [--no-uvloop] [--quick] [--runs N] [--scale-runs N]
-                                       [--fast-backend aiohttp] [--http-client aiohttp]
+                                       [--fast-backend aiohttp]
 
 * throughput: the replayer (bus → send → result on the bus → commit, one target; its
-  built-in HTTP client unless ``--http-client aiohttp``) against a bare aiohttp loop with
+  built-in HTTP client) against a bare aiohttp loop with
   the same concurrency, both against one fast backend, in this
   run; the ratio is printed (goal ≥ 0.8). The fast backend is Debian's nginx (one worker,
   ``apt-get install -y nginx-light``) unless ``--fast-backend aiohttp``: it costs about a

@@ -1,32 +1,32 @@
 """Send one RequestRecord to one target and capture what it answers.
 
-Two HTTP clients do the sending: the built-in one (``replayer/http1.py``, the default:
-lean, about three times cheaper per request) and aiohttp's (``http_client = "aiohttp"``),
-kept as a second opinion for a target that the built-in client does not get along with.
-Both behave as follows.
+The sending is done by the built-in HTTP/1.1 client (``replayer/http1.py``); this module
+decides what is sent (``outgoing_request``: the safety rewrites, all in one function) and
+turns what came back into a ``Response``. docs/http-client.md is the user's page.
 
-The request-target is sent exactly as logged (no re-encoding, query order kept);
-hop-by-hop headers are dropped, Host is the target's unless kept, X-Forwarded-For is
-the trusted client address and X-Shadow-Replay carries the record id. The response is
-read streaming up to a cap, with time to first byte; a ``Content-Encoding`` of gzip,
-deflate or br is decoded before the body is stored (br needs the ``brotli`` package). Failures never raise: they come
-back as a ``Response`` whose ``error`` names the kind and whose ``status`` is None.
+The request-target is sent as logged (no re-encoding, query order kept), always to the
+target's own address: an absolute-form target loses its scheme and authority, anything
+else is a path on the target (``@host`` or ``//host`` included). Hop-by-hop headers are
+dropped, Host is the target's unless kept, the client-address headers (X-Forwarded-For,
+Forwarded, X-Real-Ip) carry the trusted client address instead of what was logged, and
+X-Shadow-Replay carries the record id. The response is read streaming up to a cap, with
+time to first byte and the body's arrival timeline; a stream is read within its window
+(``[replayer.streams]``). Failures never raise: they come back as a ``Response`` whose
+``error`` names the kind and whose ``status`` is None.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import ssl
+import re
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
-from replayer.http1 import ConnectionPool, HTTPFailure
-from shadowreplay.config import HTTP_CLIENTS
-from shadowreplay.record import Headers, RequestRecord, Response
+from replayer.http1 import ConnectionPool, HTTPFailure, StreamWindow
+from shadowreplay.config import StreamsConfig
+from shadowreplay.record import RequestRecord, Response
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +43,73 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Who the client was: never taken from the log, set from the trusted client address.
+CLIENT_ADDRESS = frozenset({"x-forwarded-for", "forwarded", "x-real-ip"})
 # Recomputed or set by the replayer, never copied from the record.
-_REPLACED = frozenset({"content-length", "host", "x-forwarded-for", "x-shadow-replay"})
-# aiohttp adds these when absent; a replay sends only what was logged.
+_REPLACED = frozenset({"content-length", "host", "x-shadow-replay"}) | CLIENT_ADDRESS
 _DROPPED = HOP_BY_HOP | _REPLACED
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_READ_CHUNK = 64 * 1024
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
-def outgoing_headers(record: RequestRecord, *, keep_host: bool) -> list[tuple[str, str]]:
-    """The headers a replay of ``record`` carries (Host only when kept; else the target's)."""
+@dataclass(slots=True)
+class Outgoing:
+    """A record's request as it goes on the wire, after the safety rewrites. ``target`` is
+    origin-form, relative to the target's base URL (whose path prefix goes before it);
+    ``host`` "" means the target's own authority."""
+
+    method: str
+    target: str
+    host: str
+    headers: list[tuple[str, str]]
+    body: bytes | None
+
+
+def outgoing_request(record: RequestRecord, *, keep_host: bool) -> Outgoing:
+    """The safety rewrites of a replay, all here: the target made origin-form (the host
+    never comes from it), Host the target's unless ``keep_host``, headers by
+    ``outgoing_headers``. The values are checked for the wire by ``http1.build_request``."""
+    host = logged_host(record) if keep_host else ""
+    return Outgoing(record.method, origin_form(record.target), host, outgoing_headers(record), record.body)
+
+
+def outgoing_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """The headers a replay of ``record`` carries (Host apart: see ``outgoing_request``).
+
+    Dropped: hop-by-hop ones (and those that Connection names), ``Proxy-*``,
+    Content-Length (recomputed), Host, X-Shadow-Replay. X-Forwarded-For is the trusted
+    client address; Forwarded and X-Real-Ip, when logged, are too (in place of what was
+    logged; without a client address they are dropped). X-Shadow-Replay is the record id."""
     dropped: frozenset[str] | set[str] = _DROPPED
     for name, value in record.headers:
         if name.lower() == "connection":  # names listed in Connection are hop-by-hop too
             dropped = set(dropped)
             dropped.update(t.strip().lower() for t in value.split(",") if t.strip())
-    # Repeats keep their order; each name is spelled as at its first occurrence, because
-    # aiohttp folds a repeat whose spelling differs (``X-A`` then ``x-a``) into one value.
+    # Repeats keep their order; each name is spelled as at its first occurrence.
     spelling: dict[str, str] = {}
     out = [
         (spelling.setdefault(k.lower(), k), v)
         for k, v in record.headers
         if k.lower() not in dropped and not k.lower().startswith("proxy-")
     ]
-    if keep_host:
-        host = logged_host(record)
-        if host:
-            out.append(("Host", host))
-    if record.client:
-        out.append(("X-Forwarded-For", record.client))
+    client = record.client
+    if client:
+        out.append(("X-Forwarded-For", client))
+        logged = {k.lower() for k, _ in record.headers}
+        if "forwarded" in logged:
+            out.append(("Forwarded", _forwarded_for(client)))
+        if "x-real-ip" in logged:
+            out.append(("X-Real-Ip", client))
     out.append(("X-Shadow-Replay", record.id))
     return out
+
+
+def _forwarded_for(client: str) -> str:
+    """``Forwarded: for=`` of an address (RFC 7239: an IPv6 one bracketed and quoted)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return 'for="{}"'.format(client.replace("\\", "\\\\").replace('"', '\\"'))
+    return f'for="[{ip}]"' if ip.version == 6 else f"for={ip}"
 
 
 def logged_host(record: RequestRecord) -> str:
@@ -82,42 +118,23 @@ def logged_host(record: RequestRecord) -> str:
 
 
 def origin_form(target: str) -> str:
-    """The logged request-target as a path and query (absolute-form loses its scheme and host)."""
+    """The logged request-target as a path and query on the target: absolute-form
+    (``http://prod/p?q``, any scheme, any case) loses its scheme and authority; anything
+    not starting with "/" gets one, so ``@evil/x`` is the path ``/@evil/x``."""
     if target.startswith("/"):
         return target
-    if target.startswith(("http://", "https://")):  # absolute-form: keep path and query only
-        rest = target.split("://", 1)[1]
-        slash = rest.find("/")
-        return rest[slash:] if slash >= 0 else "/"
+    m = _ABSOLUTE_FORM.match(target)
+    if m is not None:
+        rest = target[m.end() :]
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+        if cut < 0:
+            return "/"
+        return rest[cut:] if rest[cut] == "/" else "/" + rest[cut:]
     return "/" + target
 
 
-def target_url(base_url: str, target: str) -> URL:
-    """``base_url`` + the raw request-target, marked encoded so it goes on the wire as is."""
-    return URL(base_url.rstrip("/") + origin_form(target), encoded=True)
-
-
-def error_kind(exc: BaseException) -> str:
-    """A short, bounded name for why a request failed (used in results and metrics)."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return "timeout"
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return "tls"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
-        return "reset"
-    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
-        return "protocol"
-    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
-        return "request"
-    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
-        return "connect"
-    return "client"
-
-
 class TargetClient:
-    """One replay target (e.g. ``candidate`` at ``http://staging:8080``) with its own session."""
+    """One replay target (e.g. ``candidate`` at ``http://staging:8080``) with its own pool."""
 
     def __init__(
         self,
@@ -129,51 +146,40 @@ class TargetClient:
         concurrency: int,
         keep_host: bool = False,
         tls_verify: bool = True,
-        http_client: str = "builtin",
+        streams: StreamsConfig | None = None,
     ) -> None:
-        if http_client not in HTTP_CLIENTS:
-            raise ValueError(f"http_client must be one of {', '.join(HTTP_CLIENTS)}, got {http_client!r}")
         self.name = name
-        self.http_client = http_client
         self.concurrency = concurrency
-        self._tls_verify = tls_verify
         self.base_url = base_url
+        self._tls_verify = tls_verify
         self._timeout_seconds = timeout_seconds
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_body_bytes = max_body_bytes
-        self._concurrency = concurrency
         self._keep_host = keep_host
-        self._session: aiohttp.ClientSession | None = None
         self._pool: ConnectionPool | None = None
+        streams = streams or StreamsConfig()
+        default_bytes = min(streams.window_bytes or max_body_bytes, max_body_bytes)
+        self._window = StreamWindow(streams.window_seconds, default_bytes, streams.chunked_after_seconds)
+        self._stream_endpoints = [
+            (
+                re.compile(e.path),
+                e.method,
+                StreamWindow(
+                    e.window_seconds or streams.window_seconds,
+                    min(e.window_bytes or default_bytes, max_body_bytes),
+                    streams.chunked_after_seconds,
+                    forced=True,
+                ),
+            )
+            for e in streams.endpoints
+        ]
 
     async def start(self) -> None:
-        if self.http_client == "builtin":
-            self._pool = ConnectionPool(self.base_url, limit=self._concurrency, tls_verify=self._tls_verify)
-            return
-        # The connection limit is the target's concurrency bound: a request beyond it
-        # waits for a free connection (and is measured late), it is never dropped.
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency,
-            limit_per_host=self._concurrency,
-            ssl=True if self._tls_verify else False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=True,
-            # staging's cookies must not leak into later replays
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=False,
-        )
+        self._pool = ConnectionPool(self.base_url, limit=self.concurrency, tls_verify=self._tls_verify)
 
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def __aenter__(self) -> TargetClient:
         await self.start()
@@ -182,63 +188,38 @@ class TargetClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def prepare(self, record: RequestRecord) -> Outgoing:
+        """``record`` as this target gets it (see ``outgoing_request``)."""
+        return outgoing_request(record, keep_host=self._keep_host)
+
+    def stream_window(self, record: RequestRecord) -> StreamWindow:
+        """How ``record``'s response is read if it streams: its endpoint's window when a
+        ``[[replayer.streams.endpoints]]`` entry matches (then it is a stream from its head
+        on), else the ``[replayer.streams]`` one."""
+        for rx, method, window in self._stream_endpoints:
+            if (not method or method == record.method) and rx.search(record.path):
+                return window
+        return self._window
+
     async def send(self, record: RequestRecord) -> Response:
         """Replay ``record`` on this target. Never raises for network or HTTP failures."""
-        if self._pool is not None:
-            return await self._send_builtin(record, self._pool)
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError(f"target {self.name!r}: send() before start()")
-        ttfb: float | None = None
+        out = self.prepare(record)
         t0 = time.perf_counter()
         try:
-            url = target_url(self.base_url, record.target)
-            async with self._session.request(
-                record.method,
-                url,
-                headers=outgoing_headers(record, keep_host=self._keep_host),
-                data=record.body,
-                allow_redirects=False,
-            ) as resp:
-                ttfb = time.perf_counter() - t0
-                length = resp.content_length
-                if length is not None and length <= self._max_body_bytes and "Content-Encoding" not in resp.headers:
-                    body, truncated = await resp.read(), False  # known small and not encoded: one read
-                else:
-                    body, truncated = await _read_capped(resp.content, self._max_body_bytes)
-                latency = time.perf_counter() - t0
-                return Response(
-                    status=resp.status,
-                    headers=_headers(resp.headers.items()),
-                    body=body,
-                    truncated=truncated,
-                    latency=latency,
-                    ttfb=ttfb,
-                )
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            kind = error_kind(exc)
-            log.debug("target %s: %s %s failed: %s: %r",
-                      self.name, record.method, record.id, kind, exc)
-            return Response(status=None, latency=time.perf_counter() - t0, ttfb=ttfb, error=kind)
-
-    async def _send_builtin(self, record: RequestRecord, pool: ConnectionPool) -> Response:
-        t0 = time.perf_counter()
-        host = logged_host(record) if self._keep_host else ""  # "": the pool sends the target's
-        try:
-            async with asyncio.timeout(self._timeout_seconds):
+            async with asyncio.timeout(self._timeout_seconds) as deadline:
                 raw = await pool.request(
-                    record.method,
-                    origin_form(record.target),
-                    host,
-                    outgoing_headers(record, keep_host=False),
-                    record.body,
-                    self._max_body_bytes,
+                    out.method, out.target, out.host, out.headers, out.body, self._max_body_bytes,
+                    sent_at=t0, window=self.stream_window(record), deadline=deadline,
                 )
         except HTTPFailure as exc:
-            kind = exc.kind
+            kind, detail = exc.kind, str(exc)
         except TimeoutError:
-            kind = "timeout"
-        except (OSError, ValueError) as exc:  # not expected from the pool; still a result, not a crash
-            kind = error_kind(exc)
+            kind, detail = "timeout", f"no complete response within {self._timeout_seconds} s"
+        except OSError as exc:  # not expected from the pool; still a result, not a crash
+            kind, detail = "connect", str(exc)
         else:
             return Response(
                 status=raw.status,
@@ -247,21 +228,9 @@ class TargetClient:
                 truncated=raw.truncated,
                 latency=time.perf_counter() - t0,
                 ttfb=raw.ttfb - t0,
+                timeline=raw.timeline,
+                stream=raw.stream,
+                stream_window_reached=raw.window_reached,
             )
-        log.debug("target %s: %s %s failed: %s", self.name, record.method, record.id, kind)
+        log.debug("target %s: %s %s failed: %s: %s", self.name, record.method, record.id, kind, detail)
         return Response(status=None, latency=time.perf_counter() - t0, error=kind)
-
-
-async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> tuple[bytes, bool]:
-    buf = bytearray()
-    while len(buf) <= cap:
-        chunk = await stream.read(min(_READ_CHUNK, cap + 1 - len(buf)))
-        if not chunk:
-            return bytes(buf), False
-        buf += chunk
-    # One byte past the cap proves there is more; the connection is dropped, not drained.
-    return bytes(buf[:cap]), True
-
-
-def _headers(items: Iterable[tuple[str, str]]) -> Headers:
-    return tuple((k, v) for k, v in items)

@@ -41,7 +41,7 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
     g.add_argument("--keep-host", action="store_true", default=None, help="send the logged Host header")
     g.add_argument("--insecure", action="store_true", help="do not verify the targets' TLS certificates")
     g.add_argument("--http-client", choices=configmod.HTTP_CLIENTS,
-                   help="HTTP client: builtin (default; lean HTTP/1.1, about 3x cheaper per request) or aiohttp")
+                   help="HTTP client: builtin, the only one (aiohttp's was removed: see docs/http-client.md)")
     g.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
                    help="run on uvloop (the default when it is installed); --no-uvloop: asyncio's loop")
     if workers:

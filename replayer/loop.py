@@ -118,7 +118,7 @@ def build_targets(config: ReplayerConfig) -> dict[str, TargetClient]:
             concurrency=opts.concurrency or config.concurrency,
             keep_host=config.keep_host,
             tls_verify=opts.tls_verify,
-            http_client=config.http_client,
+            streams=config.streams,
         )
     return out
 

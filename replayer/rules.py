@@ -2,8 +2,9 @@
 
 Pure code (no asyncio, no I/O). ``Rules.apply`` returns the record to send (rewritten)
 or None when a filter dropped it, plus the label of every rule that acted, so the loop
-can count each rule in a metric. Safety rewrites that are not configurable (hop-by-hop
-headers, X-Forwarded-For, X-Shadow-Replay, Host) happen later, in ``client.py``.
+can count each rule in a metric. The method allow-list is checked here (``Rules``); the
+safety rewrites that are not configurable (hop-by-hop headers, client-address headers,
+X-Shadow-Replay, Host, the target's form) happen later, in ``client.outgoing_request``.
 
 Rule kinds (one ``[[replayer.rules]]`` table each):
 
@@ -154,7 +155,13 @@ def _step(rule: ReplayRule, where: str) -> Step:  # noqa: C901 - one branch per 
 
 
 class Rules:
-    """The method allow-list, then the configured rules in order."""
+    """The method allow-list, then the configured rules in order.
+
+    The allow-list is written in any case (``get`` means GET) and a record is sent only if
+    its method is spelled exactly as an allowed one: methods are case-sensitive on the
+    wire (RFC 9110 §9.1), so a logged ``get`` is not a GET. It is dropped (reason
+    ``methods``), neither sent lowercase past a list that did not name it, nor sent as a
+    GET that production never received."""
 
     def __init__(self, methods: Sequence[str], rules: Sequence[ReplayRule]) -> None:
         self.methods = frozenset(m.upper() for m in methods)
@@ -167,7 +174,7 @@ class Rules:
 
     def apply(self, record: RequestRecord) -> Outcome:
         """Filter and rewrite ``record``; see ``Outcome``."""
-        if record.method.upper() not in self.methods:
+        if record.method not in self.methods:
             return Outcome(None, ("methods",), "methods")
         if not self._steps:
             return Outcome(record, ())

@@ -156,8 +156,34 @@ class ReplayTargets:
     secondary: TargetOptions = field(default_factory=TargetOptions)
 
 
-# The replayer's HTTP clients: builtin is replayer/http1.py, aiohttp is aiohttp's client.
-HTTP_CLIENTS = ("builtin", "aiohttp")
+# The replayer's HTTP clients: builtin is replayer/http1.py. aiohttp's client was removed:
+# it read malformed responses differently from the built-in one (docs/http-client.md).
+HTTP_CLIENTS = ("builtin",)
+
+
+@dataclass(frozen=True)
+class StreamEndpoint:
+    """``[[replayer.streams.endpoints]]``: requests whose responses stream (read as a
+    stream from their head on, within this window)."""
+
+    path: str = ""  # regex searched in the request path (required)
+    method: str = ""  # empty: any method
+    window_seconds: float = 0.0  # 0: [replayer.streams] window_seconds
+    window_bytes: int = 0  # 0: [replayer.streams] window_bytes
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """``[replayer.streams]``: how streaming responses are read (docs/streaming.md). A
+    response is a stream when its endpoint is listed, its Content-Type is
+    text/event-stream, or its chunked (or close-delimited) body is still arriving
+    ``chunked_after_seconds`` after the send; it is read until ``window_seconds`` after the
+    send or ``window_bytes`` of body, then closed ("stream window reached", not an error)."""
+
+    window_seconds: float = 10.0
+    window_bytes: int = 0  # 0: replayer.max_body_bytes
+    chunked_after_seconds: float = 1.0  # 0: only listed endpoints and event streams are streams
+    endpoints: tuple[StreamEndpoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +218,7 @@ class ReplayerConfig:
     workers: int = 1
     rules: tuple[ReplayRule, ...] = ()
     targets: ReplayTargets = field(default_factory=ReplayTargets)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
 
 
 @dataclass(frozen=True)
@@ -430,8 +457,12 @@ def _validate_replayer(r: ReplayerConfig) -> None:
             raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
     if r.late_policy not in ("send", "drop"):
         raise ConfigError(f"replayer.late_policy: send or drop, got {r.late_policy!r}")
+    if r.http_client == "aiohttp":
+        raise ConfigError("replayer.http_client: the aiohttp client was removed (it read malformed responses "
+                          "differently from the built-in one); use builtin, or remove the key")
     if r.http_client not in HTTP_CLIENTS:
         raise ConfigError(f"replayer.http_client: {' or '.join(HTTP_CLIENTS)}, got {r.http_client!r}")
+    _validate_streams(r.streams, r.max_body_bytes)
     if r.anchor not in ("auto", "bus", "local"):
         raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
     for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds"):
@@ -449,6 +480,29 @@ def _validate_replayer(r: ReplayerConfig) -> None:
                 re.compile(rule.pattern)
             except re.error as exc:
                 raise ConfigError(f"replayer.rules[{i}].pattern: not a valid regex: {exc}") from exc
+
+
+def _validate_streams(s: StreamsConfig, max_body_bytes: int) -> None:
+    key = "replayer.streams"
+    if not s.window_seconds > 0:
+        raise ConfigError(f"{key}.window_seconds: must be > 0")
+    if s.chunked_after_seconds < 0:
+        raise ConfigError(f"{key}.chunked_after_seconds: must be >= 0")
+    for i, e in enumerate(s.endpoints):
+        where = f"{key}.endpoints[{i}]"
+        if not e.path:
+            raise ConfigError(f"{where}.path: a regex of the paths that stream is required")
+        try:
+            re.compile(e.path)
+        except re.error as exc:
+            raise ConfigError(f"{where}.path: not a valid regex: {exc}") from exc
+        if e.window_seconds < 0:
+            raise ConfigError(f"{where}.window_seconds: must be >= 0")
+    for where, size in ((key, s.window_bytes),) + tuple(
+        (f"{key}.endpoints[{i}]", e.window_bytes) for i, e in enumerate(s.endpoints)
+    ):
+        if not 0 <= size <= max_body_bytes:
+            raise ConfigError(f"{where}.window_bytes: must be within 0..replayer.max_body_bytes ({max_body_bytes})")
 
 
 def _validate_comparer(c: ComparerConfig) -> None:

@@ -135,9 +135,21 @@ class RequestRecord:
         )
 
 
+Timeline = tuple[tuple[float, int], ...]
+MAX_TIMELINE_POINTS = 1024  # what a decoder accepts; the replayer writes at most 64
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
-    """What one target answered to a replayed request (or why it did not)."""
+    """What one target answered to a replayed request (or why it did not).
+
+    ``timeline``: when the body arrived, as (seconds since the request was sent, body
+    bytes received so far) points in time order, the bytes counted off the wire (after
+    de-chunking, before Content-Encoding is decoded); bounded, first and last arrivals
+    kept (see docs/streaming.md). ``stream``: the response was read as a stream;
+    ``stream_window_reached``: its window (seconds or bytes) closed it, which is neither an
+    error nor a timeout. The three are new in schema 1 and written only when set: results
+    without them decode as before."""
 
     status: int | None = None
     headers: Headers = ()
@@ -146,6 +158,9 @@ class Response:
     latency: float | None = None
     ttfb: float | None = None
     error: str | None = None
+    timeline: Timeline = ()
+    stream: bool = False
+    stream_window_reached: bool = False
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -155,7 +170,7 @@ class Response:
         return None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "headers": [[k, v] for k, v in self.headers],
             "body": _b64(self.body),
@@ -164,6 +179,13 @@ class Response:
             "ttfb": self.ttfb,
             "error": self.error,
         }
+        if self.timeline:
+            out["timeline"] = [[t, n] for t, n in self.timeline]
+        if self.stream:
+            out["stream"] = True
+        if self.stream_window_reached:
+            out["stream_window_reached"] = True
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any) -> Response:
@@ -177,6 +199,9 @@ class Response:
             latency=_opt_float(obj, "latency"),
             ttfb=_opt_float(obj, "ttfb"),
             error=_opt(obj, "error", str),
+            timeline=_timeline(obj.get("timeline")),
+            stream=bool(obj.get("stream", False)),
+            stream_window_reached=bool(obj.get("stream_window_reached", False)),
         )
 
 
@@ -356,6 +381,26 @@ def _headers(value: Any) -> Headers:
         ):
             raise RecordError("headers must be a list of [name, value] string pairs")
         out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def _timeline(value: Any) -> Timeline:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TIMELINE_POINTS:
+        raise RecordError(f"timeline must be a list of at most {MAX_TIMELINE_POINTS} [seconds, bytes] pairs")
+    out = []
+    for point in value:
+        if (
+            not isinstance(point, list)
+            or len(point) != 2
+            or isinstance(point[0], bool)
+            or not isinstance(point[0], (int, float))
+            or isinstance(point[1], bool)
+            or not isinstance(point[1], int)
+        ):
+            raise RecordError("timeline must be a list of [seconds, bytes] pairs")
+        out.append((float(point[0]), point[1]))
     return tuple(out)
 
 

@@ -16,7 +16,7 @@ import brotli
 import pytest
 from aiohttp import web
 
-from replayer.client import TargetClient, outgoing_headers, target_url
+from replayer.client import TargetClient, origin_form, outgoing_headers, outgoing_request
 from shadowreplay.record import RequestRecord
 from tls_certs import SERVER_EXT, issue, require_openssl
 
@@ -35,6 +35,7 @@ class Seen:
 class Backend:
     url: str
     seen: list[Seen] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown: /slow answers then
 
 
 async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse:
@@ -49,8 +50,8 @@ async def _handler(request: web.Request, backend: Backend) -> web.StreamResponse
     path = request.path
     if path == "/big":
         return web.Response(body=BIG, content_type="application/octet-stream")
-    if path == "/slow":
-        await asyncio.sleep(2.0)
+    if path == "/slow":  # answers only when the test is over (the client has timed out by then)
+        await backend.release.wait()
         return web.Response(text="late")
     if path == "/slowbody":
         resp = web.StreamResponse()
@@ -94,17 +95,12 @@ async def backend() -> AsyncIterator[Backend]:
     host, port = runner.addresses[0][:2]
     state.url = f"http://{host}:{port}"
     yield state
+    state.release.set()
     await runner.cleanup()
 
 
-@pytest.fixture(params=["builtin", "aiohttp"])
-def http_client(request: pytest.FixtureRequest) -> str:
-    """Every TargetClient test runs with both HTTP clients: they must behave the same."""
-    return str(request.param)
-
-
-def _client(http_client: str, url: str, **kw: object) -> TargetClient:
-    opts: dict = {"timeout_seconds": 5.0, "max_body_bytes": 1 << 20, "concurrency": 8, "http_client": http_client}
+def _client(url: str, **kw: object) -> TargetClient:
+    opts: dict = {"timeout_seconds": 5.0, "max_body_bytes": 1 << 20, "concurrency": 8}
     opts.update(kw)
     return TargetClient("candidate", url, **opts)
 
@@ -135,7 +131,7 @@ HOSTILE_HEADERS = (
 
 def test_outgoing_headers_rewrites() -> None:
     rec = _rec(id="abc", host="prod.example.com", headers=HOSTILE_HEADERS, client="10.1.2.3")
-    out = outgoing_headers(rec, keep_host=False)
+    out = outgoing_headers(rec)
     assert out == [
         ("X-Multi", "1"),
         ("Accept", "application/json"),
@@ -143,34 +139,48 @@ def test_outgoing_headers_rewrites() -> None:
         ("X-Forwarded-For", "10.1.2.3"),
         ("X-Shadow-Replay", "abc"),
     ]
-    kept = outgoing_headers(rec, keep_host=True)
-    assert ("Host", "prod.example.com") in kept
-    assert [k for k, _ in kept].count("Host") == 1
+    assert outgoing_request(rec, keep_host=True).host == "prod.example.com"
+    assert outgoing_request(rec, keep_host=False).host == ""  # the target's own
 
 
 def test_outgoing_headers_without_client_drops_forwarded_for() -> None:
-    rec = _rec(id="x", headers=(("X-Forwarded-For", "1.1.1.1"), ("Host", "h.example")))
-    out = outgoing_headers(rec, keep_host=True)
-    assert out == [("Host", "h.example"), ("X-Shadow-Replay", "x")]  # Host falls back to the header
+    rec = _rec(id="x", headers=(("X-Forwarded-For", "1.1.1.1"), ("Forwarded", "for=1.1.1.1"),
+                                ("X-Real-Ip", "1.1.1.1"), ("Host", "h.example")))
+    assert outgoing_headers(rec) == [("X-Shadow-Replay", "x")]
+    assert outgoing_request(rec, keep_host=True).host == "h.example"  # Host falls back to the header
 
 
 @pytest.mark.parametrize(
-    ("base", "target", "expected"),
+    ("client", "forwarded"), [("10.1.2.3", "for=10.1.2.3"), ("2001:db8::1", 'for="[2001:db8::1]"')]
+)
+def test_client_address_headers_carry_the_trusted_address(client: str, forwarded: str) -> None:
+    rec = _rec(id="x", client=client, headers=(("Forwarded", "for=6.6.6.6;host=evil"), ("x-real-ip", "6.6.6.6"),
+                                               ("X-Forwarded-For", "6.6.6.6")))
+    assert outgoing_headers(rec) == [("X-Forwarded-For", client), ("Forwarded", forwarded), ("X-Real-Ip", client),
+                                     ("X-Shadow-Replay", "x")]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
     [
-        ("http://s:8080", "/a?b=1", "http://s:8080/a?b=1"),
-        ("http://s:8080/", "/a", "http://s:8080/a"),
-        ("http://s:8080/prefix/", "/a%2Fb?x=%20", "http://s:8080/prefix/a%2Fb?x=%20"),
-        ("http://s", "http://prod.example/p?q=1", "http://s/p?q=1"),
-        ("http://s", "*", "http://s/*"),
+        ("/a?b=1", "/a?b=1"),
+        ("/a%2Fb?x=%20", "/a%2Fb?x=%20"),
+        ("http://prod.example/p?q=1", "/p?q=1"),
+        ("HTTPS://user@prod.example:8443", "/"),
+        ("http://prod.example?q=1", "/?q=1"),
+        ("*", "/*"),
+        ("@127.0.0.1:9/x", "/@127.0.0.1:9/x"),
+        ("//evil.example/x", "//evil.example/x"),
+        ("evil.example:443", "/evil.example:443"),
     ],
 )
-def test_target_url(base: str, target: str, expected: str) -> None:
-    assert str(target_url(base, target)) == expected
+def test_origin_form_never_names_a_host(target: str, expected: str) -> None:
+    assert origin_form(target) == expected
 
 
-async def test_headers_on_the_wire(backend: Backend, http_client: str) -> None:
+async def test_headers_on_the_wire(backend: Backend) -> None:
     rec = _rec(id="rid-7", host="prod.example.com", headers=HOSTILE_HEADERS, client="10.1.2.3")
-    async with _client(http_client, backend.url) as client:
+    async with _client(backend.url) as client:
         resp = await client.send(rec)
     assert resp.status == 200 and resp.error is None
     (seen,) = backend.seen
@@ -189,9 +199,9 @@ async def test_headers_on_the_wire(backend: Backend, http_client: str) -> None:
     assert "content-length" not in got or got["content-length"] == ["0"]
 
 
-async def test_keep_host(backend: Backend, http_client: str) -> None:
+async def test_keep_host(backend: Backend) -> None:
     rec = _rec(host="prod.example.com", headers=(("Host", "other.example"),))
-    async with _client(http_client, backend.url, keep_host=True) as client:
+    async with _client(backend.url, keep_host=True) as client:
         await client.send(rec)
     hosts = [v for k, v in backend.seen[0].headers if k.lower() == "host"]
     assert hosts == ["prod.example.com"]
@@ -205,24 +215,24 @@ async def test_keep_host(backend: Backend, http_client: str) -> None:
         "/unicode/%E2%9C%93?k=%E2%9C%93&k=v",
     ],
 )
-async def test_raw_target_is_sent_exactly(backend: Backend, target: str, http_client: str) -> None:
-    async with _client(http_client, backend.url) as client:
+async def test_raw_target_is_sent_exactly(backend: Backend, target: str) -> None:
+    async with _client(backend.url) as client:
         resp = await client.send(_rec(target))
     assert resp.status == 200
     assert backend.seen[0].raw_path == target
 
 
-async def test_base_url_path_prefix(backend: Backend, http_client: str) -> None:
-    async with _client(http_client, backend.url + "/v2/") as client:
+async def test_base_url_path_prefix(backend: Backend) -> None:
+    async with _client(backend.url + "/v2/") as client:
         await client.send(_rec("/items?b=1&a=2"))
     assert backend.seen[0].raw_path == "/v2/items?b=1&a=2"
 
 
-async def test_body_sent_exactly_with_recomputed_length(backend: Backend, http_client: str) -> None:
+async def test_body_sent_exactly_with_recomputed_length(backend: Backend) -> None:
     body = bytes(range(256)) * 3
     headers = (("Content-Length", "5"), ("Content-Type", "x/y"))
     rec = _rec("/upload", method="POST", body=body, headers=headers)
-    async with _client(http_client, backend.url) as client:
+    async with _client(backend.url) as client:
         resp = await client.send(rec)
     assert resp.status == 200
     seen = backend.seen[0]
@@ -243,8 +253,8 @@ async def test_body_sent_exactly_with_recomputed_length(backend: Backend, http_c
 )
 async def test_body_is_capped(
     backend: Backend, cap: int, expected_len: int, truncated: bool
-, http_client: str) -> None:
-    async with _client(http_client, backend.url, max_body_bytes=cap) as client:
+) -> None:
+    async with _client(backend.url, max_body_bytes=cap) as client:
         resp = await client.send(_rec("/big"))
         again = await client.send(_rec("/"))  # the client stays usable after a truncated read
     assert resp.status == 200
@@ -253,8 +263,8 @@ async def test_body_is_capped(
     assert again.status == 200 and again.body == b"ok"[:cap]
 
 
-async def test_ttfb_before_latency(backend: Backend, http_client: str) -> None:
-    async with _client(http_client, backend.url) as client:
+async def test_ttfb_before_latency(backend: Backend) -> None:
+    async with _client(backend.url) as client:
         resp = await client.send(_rec("/slowbody"))
     assert resp.status == 200 and resp.body == b"x" * 10
     assert resp.ttfb is not None and resp.latency is not None
@@ -262,8 +272,8 @@ async def test_ttfb_before_latency(backend: Backend, http_client: str) -> None:
     assert resp.latency - resp.ttfb >= 0.1
 
 
-async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend, http_client: str) -> None:
-    async with _client(http_client, backend.url) as client:
+async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend) -> None:
+    async with _client(backend.url) as client:
         resp = await client.send(_rec("/cookie"))
         await client.send(_rec("/after"))
     assert resp.status == 201
@@ -272,19 +282,19 @@ async def test_response_headers_repeat_and_cookies_do_not_stick(backend: Backend
     assert not [v for k, v in backend.seen[1].headers if k.lower() == "cookie"]
 
 
-async def test_timeout_is_an_error_response(backend: Backend, http_client: str) -> None:
-    async with _client(http_client, backend.url, timeout_seconds=0.2) as client:
+async def test_timeout_is_an_error_response(backend: Backend) -> None:
+    async with _client(backend.url, timeout_seconds=0.2) as client:
         resp = await client.send(_rec("/slow"))
     assert resp.status is None
     assert resp.error == "timeout"
     assert resp.latency is not None and 0.15 < resp.latency < 1.5
 
 
-async def test_connect_refused_is_an_error_response(http_client: str) -> None:
+async def test_connect_refused_is_an_error_response() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with _client(http_client, f"http://127.0.0.1:{port}") as client:
+    async with _client(f"http://127.0.0.1:{port}") as client:
         resp = await client.send(_rec("/"))
     assert resp.status is None and resp.error == "connect"
 
@@ -304,10 +314,10 @@ async def _raw_server(reply: bytes) -> tuple[asyncio.Server, str]:
 @pytest.mark.parametrize(
     ("reply", "kind"), [(b"", "reset"), (b"NOT HTTP AT ALL\r\n\r\n", "protocol")]
 )
-async def test_broken_peer_is_an_error_response(reply: bytes, kind: str, http_client: str) -> None:
+async def test_broken_peer_is_an_error_response(reply: bytes, kind: str) -> None:
     server, url = await _raw_server(reply)
     try:
-        async with _client(http_client, url) as client:
+        async with _client(url) as client:
             resp = await client.send(_rec("/"))
     finally:
         server.close()
@@ -317,10 +327,10 @@ async def test_broken_peer_is_an_error_response(reply: bytes, kind: str, http_cl
 
 
 @pytest.mark.parametrize("path", ["/gzip", "/deflate", "/br", "/chunked"])
-async def test_encoded_and_chunked_bodies_are_decoded_and_capped(backend: Backend, http_client: str, path: str) -> None:
-    async with _client(http_client, backend.url) as client:
+async def test_encoded_and_chunked_bodies_are_decoded_and_capped(backend: Backend, path: str) -> None:
+    async with _client(backend.url) as client:
         whole = await client.send(_rec(path))
-    async with _client(http_client, backend.url, max_body_bytes=1000) as client:
+    async with _client(backend.url, max_body_bytes=1000) as client:
         capped = await client.send(_rec(path))
         again = await client.send(_rec("/"))
     assert (whole.status, whole.body, whole.truncated) == (200, BIG, False)
@@ -330,8 +340,8 @@ async def test_encoded_and_chunked_bodies_are_decoded_and_capped(backend: Backen
         assert whole.header("Content-Encoding") == path[1:]  # headers are kept as received
 
 
-async def test_head_and_empty_post(backend: Backend, http_client: str) -> None:
-    async with _client(http_client, backend.url) as client:
+async def test_head_and_empty_post(backend: Backend) -> None:
+    async with _client(backend.url) as client:
         head = await client.send(_rec("/big", method="HEAD"))
         post = await client.send(_rec("/p", method="POST", body=b""))
         after = await client.send(_rec("/"))
@@ -341,9 +351,9 @@ async def test_head_and_empty_post(backend: Backend, http_client: str) -> None:
     assert after.body == b"ok"
 
 
-async def test_header_that_would_inject_is_a_request_error(backend: Backend, http_client: str) -> None:
+async def test_header_that_would_inject_is_a_request_error(backend: Backend) -> None:
     rec = _rec(headers=(("X-A", "1\r\nX-Injected: yes"),))
-    async with _client(http_client, backend.url) as client:
+    async with _client(backend.url) as client:
         resp = await client.send(rec)
         after = await client.send(_rec("/"))
     assert resp.status is None and resp.error == "request"
@@ -362,7 +372,7 @@ def untrusted_server_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("verify", [True, False])
-async def test_tls_target(untrusted_server_cert: Path, http_client: str, verify: bool) -> None:
+async def test_tls_target(untrusted_server_cert: Path, verify: bool) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(untrusted_server_cert / "server.pem"), str(untrusted_server_cert / "server.key"))
     app = web.Application()
@@ -377,7 +387,7 @@ async def test_tls_target(untrusted_server_cert: Path, http_client: str, verify:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        async with _client(http_client, f"https://127.0.0.1:{port}", tls_verify=verify) as client:
+        async with _client(f"https://127.0.0.1:{port}", tls_verify=verify) as client:
             resp = await client.send(_rec("/"))
             again = await client.send(_rec("/"))
     finally:

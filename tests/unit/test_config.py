@@ -33,6 +33,14 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
         ("[replayer]\ncandidate = 'http://'\n", "replayer.candidate"),
         ("[replayer]\nbaseline = 'http://[::1'\n", "replayer.baseline"),
         ("[replayer]\nhttp_client = 'curl'\n", "replayer.http_client"),
+        ("[replayer]\nhttp_client = 'aiohttp'\n", "replayer.http_client"),
+        ("[replayer.streams]\nwindow_seconds = 0\n", "replayer.streams.window_seconds"),
+        ("[replayer.streams]\nchunked_after_seconds = -1\n", "replayer.streams.chunked_after_seconds"),
+        ("[replayer.streams]\nwindow_bytes = 99999999\n", "replayer.streams.window_bytes"),
+        ("[[replayer.streams.endpoints]]\nmethod = 'GET'\n", "replayer.streams.endpoints[0].path"),
+        ("[[replayer.streams.endpoints]]\npath = '(('\n", "replayer.streams.endpoints[0].path"),
+        ("[[replayer.streams.endpoints]]\npath = '/x'\nwindow_bytes = -1\n", "replayer.streams.endpoints[0].window_bytes"),
+        ("[[replayer.streams.endpoints]]\npath = '/x'\nwindw_seconds = 1\n", "replayer.streams.endpoints[0].windw_seconds"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -160,3 +160,23 @@ def test_lenient_forms_decode_as_before(mutate: object) -> None:
     if rec.origin is not None and rec.origin.duration is not None:
         assert type(rec.origin.duration) is float
     assert decode_request(encode_request(rec)) == rec
+
+
+def test_response_stream_fields_round_trip_and_old_results_decode() -> None:
+    streamed = Response(status=200, body=b"data: 1\n\n", latency=1.0, ttfb=0.01,
+                        timeline=((0.01, 9), (0.5, 18)), stream=True, stream_window_reached=True)
+    wire = orjson.loads(orjson.dumps(streamed.to_wire()))
+    assert wire["timeline"] == [[0.01, 9], [0.5, 18]]
+    assert wire["stream"] is True and wire["stream_window_reached"] is True
+    assert Response.from_wire(wire) == streamed
+    plain = Response(status=200, body=b"x").to_wire()
+    assert not {"timeline", "stream", "stream_window_reached"} & set(plain)  # written only when set
+    old = {"status": 200, "headers": [], "body": None, "truncated": False, "latency": 0.1, "ttfb": 0.05, "error": None}
+    decoded = Response.from_wire(old)
+    assert (decoded.timeline, decoded.stream, decoded.stream_window_reached) == ((), False, False)
+
+
+@pytest.mark.parametrize("timeline", ["x", [[1.0]], [["a", 1]], [[1.0, 2.5]], [[True, 1]], [[0.1, 1]] * 1025])
+def test_bad_timelines_are_record_errors(timeline: object) -> None:
+    with pytest.raises(RecordError, match="timeline"):
+        Response.from_wire({"status": 200, "timeline": timeline})

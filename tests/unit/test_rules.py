@@ -16,10 +16,20 @@ def _rec(target: str = "/a", method: str = "GET", client: str | None = "10.0.0.1
 
 def test_methods_allow_list_defaults_to_safe_ones() -> None:
     rules = Rules(("GET", "HEAD", "OPTIONS"), ())
-    assert rules.apply(_rec(method="get")).record is not None
+    assert rules.apply(_rec(method="GET")).record is not None
     out = rules.apply(_rec(method="POST"))
     assert out.record is None and out.dropped_by == "methods" and out.acted == ("methods",)
     assert Rules(("GET", "POST"), ()).apply(_rec(method="POST")).record is not None
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "hEAD", "delete", "post"])
+def test_a_method_spelled_otherwise_than_allowed_is_dropped(method: str) -> None:
+    """Methods are case-sensitive on the wire: a logged "get" is not a GET. The list is
+    matched whatever its own case, and a record goes out only as an allowed method."""
+    for allowed in (("GET", "HEAD", "DELETE", "POST"), ("get", "head", "delete", "post")):
+        out = Rules(allowed, ()).apply(_rec(method=method))
+        assert out.record is None and out.dropped_by == "methods"
+    assert Rules(("get",), ()).apply(_rec(method="GET")).record is not None
 
 
 def test_path_include_exclude_in_order() -> None:
