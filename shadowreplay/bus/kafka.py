@@ -41,7 +41,7 @@ from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from shadowreplay.bus.base import Message, next_positions
+from shadowreplay.bus.base import Message, PartitionLag, next_positions
 from shadowreplay.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,24 @@ class KafkaBusConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         # No lock: a read of kafka-python's subscription state, which it guards itself.
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def lag(self) -> list[PartitionLag]:
+        """The group's committed offset (one request per partition to the coordinator)
+        and the end offset (one request to the leaders) of each partition this member owns.
+        The end is at least the highwater mark the last fetch reported: a broker that
+        answers end offsets with the last batch's base (Tansu) would otherwise hide that
+        batch's lag."""
+        with self._lock, _boundary("lag"):
+            tps = sorted(self._consumer.assignment())
+            if not tps:
+                return []
+            ends = self._consumer.end_offsets(tps, timeout_ms=self._timeout_ms)
+            out = []
+            for tp in tps:
+                committed = self._consumer.committed(tp, timeout_ms=self._timeout_ms) or 0
+                end = max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0)
+                out.append(PartitionLag(tp.topic, tp.partition, committed, end))
+            return out
 
     def close(self) -> None:
         with self._lock:
