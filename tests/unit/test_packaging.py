@@ -196,3 +196,24 @@ def test_license_is_the_apache_2_0_text(pyproject: dict[str, Any]) -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 11000
+
+
+def test_the_documented_host_install_makes_what_the_systemd_units_run() -> None:
+    docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    block = re.search(r"## Installing on a host for the systemd units.*?```sh\n(.*?)```", docs, re.S)
+    assert block, "docs/operations.md lost its install commands"
+    commands = block.group(1)
+    assert "python3 -m venv /opt/shadowreplay/.venv\n" in commands
+    written = re.search(r"shadowreplay deploy write (\S+)", commands)
+    assert written
+    copied = re.search(r"sudo cp (\S+)/\*\.service /etc/systemd/system/", commands)
+    assert copied and copied.group(1) == f"{written.group(1)}/deploy/systemd"
+    for unit in sorted((DASHBOARDS / "deploy" / "systemd").glob("*.service")):
+        text = unit.read_text(encoding="utf-8")
+        exec_start = re.search(r"^ExecStart=(\S+) \w+ --config (\S+)", text, re.M)
+        assert exec_start, unit
+        assert exec_start.group(1) == "/opt/shadowreplay/.venv/bin/shadowreplay", unit
+        assert "shadowreplay.toml" in exec_start.group(2) and exec_start.group(2) in commands, unit
+        env_file = re.search(r"^EnvironmentFile=-?(\S+)$", text, re.M)
+        assert env_file and env_file.group(1) in commands, unit
+        assert unit.stem in commands.split("enable --now", 1)[1], f"{unit.stem} is not enabled"
