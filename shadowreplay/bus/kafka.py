@@ -362,18 +362,21 @@ class KafkaBusConsumer:
         and the end offset (one request to the leaders) of each partition this member owns.
         The end is at least the highwater mark the last fetch reported: a broker that
         answers end offsets with the last batch's base (Tansu) would otherwise hide that
-        batch's lag."""
+        batch's lag. A partition the group never committed counts from its first offset
+        still on the broker (retention may have deleted the ones before)."""
         with self._lock, _boundary("lag"):
             tps = sorted(self._consumer.assignment())
             if not tps:
                 return []
             ends = self._consumer.end_offsets(tps, timeout_ms=self._timeout_ms)
-            out = []
-            for tp in tps:
-                committed = self._consumer.committed(tp, timeout_ms=self._timeout_ms) or 0
-                end = max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0)
-                out.append(PartitionLag(tp.topic, tp.partition, committed, end))
-            return out
+            committed = {tp: self._consumer.committed(tp, timeout_ms=self._timeout_ms) for tp in tps}
+            never = [tp for tp, offset in committed.items() if offset is None]
+            starts = self._consumer.beginning_offsets(never, timeout_ms=self._timeout_ms) if never else {}
+            return [
+                PartitionLag(tp.topic, tp.partition, committed[tp] if committed[tp] is not None else starts.get(tp, 0),
+                             max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0))
+                for tp in tps
+            ]
 
     def close(self) -> None:
         with self._lock:
