@@ -19,6 +19,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+#: Reasons exported at 0 from the start, so the dashboard's rejected panel reads 0, not
+#: "No data", on a healthy pipeline. A reason not listed is still counted when it occurs.
+REJECT_REASONS = (
+    "bad_time", "bad_record", "bad_entry", "bad_blob", "bad_frame", "bad_tag", "bad_option",
+    "chunk_too_large", "decompressed_too_large", "bad_gzip", "unsupported_compression", "not_logs",
+    "missing_method", "missing_target", "bad_time_field", "bad_encoding",
+)
+DECODE_ERROR_REASONS = ("msgpack", "chunk_too_large", "truncated")
+REFUSAL_REASONS = ("max_connections", "not_allowed")
+
 # PONG failure reason (Fluentd's wording) → metric label.
 AUTH_REASONS = {
     "invalid ping message": "invalid_ping",
@@ -111,3 +121,9 @@ class CollectorMetrics:
             "Bytes read from clients.",
             registry=registry,
         )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for reason in DECODE_ERROR_REASONS:
+            self.decode_errors.labels(reason)
+        for reason in REFUSAL_REASONS:
+            self.connections_refused.labels(reason)

@@ -40,6 +40,8 @@ TARGETS = frozenset({"candidate", "baseline", "secondary"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RATIO_BUCKETS = (0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
+#: The comparer group's consumer lag (records, seconds), exported by shadowreplay.lag.
+CONSUMER_LAG = ("shadow_compare_consumer_lag_records", "shadow_compare_consumer_lag_seconds")
 
 
 class EndpointLimiter:

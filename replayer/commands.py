@@ -9,12 +9,16 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
 from shadowreplay import config as configmod
 from shadowreplay.config import Config
 from shadowreplay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from replayer.workers import ChildMetrics
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,10 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
 
 
 def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
-    """``replay start``: set the group's shared schedule anchor on the bus."""
-    sub = replay.add_subparsers(dest="replay_command", metavar="SUBCOMMAND")
+    """``replay start``: set the group's shared schedule anchor on the bus. Optional: plain
+    ``replay`` runs the replayer, so the usage line shows both forms, neither required."""
+    replay.usage = "%(prog)s [options]\n       %(prog)s start [options]   (see `%(prog)s start --help`)"
+    sub = replay.add_subparsers(dest="replay_command", metavar="start", title="optional subcommand")
     start = sub.add_parser(
         "start",
         help="set the group's schedule anchor on the bus (shared by all its replayers)",
@@ -63,10 +69,10 @@ def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
             "so several processes on several machines keep one schedule."
         ),
     )
-    start.add_argument("--config", metavar="FILE")
-    start.add_argument("--bus", metavar="URL")
+    start.add_argument("--config", metavar="FILE", help="TOML config file (bus.url, replayer.group, speed ...)")
+    start.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
     start.add_argument("--group", metavar="NAME", help="replayer consumer group (default shadow-replayer)")
-    start.add_argument("--speed", type=float, metavar="N")
+    start.add_argument("--speed", type=float, metavar="N", help="replay speed recorded with the anchor (default 1)")
     start.add_argument("--rate", type=float, metavar="R", help="recorded with the anchor (informational)")
     start.add_argument("--from", metavar="TIME", dest="window_from",
                        help="log time of the anchor (default: the earliest record the group has next)")
@@ -135,7 +141,9 @@ def wants_dispatch(args: argparse.Namespace) -> bool:
     )
 
 
-def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str],
+             metrics: ChildMetrics | None = None) -> int:
+    """``replay start``, or ``replay --workers N`` (children serving /metrics as ``metrics`` says)."""
     from shadowreplay.bus import open_bus
 
     if args.replay_command == "start":
@@ -155,4 +163,4 @@ def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 0
     from replayer.workers import run_workers
 
-    return run_workers(cfg, list(argv))
+    return run_workers(cfg, list(argv), metrics)

@@ -15,12 +15,26 @@ LAG_BUCKETS = (
 RESPONSE_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+#: Error kinds of a request that got no status (replayer/client.py's error_kind and
+#: http1's HTTPFailure kinds), exported at 0 per target from the start. A kind not
+#: listed here is still counted; it appears on its first occurrence.
+ERROR_KINDS = ("connect", "timeout", "reset", "tls", "protocol", "request", "client")
+#: Why a consumed record was not replayed (replayer/loop.py), exported at 0 from the start.
+SKIP_REASONS = ("bad_record", "outside_window", "method_not_allowed", "sampled_out", "filtered")
+#: The replayer group's consumer lag (records, seconds), exported by shadowreplay.lag.
+CONSUMER_LAG = ("shadow_replay_consumer_lag_records", "shadow_replay_consumer_lag_seconds")
+#: The parent of ``replay --workers N``: children it runs, and children whose /metrics it read.
+WORKERS = ("shadow_replay_workers_expected", "shadow_replay_workers_up")
 
 
 class ReplayerMetrics:
-    """Counters, gauges and histograms of one replayer. Labels: target, outcome, reason."""
+    """Counters, gauges and histograms of one replayer. Labels: target, outcome, reason.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``targets`` (the configured ones: candidate, baseline, secondary) get their request,
+    error and truncation counters exported at 0 from the start, as do the skip reasons,
+    so a dashboard panel shows 0, not "No data", on a healthy replay."""
+
+    def __init__(self, registry: CollectorRegistry, targets: tuple[str, ...] = ()) -> None:
         self.requests = Counter(
             "shadow_replay_requests_total",
             "Requests sent to a target, by outcome (ok: got a status; error: none).",
@@ -89,6 +103,14 @@ class ReplayerMetrics:
             "Bus partitions this replayer owns right now.",
             registry=registry,
         )
+        for target in targets:
+            for outcome in ("ok", "error"):
+                self.requests.labels(target=target, outcome=outcome)
+            for kind in ERROR_KINDS:
+                self.errors.labels(target=target, kind=kind)
+            self.truncated.labels(target=target)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason=reason)
 
 
 class HistogramBatch:

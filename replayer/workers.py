@@ -3,8 +3,9 @@
 The parent publishes the group's anchor on the bus (unless ``--anchor bus``: then the
 one ``replay start`` set is used), starts N children with ``--anchor bus`` so they all
 schedule from it, forwards SIGINT/SIGTERM to them and waits. Each child has its own
-event loop and serves its own ``/metrics`` on consecutive ports (``metrics.listen``
-port + i; port 0: each picks a free one).
+event loop; how it serves ``/metrics`` is the caller's ``ChildMetrics`` (the CLI's:
+on a socket the parent bound, the parent serving them all on ``--metrics-listen``, see
+shadowreplay/workermetrics.py); without one, each child takes a free loopback port.
 
 ``--rate`` and ``--concurrency`` (and each target's own concurrency) stay totals: child i
 of N (``--worker i/N``) takes its share, so a target sees the same rate and the same cap
@@ -21,17 +22,29 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Protocol
 
 from replayer.control import start_anchor
 from shadowreplay.bus import open_bus
-from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig, parse_hostport
+from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig
 from shadowreplay.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Head start of a --workers anchor: children need this long to start and join the group.
 LEAD_SECONDS = {"sqlite": 2.0, "kafka": 8.0}
-_STRIPPED = ("--workers", "--metrics-listen", "--anchor", "--worker")
+_STRIPPED = ("--workers", "--metrics-listen", "--metrics-fd", "--anchor", "--worker")
+
+
+class ChildMetrics(Protocol):
+    """How the children serve /metrics: extra flags and inherited descriptors per child,
+    and a call once they are all started."""
+
+    def child_args(self, i: int) -> list[str]: ...
+
+    def pass_fds(self) -> tuple[int, ...]: ...
+
+    def started(self) -> None: ...
 
 
 def part_of(total: int, i: int, n: int) -> int:
@@ -68,9 +81,9 @@ def worker_share(r: ReplayerConfig, worker: str) -> ReplayerConfig:
                                targets=dataclasses.replace(r.targets, **targets))
 
 
-def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
-    """The command line of child ``i``: the parent's, with its own metrics port and anchor,
-    and ``--worker i/n`` (its share of the rate and concurrency)."""
+def child_argv(argv: Sequence[str], i: int, n: int, metrics_args: Sequence[str]) -> list[str]:
+    """The command line of child ``i``: the parent's, with the bus anchor, ``--worker i/n``
+    (its share of the rate and concurrency) and ``metrics_args`` (how it serves /metrics)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -82,13 +95,11 @@ def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
             skip = "=" not in arg
             continue
         out.append(arg)
-    host, port = parse_hostport(cfg.metrics.listen, "metrics.listen")
-    out += ["--workers", "1", "--anchor", "bus", "--metrics-listen", f"{host}:{port + i if port else 0}",
-            "--worker", f"{i}/{n}"]
+    out += ["--workers", "1", "--anchor", "bus", "--worker", f"{i}/{n}", *metrics_args]
     return out
 
 
-def run_workers(cfg: Config, argv: Sequence[str]) -> int:
+def run_workers(cfg: Config, argv: Sequence[str], metrics: ChildMetrics | None = None) -> int:
     """Run ``cfg.replayer.workers`` children; their highest exit status is returned."""
     n = cfg.replayer.workers
     check_split(cfg.replayer, n)
@@ -103,9 +114,15 @@ def run_workers(cfg: Config, argv: Sequence[str]) -> int:
         finally:
             bus.close()
     children = [
-        subprocess.Popen([sys.executable, "-m", "shadowreplay.cli", *child_argv(argv, i, n, cfg)])
+        subprocess.Popen(
+            [sys.executable, "-m", "shadowreplay.cli",
+             *child_argv(argv, i, n, metrics.child_args(i) if metrics else ["--metrics-listen", "127.0.0.1:0"])],
+            pass_fds=metrics.pass_fds() if metrics else (),
+        )
         for i in range(n)
     ]
+    if metrics is not None:
+        metrics.started()
     log.info("started %d replayer workers: pids %s; each takes 1/%d of the rate and of the concurrency cap",
              n, [c.pid for c in children], n)
 

@@ -3,40 +3,48 @@
 ``Pipeline`` runs any subset of the three stages in one process, sharing one bus and
 one Prometheus registry served on ``/metrics``. ``shadowreplay run`` starts all three;
 ``collect``/``replay``/``compare`` start one each, for running them as separate
-processes (with Kafka as the bus).
+processes (with Kafka as the bus). Each stage has its own default metrics port
+(``config.METRICS_PORTS``), so the three run side by side on one machine without flags.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
 from comparer.loop import Comparer
+from comparer.metrics import CONSUMER_LAG as COMPARER_LAG
 from comparer.metrics import ComparerMetrics
 from comparer.store import DivergenceStore, comparer_counts, resolve_store_path
 from comparer.web import DivergencePage
 from replayer.control import resolve_anchor
 from replayer.loop import Replayer
+from replayer.metrics import CONSUMER_LAG as REPLAYER_LAG
 from replayer.metrics import ReplayerMetrics, ScheduleCollector
 from shadowreplay.bus import open_bus
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Bus
-from shadowreplay.config import TARGET_NAMES, Config, parse_hostport
-from shadowreplay.errors import ConfigError
+from shadowreplay.config import METRICS_PORTS, TARGET_NAMES, Config, parse_hostport
+from shadowreplay.errors import ConfigError, ListenError
 from shadowreplay.health import probe_bus, probe_url
+from shadowreplay.lag import LagMonitor
 
 log = logging.getLogger(__name__)
 
 STAGES = ("collect", "replay", "compare")
+#: How each listening address is named in errors: the flag, then the config key.
+METRICS_FLAG = "--metrics-listen (metrics.listen)"
 #: How long a stage may take to finish its in-flight work on stop before it is cancelled.
 STAGE_STOP_SECONDS = 30.0
 #: On stop, the comparer keeps reading the replayer's last results until it has seen
@@ -47,24 +55,70 @@ DRAIN_MAX_SECONDS = 10.0
 Checks = dict[str, str | None]
 
 
+def default_metrics_listen(stages: Iterable[str]) -> str:
+    """``127.0.0.1:PORT`` with the first stage's default port (``METRICS_PORTS``)."""
+    first = next(iter(stages), "collect")
+    return f"127.0.0.1:{METRICS_PORTS.get(first, METRICS_PORTS['collect'])}"
+
+
+def metrics_listen(cfg: Config, stages: Iterable[str]) -> str:
+    """``metrics.listen``, or the stages' default when it is empty."""
+    return cfg.metrics.listen or default_metrics_listen(stages)
+
+
+async def listening(what: str, address: str, start: Callable[[], Awaitable[None]]) -> None:
+    """Run ``start`` (which binds ``address``); a bind failure becomes a ListenError naming
+    ``what`` (the flag and config key) and the address, for the CLI's one-line error."""
+    try:
+        await start()
+    except OSError as exc:
+        raise ListenError(f"{what} {address}: {bind_failure(exc)}", what=what, address=address) from exc
+
+
+def bind_failure(exc: OSError) -> str:
+    """Why a listening socket could not be bound, in words an operator can act on."""
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another process listens there: stop it or choose another port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available (no interface of this machine has it)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return exc.strerror or str(exc)
+
+
 class MetricsServer:
     """Serves ``/metrics`` (Prometheus text format), ``/healthz`` (the process is alive)
-    and ``/readyz`` (``ready()`` found no problem: 200, else 503 with the reasons)."""
+    and ``/readyz`` (``ready()`` found no problem: 200, else 503 with the reasons).
+
+    ``sock``: an already bound, listening socket to serve on instead of ``listen`` (the
+    children of ``replay --workers``, handed one by their parent). ``before_scrape`` is
+    awaited before each ``/metrics`` answer (the parent of ``--workers`` gathers its
+    children's metrics there)."""
 
     def __init__(
         self,
         listen: str,
         registry: CollectorRegistry,
         ready: Callable[[], Awaitable[Checks]] | None = None,
+        *,
+        sock: socket.socket | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self.listen = listen
         self._host, self._port = parse_hostport(listen, "metrics.listen")
         self._registry = registry
         self._ready = ready
+        self._sock = sock
+        self._before_scrape = before_scrape
         self._runner: web.AppRunner | None = None
         self.mounts: list[Callable[[web.Application], None]] = []  # more routes, added before start()
         self.port = 0
 
     async def start(self) -> None:
+        """Listen; an address that cannot be bound is a ConfigError naming --metrics-listen."""
+        await listening(METRICS_FLAG, self.listen, self._start)
+
+    async def _start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -73,8 +127,17 @@ class MetricsServer:
             mount(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        site: web.BaseSite
+        if self._sock is not None:
+            site = web.SockSite(self._runner, self._sock)
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
@@ -85,6 +148,8 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._before_scrape is not None:
+            await self._before_scrape()
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -101,7 +166,9 @@ class MetricsServer:
 class Pipeline:
     """Runs the chosen stages over one bus. ``async with Pipeline(cfg): ...``."""
 
-    def __init__(self, cfg: Config, stages: Iterable[str] = STAGES) -> None:
+    def __init__(self, cfg: Config, stages: Iterable[str] = STAGES, *, metrics_sock: socket.socket | None = None) -> None:
+        """``metrics_sock``: serve /metrics on this bound socket instead of ``metrics.listen``
+        (a ``replay --workers`` child)."""
         self.cfg = cfg
         self.stages = tuple(stages)
         unknown = set(self.stages) - set(STAGES)
@@ -110,7 +177,10 @@ class Pipeline:
         if "replay" in self.stages and not cfg.replayer.candidate:
             raise ConfigError("replayer.candidate: a candidate URL is required to replay (--candidate URL)")
         self.registry = CollectorRegistry()
-        self.metrics_server = MetricsServer(cfg.metrics.listen, self.registry, self.readiness)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.metrics_server = MetricsServer(
+            metrics_listen(cfg, self.stages), self.registry, self.readiness, sock=metrics_sock
+        )
         self.bus: Bus | None = None
         self.collector: CollectorServer | None = None
         self.replayer: Replayer | None = None
@@ -125,16 +195,27 @@ class Pipeline:
         self._producers: list[AsyncProducer] = []
         self._consumers: list[AsyncConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.lag: dict[str, LagMonitor] = {}  # by stage task name (replayer, comparer)
+        self._lag_stop = asyncio.Event()
+        self._lag_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._stage_stops: dict[str, asyncio.Event] = {}  # per stage task, set in pipeline order
         self._state = "starting"
 
     async def start(self) -> None:
+        """Open the bus, bind every listener (metrics, forward port, page) before any stage
+        runs, then start the comparer, the replayer and let the collector accept."""
         cfg = self.cfg
         self.bus = bus = await asyncio.to_thread(open_bus, cfg.bus.url, cfg.bus.partitions)
         for topic in (cfg.bus.requests_topic, cfg.bus.results_topic):
             await asyncio.to_thread(bus.ensure_topic, topic, cfg.bus.partitions)
         await self.metrics_server.start()
+        if "collect" in self.stages:
+            producer = await self._producer()
+            self.collector = CollectorServer(
+                cfg.collector, producer, cfg.bus.requests_topic, CollectorMetrics(self.registry)
+            )
+            await listening("--listen (collector.listen)", cfg.collector.listen, self.collector.start)
         if "compare" in self.stages:
             consumer = await self._consumer([cfg.bus.results_topic], cfg.comparer.group)
             store_path = resolve_store_path(cfg.comparer.store, cfg.bus.url)
@@ -146,7 +227,8 @@ class Pipeline:
             if self.page is not None:
                 self.page.attach(self.store)
                 if cfg.comparer.web.listen:
-                    await self.page.start()
+                    await listening("comparer.web.listen", cfg.comparer.web.listen, self.page.start)
+            self._watch_lag("comparer", consumer, cfg.comparer.group, COMPARER_LAG)
             self._tasks.append(asyncio.create_task(self.comparer.run(self._stage_stop("comparer")), name="comparer"))
         if "replay" in self.stages:
             consumer = await self._consumer([cfg.bus.requests_topic], cfg.replayer.group)
@@ -154,25 +236,26 @@ class Pipeline:
             # flushes need not survive power loss: see Bus.producer.
             producer = await self._producer(power_safe=False)
             anchor = await resolve_anchor(bus, cfg.replayer)  # the group's shared anchor, if set
+            targets = tuple(name for name in TARGET_NAMES if getattr(cfg.replayer, name))
             self.replayer = Replayer(
-                cfg.replayer, consumer, producer, cfg.bus.results_topic, ReplayerMetrics(self.registry), anchor
+                cfg.replayer, consumer, producer, cfg.bus.results_topic,
+                ReplayerMetrics(self.registry, targets=targets), anchor,
             )
             ScheduleCollector(self.registry, self.replayer.schedule_position)
+            self._watch_lag("replayer", consumer, cfg.replayer.group, REPLAYER_LAG)
             self._tasks.append(asyncio.create_task(self.replayer.run(self._stage_stop("replayer")), name="replayer"))
-        if "collect" in self.stages:
-            producer = await self._producer()
-            self.collector = CollectorServer(
-                cfg.collector, producer, cfg.bus.requests_topic, CollectorMetrics(self.registry)
-            )
-            await self.collector.start()
         self._state = "running"
         log.info(
             "pipeline up: stages=%s bus=%s metrics=http://%s:%d/metrics",
             ",".join(self.stages),
             cfg.bus.url,
-            parse_hostport(cfg.metrics.listen, "metrics.listen")[0],
+            parse_hostport(self.metrics_server.listen, "metrics.listen")[0],
             self.metrics_server.port,
         )
+
+    def _watch_lag(self, name: str, consumer: AsyncConsumer, group: str, names: tuple[str, str]) -> None:
+        monitor = self.lag[name] = LagMonitor(consumer, group, names, self.registry)
+        self._lag_tasks.append(asyncio.create_task(monitor.run(self._lag_stop), name=f"{name}-lag"))
 
     def _stage_stop(self, name: str) -> asyncio.Event:
         event = self._stage_stops[name] = asyncio.Event()
@@ -220,11 +303,14 @@ class Pipeline:
         """Stop in pipeline order: the collector stops accepting and acks what it stored;
         the replayer finishes its in-flight requests, publishes their results and commits;
         the comparer reads those last results, then commits and flushes; then the bus
-        clients close. ``/readyz`` answers 503 from the first step on."""
+        clients close. ``/readyz`` answers 503 from the first step on. A pipeline whose
+        start failed is taken down without these log lines (the error says it all)."""
+        was_running = self._state == "running"
         self._state = "stopping"
+        say = log.info if was_running else log.debug
         if self.collector is not None:
             await self.collector.stop()
-            log.info("collector stopped")
+            say("collector stopped")
         self._stop.set()
         by_name = {task.get_name(): task for task in self._tasks}
         for name in ("replayer", "comparer"):
@@ -235,7 +321,12 @@ class Pipeline:
                 await self._drain_comparer(task)
             self._stage_stops[name].set()
             await self._finish(task)
-            log.info("%s stopped", name)
+            if name == "comparer" and was_running:
+                await self._say_comparer_left()
+            else:
+                say("%s stopped", name)
+        self._lag_stop.set()
+        await asyncio.gather(*self._lag_tasks, return_exceptions=True)
         for consumer in self._consumers:
             await consumer.close()
         for producer in self._producers:
@@ -249,6 +340,19 @@ class Pipeline:
         if self.bus is not None:
             await asyncio.to_thread(self.bus.close)
             self.bus = None
+
+    async def _say_comparer_left(self) -> None:
+        """Log the comparer's stop with what it leaves on the bus: results it has not
+        compared stay uncommitted for its group's next run (read fresh from the bus)."""
+        monitor = self.lag.get("comparer")
+        left = monitor.records if monitor is not None and await monitor.sample() else None
+        if left is None:
+            log.info("comparer stopped")
+        elif left:
+            log.info("comparer stopped: %d results not compared yet stay on the bus for group %s's next run",
+                     left, self.cfg.comparer.group)
+        else:
+            log.info("comparer stopped: every result on its partitions compared")
 
     async def _finish(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(asyncio.CancelledError):

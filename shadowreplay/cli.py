@@ -16,13 +16,25 @@ from pathlib import Path
 import orjson
 
 from shadowreplay import config as configmod
-from shadowreplay.config import Config
+from shadowreplay.config import METRICS_PORTS, Config
 from shadowreplay.errors import ShadowError
-from shadowreplay.runtime import tune_gc
+from shadowreplay.runtime import LOG_FORMATS, LOG_LEVELS, configure_logging, tune_gc
 
 log = logging.getLogger("shadowreplay")
 
 EXAMPLE_CONFIG = Path(__file__).with_name("example.toml")
+STAGE_COMMANDS = {"run": ("collect", "replay", "compare"), "collect": ("collect",), "replay": ("replay",),
+                  "compare": ("compare",)}
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, for an editable install too)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shadowreplay")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL",
+                   help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (default INFO; any case)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default): 'time level logger: message' lines; json: one JSON object per line "
+                        "(time, level, logger, message, exc), for log shippers")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def stage(name: str, help_: str, *, collect: bool, replay: bool, compare: bool) -> argparse.ArgumentParser:
@@ -47,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="URL",
             help="sqlite:///path/to.db (embedded, default sqlite:///shadowreplay.db) or kafka://host:port[,host:port]",
         )
-        sp.add_argument("--metrics-listen", metavar="HOST:PORT", help="where /metrics is served (default 127.0.0.1:9464)")
+        port = METRICS_PORTS[STAGE_COMMANDS[name][0]]
+        sp.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help=f"where /metrics, /healthz and /readyz are served (default metrics.listen, "
+                             f"else 127.0.0.1:{port}: each stage has its own port)")
         if collect:
             sp.add_argument("--listen", metavar="HOST:PORT", help="forward-protocol listen address (default 127.0.0.1:24224)")
         if replay:
@@ -80,13 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
             "per-endpoint divergence table, and keep /metrics up until Ctrl-C."
         ),
     )
-    demo.add_argument("--speed", type=float, default=10.0, metavar="N", help="replay speed (default 10)")
-    demo.add_argument("--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="default 127.0.0.1:9464")
+    demo.add_argument("--speed", type=float, default=10.0, metavar="N",
+                      help="replay speed (default 10; the sample spans 200 s, so --speed 1 takes about 200 s)")
+    demo.add_argument("--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+                      help="where /metrics and the divergence page are served (default 127.0.0.1:9464; "
+                           "a free port if that one is taken)")
     demo.add_argument("--no-wait", action="store_true", help="exit after printing the table instead of serving /metrics")
 
-    bus = sub.add_parser("bus", help="inspect the bus").add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")
-    dump = bus.add_parser("dump", help="print a topic's messages as JSON lines (from the beginning)")
-    dump.add_argument("--config", metavar="FILE")
+    bus = sub.add_parser("bus", help="inspect the bus", description="Inspect the bus.").add_subparsers(
+        dest="bus_command", required=True, metavar="SUBCOMMAND")
+    dump = bus.add_parser("dump", help="print a topic's messages as JSON lines (from the beginning)",
+                          description="Print a topic's messages as JSON lines, from the beginning, as a "
+                                      "consumer group of its own (nothing is committed for other groups).")
+    dump.add_argument("--config", metavar="FILE", help="TOML config file (for bus.url and the partitions)")
     dump.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
     dump.add_argument("--topic", required=True, metavar="T", help="e.g. shadow.requests or shadow.results")
     dump.add_argument("--limit", type=int, default=0, metavar="N", help="stop after N messages (default: all)")
@@ -113,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage_name in ("run", "replay"):
         add_replay_arguments(sub.choices[stage_name], workers=stage_name == "replay")
     add_replay_subcommands(sub.choices["replay"])
+    # set by `replay --workers N` on its children: serve /metrics on this inherited socket
+    sub.choices["replay"].add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
     # -- comparer commands (diffs, report, noise, ...) --
     noise_sp = sub.add_parser("noise", help="noise rules for the comparer").add_subparsers(
         dest="noise_command", required=True, metavar="SUBCOMMAND"
@@ -162,12 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     report_sp.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     report_sp.add_argument("--title", default="shadowreplay report", help="heading of the report")
 
-    cfg = sub.add_parser("config", help="print an example config or check one").add_subparsers(
+    cfg = sub.add_parser("config", help="print an example config or check one",
+                         description="Print an example config or check one.").add_subparsers(
         dest="config_command", required=True, metavar="SUBCOMMAND"
     )
-    cfg.add_parser("example", help="print a commented example config")
-    check = cfg.add_parser("check", help="validate a config file")
-    check.add_argument("file")
+    cfg.add_parser("example", help="print a commented example config",
+                   description="Print a commented config with every key and its default.")
+    check = cfg.add_parser("check", help="validate a config file",
+                           description="Validate a config file as `run` would: unknown keys and bad values are "
+                                       "errors naming the key (exit status 2).")
+    check.add_argument("file", metavar="FILE", help="the TOML config file to check")
+    # -- operations commands --
+    from shadowreplay.deploy import add_arguments as add_deploy_arguments
+
+    add_deploy_arguments(sub)
     return p
 
 
@@ -195,10 +231,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
-async def _run_stages(cfg: Config, stages: tuple[str, ...]) -> None:
+async def _run_stages(cfg: Config, stages: tuple[str, ...], args: argparse.Namespace) -> None:
+    import socket
+
     from shadowreplay.app import Pipeline
 
-    pipeline = Pipeline(cfg, stages)
+    fd = getattr(args, "metrics_fd", None)
+    pipeline = Pipeline(cfg, stages, metrics_sock=socket.socket(fileno=fd) if fd is not None else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,7 +247,9 @@ async def _run_stages(cfg: Config, stages: tuple[str, ...]) -> None:
         from shadowreplay.status import StatusLine  # operations: live line on a terminal, logs otherwise
 
         status_stop = asyncio.Event()
-        status = asyncio.create_task(StatusLine(pipeline.registry, sys.stderr).run(status_stop))
+        # JSON logs stay one object per line: the status goes to the log, never redrawn in place.
+        tty = False if args.log_format == "json" else None
+        status = asyncio.create_task(StatusLine(pipeline.registry, sys.stderr, stages=stages, tty=tty).run(status_stop))
         waiter = asyncio.create_task(pipeline.wait())
         stopper = asyncio.create_task(stop.wait())
         done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -219,6 +260,16 @@ async def _run_stages(cfg: Config, stages: tuple[str, ...]) -> None:
         if waiter in done:
             waiter.result()
         log.info("stopping")
+
+
+def _run_workers(cfg: Config, args: argparse.Namespace, argv: list[str]) -> int:
+    """``replay --workers N``: the parent serves its children's /metrics on --metrics-listen."""
+    from replayer.commands import dispatch as replay_dispatch
+    from shadowreplay.app import metrics_listen
+    from shadowreplay.workermetrics import WorkerMetrics
+
+    with WorkerMetrics(metrics_listen(cfg, ("replay",)), cfg.replayer.workers) as metrics:
+        return replay_dispatch(cfg, args, argv, metrics)
 
 
 def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) -> int:
@@ -259,11 +310,7 @@ def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         from replayer.commands import use_uvloop_if_asked, wants_dispatch
 
@@ -271,12 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if wants_dispatch(args):  # replayer: `replay start`, `replay --workers N`
             from replayer.commands import dispatch as replay_dispatch
 
-            return replay_dispatch(config_from_args(args), args, list(argv) if argv is not None else sys.argv[1:])
-        if args.command in ("run", "collect", "replay", "compare") and not getattr(args, "rediff", False):
             cfg = config_from_args(args)
-            stages = {"run": ("collect", "replay", "compare")}.get(args.command, (args.command,))
+            argv_list = list(argv) if argv is not None else sys.argv[1:]
+            if args.replay_command:
+                return replay_dispatch(cfg, args, argv_list)
+            return _run_workers(cfg, args, argv_list)
+        if args.command in STAGE_COMMANDS and not getattr(args, "rediff", False):
+            cfg = config_from_args(args)
             tune_gc()
-            asyncio.run(_run_stages(cfg, stages))
+            asyncio.run(_run_stages(cfg, STAGE_COMMANDS[args.command], args))
         elif args.command == "demo":
             from shadowreplay.demo.run import run_demo
 
@@ -335,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"wrote {fmt} report to {args.output}", file=sys.stderr)
                 else:
                     sys.stdout.write(text)
+        elif args.command == "deploy":
+            from shadowreplay.deploy import run_from_args as deploy
+
+            deploy(args)
         elif args.command == "config":
             if args.config_command == "example":
                 sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))

@@ -303,9 +303,15 @@ class ComparerConfig:
     web: WebConfig = field(default_factory=WebConfig)
 
 
+#: Default /metrics port of each stage on 127.0.0.1 (when ``metrics.listen`` is empty), so
+#: the three run side by side on one machine; ``run`` (all three) uses the collector's.
+METRICS_PORTS = {"collect": 9464, "replay": 9465, "compare": 9466}
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
-    listen: str = "127.0.0.1:9464"
+    # Empty: 127.0.0.1 on the stage's own port (METRICS_PORTS).
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -352,7 +358,8 @@ def validate(cfg: Config) -> None:
     _validate_collector(cfg.collector)
     _validate_replayer(cfg.replayer)
     _validate_comparer(cfg.comparer)
-    parse_hostport(cfg.metrics.listen, "metrics.listen")
+    if cfg.metrics.listen:
+        parse_hostport(cfg.metrics.listen, "metrics.listen")
 
 
 def _validate_bus(bus: BusConfig) -> None:

@@ -11,6 +11,16 @@ class ConfigError(ShadowError):
     """A configuration file or flag is invalid. The message names the key."""
 
 
+class ListenError(ConfigError):
+    """A listening address could not be bound (in use, not this machine's, privileged).
+    ``what`` names the flag and config key, ``address`` the HOST:PORT."""
+
+    def __init__(self, message: str, *, what: str, address: str) -> None:
+        super().__init__(message)
+        self.what = what
+        self.address = address
+
+
 class RecordError(ShadowError):
     """A bus message could not be decoded into a RequestRecord or ReplayResult."""
 

@@ -1,9 +1,12 @@
-"""The live status line of ``shadowreplay run``: rate, lag and divergence at a glance.
+"""The live status line of ``run``, ``collect``, ``replay`` and ``compare``: rate, lag
+and divergence at a glance.
 
 On a terminal one line is redrawn every second (log lines print above it); when the
 output is not a terminal (systemd, a pipe) the same figures are logged at INFO every
 ``log_every_seconds`` instead. Figures come from the pipeline's Prometheus registry,
-so the line shows exactly what ``/metrics`` and the dashboards show.
+so the line shows exactly what ``/metrics`` and the dashboards show. Each stage's
+figures appear only in a process that runs that stage: a lone comparer does not print
+a replay rate of 0.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ SAMPLES = {
     "shadow_replay_inflight": "inflight",
     "shadow_compare_compared_total": "compared",
     "shadow_compare_matched_total": "matched",
+    "shadow_compare_consumer_lag_records": "unread",
 }
+STAGES = ("collect", "replay", "compare")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Snapshot:
     inflight: float = 0.0
     compared: float = 0.0
     matched: float = 0.0
+    unread: float = 0.0
 
 
 def snapshot(registry: CollectorRegistry, at: float | None = None) -> Snapshot:
@@ -59,25 +65,31 @@ def snapshot(registry: CollectorRegistry, at: float | None = None) -> Snapshot:
     return Snapshot(at=time.monotonic() if at is None else at, **values)
 
 
-def format_status(prev: Snapshot, cur: Snapshot) -> str:
-    """One line: rates over ``prev → cur``, lag now, divergence since start."""
+def format_status(prev: Snapshot, cur: Snapshot, stages: tuple[str, ...] = STAGES) -> str:
+    """One line: rates over ``prev → cur``, lag now, divergence since start; only the
+    figures of ``stages`` (those this process runs)."""
     seconds = max(cur.at - prev.at, 1e-9)
 
     def rate(name: str) -> float:
         return max(0.0, getattr(cur, name) - getattr(prev, name)) / seconds
 
-    diverged = cur.compared - cur.matched
-    share = f"{100.0 * diverged / cur.compared:.1f}%" if cur.compared else "-"
-    parts = [
-        f"in {rate('received'):.1f}/s",
-        f"replay {rate('replayed'):.1f}/s of {rate('due'):.1f}/s due",
-        f"behind {cur.behind:.2f}s",
-        f"inflight {cur.inflight:.0f}",
-        f"compared {cur.compared:.0f}",
-        f"diverged {diverged:.0f} ({share})",
-    ]
-    if cur.rejected:
-        parts.append(f"rejected {cur.rejected:.0f}")
+    parts = []
+    if "collect" in stages:
+        parts.append(f"in {rate('received'):.1f}/s")
+        if cur.rejected:
+            parts.append(f"rejected {cur.rejected:.0f}")
+    if "replay" in stages:
+        parts += [
+            f"replay {rate('replayed'):.1f}/s of {rate('due'):.1f}/s due",
+            f"behind {cur.behind:.2f}s",
+            f"inflight {cur.inflight:.0f}",
+        ]
+    if "compare" in stages:
+        diverged = cur.compared - cur.matched
+        share = f"{100.0 * diverged / cur.compared:.1f}%" if cur.compared else "-"
+        parts += [f"compared {cur.compared:.0f}", f"diverged {diverged:.0f} ({share})"]
+        if "replay" not in stages:  # alone, whether it keeps up is the question
+            parts.append(f"unread {cur.unread:.0f}")
     return " · ".join(parts)
 
 
@@ -94,19 +106,22 @@ class _ClearBeforeLog(logging.Filter):
 
 
 class StatusLine:
-    """Prints the status on ``out`` while ``run`` runs; ``tty`` defaults to ``out.isatty()``."""
+    """Prints the status of ``stages`` on ``out`` while ``run`` runs; ``tty`` defaults to
+    ``out.isatty()``."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         out: TextIO,
         *,
+        stages: tuple[str, ...] = STAGES,
         tty: bool | None = None,
         interval_seconds: float = 1.0,
         log_every_seconds: float = 30.0,
     ) -> None:
         self._registry = registry
         self._out = out
+        self._stages = stages
         self.tty = out.isatty() if tty is None else tty
         self._interval = interval_seconds if self.tty else log_every_seconds
         self._shown = False
@@ -131,7 +146,7 @@ class StatusLine:
                 except TimeoutError:
                     pass
                 cur = snapshot(self._registry)
-                line = format_status(prev, cur)
+                line = format_status(prev, cur, self._stages)
                 prev = cur
                 if self.tty:
                     self._out.write(CLEAR_LINE + line)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # System packages the integration tests start as real peers: Chromium (the web page is
 # tested headless) and Prometheus + promtool (dashboards and rules are checked against a
-# real server). Installs only what is missing; needs root or sudo for apt-get.
+# real server), and unshare + ip (README's multi-process example runs as written in a
+# private network namespace). Installs only what is missing; needs root or sudo for apt-get.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "tests need: ${need[*]} (install them with your package manager)" >&2

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from shadowreplay.bus.base import Bus, Consumer, Message, Producer, next_positions
+from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, next_positions
 from shadowreplay.errors import ConfigError
 
-__all__ = ["Bus", "Consumer", "Message", "Producer", "next_positions", "open_bus", "parse_options"]
+__all__ = ["Bus", "Consumer", "Message", "PartitionLag", "Producer", "next_positions", "open_bus", "parse_options"]
 
 
 def parse_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, int]:

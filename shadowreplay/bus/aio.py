@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from shadowreplay.bus.base import Bus, Consumer, Message, Producer
+from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer
 
 T = TypeVar("T")
 
@@ -105,6 +105,9 @@ class AsyncConsumer(_OnOwnThread):
 
     async def assignment(self) -> list[tuple[str, int]]:
         return await self._call(self._consumer.assignment)
+
+    async def lag(self) -> list[PartitionLag]:
+        return await self._call(self._consumer.lag)
 
     async def close(self) -> None:
         await self._call(self._consumer.close)

@@ -31,6 +31,20 @@ class Message(NamedTuple):
     timestamp_ns: int
 
 
+class PartitionLag(NamedTuple):
+    """Where a consumer group stands on one partition (``Consumer.lag``)."""
+
+    topic: str
+    partition: int
+    committed: int  # the group's committed offset: the first message it has not finished (0: none committed)
+    end: int  # the offset the partition's next message will get
+
+    @property
+    def records(self) -> int:
+        """Messages on the partition that the group has not finished."""
+        return max(0, self.end - self.committed)
+
+
 def next_positions(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
     """For each (topic, partition) in ``messages``, the offset after the highest one seen."""
     out: dict[tuple[str, int], int] = {}
@@ -79,6 +93,11 @@ class Consumer(Protocol):
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this member currently owns."""
+
+    def lag(self) -> list[PartitionLag]:
+        """For each partition this member owns: the group's committed offset and the
+        partition's end offset (for consumer-lag metrics; a few cheap reads, no waiting
+        for messages)."""
 
     def close(self) -> None:
         """Leave the group and release resources. Does not commit."""

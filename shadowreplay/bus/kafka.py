@@ -41,7 +41,7 @@ from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from shadowreplay.bus.base import Message, next_positions
+from shadowreplay.bus.base import Message, PartitionLag, next_positions
 from shadowreplay.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 TS_HEADER = "ts_ns"
 CLIENT_ID = "shadowreplay"
 DEFAULT_FETCH_MAX_WAIT_MS = 100
+LAG_TIMEOUT_MS = 5000  # each request of Consumer.lag
 
 _PRODUCER_OPTIONS = ("linger_ms", "max_block_ms", "delivery_timeout_ms", "batch_size")
 _CONSUMER_OPTIONS = (
@@ -356,6 +357,30 @@ class KafkaBusConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         # No lock: a read of kafka-python's subscription state, which it guards itself.
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def lag(self) -> list[PartitionLag]:
+        """The group's committed offset (one request per partition to the coordinator)
+        and the end offset (one request to the leaders) of each partition this member owns.
+        The end is at least the highwater mark the last fetch reported: a broker that
+        answers end offsets with the last batch's base (Tansu) would otherwise hide that
+        batch's lag. A partition the group never committed counts from its first offset
+        still on the broker (retention may have deleted the ones before)."""
+        # A figure for a dashboard: bounded well below a request timeout, since it shares
+        # this consumer's thread with poll.
+        timeout_ms = min(self._timeout_ms, LAG_TIMEOUT_MS)
+        with self._lock, _boundary("lag"):
+            tps = sorted(self._consumer.assignment())
+            if not tps:
+                return []
+            ends = self._consumer.end_offsets(tps, timeout_ms=timeout_ms)
+            committed = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps}
+            never = [tp for tp, offset in committed.items() if offset is None]
+            starts = self._consumer.beginning_offsets(never, timeout_ms=timeout_ms) if never else {}
+            return [
+                PartitionLag(tp.topic, tp.partition, committed[tp] if committed[tp] is not None else starts.get(tp, 0),
+                             max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0))
+                for tp in tps
+            ]
 
     def close(self) -> None:
         with self._lock:

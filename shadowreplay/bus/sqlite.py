@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from shadowreplay.bus.base import Message, next_positions
+from shadowreplay.bus.base import Message, PartitionLag, next_positions
 from shadowreplay.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -720,6 +720,22 @@ class SqliteConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         # No lock, so another thread can watch a member that is blocked in poll.
         return list(self._assigned)
+
+    def lag(self) -> list[PartitionLag]:
+        """The group's committed offset and the end offset of each partition this member
+        owns: two statements. A closed member owns nothing."""
+        with self._lock:
+            owned = list(self._assigned)
+            if not owned:
+                return []
+
+            def read() -> list[PartitionLag]:
+                committed = {(t, p): int(o) for t, p, o in self._conn.execute(
+                    "SELECT topic, part, off FROM group_offsets WHERE grp = ?", (self.group,))}
+                ends = _end_offsets(self._conn, [(self._topic_ids[t], p) for t, p in owned])
+                return [PartitionLag(t, p, committed.get((t, p), 0), ends[(self._topic_ids[t], p)]) for t, p in owned]
+
+            return _read("lag", read)
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from comparer.loop import format_table
 from shadowreplay.app import Pipeline
 from shadowreplay.config import Config
 from shadowreplay.demo.backends import Backend, expected_divergence
-from shadowreplay.errors import ShadowError
+from shadowreplay.errors import ListenError, ShadowError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,18 @@ def feed(lines: list[dict[str, str]], host: str, port: int) -> int:
     return len(lines)
 
 
+#: The demo's wait beyond the replay itself: feeding, start-up, the last results' round trip.
+DEMO_MARGIN_SECONDS = 60.0
+
+
+def demo_timeout_seconds(lines: list[dict[str, str]], speed: float) -> float:
+    """How long the demo waits for every result: the log's span replayed at ``speed``,
+    half as long again (a loaded machine), plus ``DEMO_MARGIN_SECONDS``."""
+    times = [msec_to_ns(line["msec"]) for line in lines]
+    span = (max(times) - min(times)) / 1e9 if times else 0.0
+    return 1.5 * span / speed + DEMO_MARGIN_SECONDS
+
+
 async def run_demo(
     *,
     speed: float = 10.0,
@@ -73,9 +85,15 @@ async def run_demo(
     log_path: Path = SAMPLE_LOG,
     workdir: Path | None = None,
     out: TextIO = sys.stdout,
-    timeout_seconds: float = 180.0,
+    timeout_seconds: float | None = None,
 ) -> DemoOutcome:
+    """Run the demo. ``timeout_seconds`` bounds the wait for every result to be compared;
+    by default the replay's own length (the log's span / ``speed``) plus a margin."""
+    if not speed > 0:
+        raise ShadowError(f"demo --speed: must be > 0, got {speed:g}")
     lines = load_sample(log_path)
+    if timeout_seconds is None:
+        timeout_seconds = demo_timeout_seconds(lines, speed)
     cfg0 = Config()
     replayable = sum(1 for r in lines if r["request_method"].upper() in cfg0.replayer.methods)
     expected = sum(
@@ -101,9 +119,9 @@ async def run_demo(
         pipeline = Pipeline(cfg)
         try:
             await pipeline.start()
-        except OSError as exc:  # the metrics port is taken: fall back to any free port
+        except ListenError as exc:  # the metrics port is taken: fall back to any free port
             await pipeline.stop()
-            log.warning("cannot listen on %s (%s); using a free port instead", metrics_listen, exc)
+            log.warning("%s; using a free port instead", exc)
             cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, listen="127.0.0.1:0"))
             pipeline = Pipeline(cfg)
             await pipeline.start()

@@ -138,6 +138,29 @@ def test_a_new_member_resumes_after_the_committed_offset(bus: Bus, unique: Uniqu
     assert [m.value for m in again] == [b"%d" % i for i in range(10, 30)]
 
 
+def test_lag_is_what_the_group_has_not_committed_on_the_partitions_a_member_owns(bus: Bus, unique: Unique) -> None:
+    topic, group = unique("t"), unique("g")
+    bus.ensure_topic(topic, 2)
+    consumer = bus.consumer([topic], group)
+    try:
+        wait_assigned([consumer], 2)
+        assert sorted((lag.partition, lag.records) for lag in consumer.lag()) == [(0, 0), (1, 0)]
+        publish(bus, topic, [(b"a", b"%d" % i, None) for i in range(20)])  # one key: one partition
+        (got,) = drain([consumer], 20)
+        busy = got[0].partition
+        before = {lag.partition: lag for lag in consumer.lag()}
+        assert before[busy].committed == 0 and before[busy].end == 20 and before[busy].records == 20
+        assert before[1 - busy].records == 0, "read is not done: only commits count"
+        consumer.commit(got[:15])
+        after = {lag.partition: lag for lag in consumer.lag()}
+        assert (after[busy].committed, after[busy].end, after[busy].records) == (15, 20, 5)
+        consumer.commit(got)
+        assert sum(lag.records for lag in consumer.lag()) == 0
+    finally:
+        consumer.close()
+    assert consumer.lag() == [], "a closed member owns nothing"
+
+
 def test_two_members_of_a_group_split_the_partitions(bus: Bus, unique: Unique) -> None:
     topic, group = unique("t"), unique("g")
     bus.ensure_topic(topic, 4)

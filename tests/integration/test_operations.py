@@ -85,6 +85,54 @@ async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backend
         assert status == 503 and "sqlite" in str(body["checks"]["bus"]), body  # type: ignore[index]
 
 
+async def test_consumer_lag_of_both_groups_and_process_metrics_on_metrics(
+    tmp_path: Path, backends: tuple[Backend, Backend]
+) -> None:
+    """The replayer's backlog shows while a replay at 2x is under way, both groups reach 0
+    once everything is compared, and /metrics carries them with the process metrics."""
+    candidate, baseline = backends
+    cfg = loopback_config(tmp_path / "bus.db", candidate=f"http://127.0.0.1:{candidate.port}",
+                          baseline=f"http://127.0.0.1:{baseline.port}", speed=2.0)
+    lines = load_sample()[:120]  # about 10 s of log: 5 s at 2x
+    replayable = sum(1 for r in lines if r["request_method"] in REPLAYABLE)
+    async with Pipeline(cfg) as pipeline:
+        assert pipeline.collector is not None and pipeline.comparer is not None
+        await asyncio.to_thread(feed, lines, "127.0.0.1", pipeline.collector.port)
+        replayer_lag, comparer_lag = pipeline.lag["replayer"], pipeline.lag["comparer"]
+        assert await replayer_lag.sample()
+        await asyncio.sleep(1.0)
+        assert await replayer_lag.sample()  # a replay of 5 s has not finished the first records yet
+        assert replayer_lag.records is not None and 0 < replayer_lag.records <= len(lines)
+        assert replayer_lag.seconds >= 1.0, "waiting since the first sample at least"
+        deadline = time.monotonic() + 60
+        while pipeline.comparer.compared < replayable and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert pipeline.comparer.compared == replayable
+
+        async def caught_up() -> bool:
+            return (await replayer_lag.sample() and await comparer_lag.sample()
+                    and replayer_lag.records == 0 and comparer_lag.records == 0)
+
+        while not await caught_up():
+            assert time.monotonic() < deadline, (replayer_lag.records, comparer_lag.records)
+            await asyncio.sleep(0.3)
+        assert replayer_lag.seconds == 0 and comparer_lag.seconds == 0
+        status, text = await get_text(f"http://127.0.0.1:{pipeline.metrics_server.port}/metrics")
+        assert status == 200
+        for line in ('shadow_replay_consumer_lag_records{group="shadow-replayer"} 0.0',
+                     'shadow_compare_consumer_lag_records{group="shadow-comparer"} 0.0',
+                     'shadow_replay_consumer_lag_seconds{group="shadow-replayer"} 0.0'):
+            assert line in text
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+            assert f"\n{name} " in text, name
+
+
+async def get_text(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.get(url) as resp:
+            return resp.status, await resp.text()
+
+
 async def test_only_the_collectors_flushes_wait_for_fsync(tmp_path: Path, backends: tuple[Backend, Backend]) -> None:
     """The collector acks on the strength of a flush, so its producer is power-safe; the
     replayer's results can be replayed again, so its producer is not (see Bus.producer)."""
@@ -156,6 +204,7 @@ async def test_sigterm_stops_run_in_pipeline_order_without_losing_work(
     log = stderr_path.read_text()
     assert returncode == 0, log[-3000:]
     order = [log.find(f"{stage} stopped") for stage in ("collector", "replayer", "comparer")]
+    assert "comparer stopped: every result on its partitions compared" in log, log[-3000:]
     assert -1 not in order and order == sorted(order), f"stop order {order}:\n{log[-3000:]}"
     assert "status:" in log, "not on a terminal, the status goes to the log"
 

@@ -214,8 +214,11 @@ def test_secrets_never_reach_bus_store_page_or_logs(
 
 
 def test_listeners_bind_loopback_by_default() -> None:
+    from shadowreplay.app import STAGES, metrics_listen
+
     cfg = Config()
-    assert cfg.metrics.listen.startswith("127.0.0.1:")  # /metrics, and the page unless web.listen is set
+    for stages in [STAGES, *((stage,) for stage in STAGES)]:  # /metrics, and the page unless web.listen is set
+        assert metrics_listen(cfg, stages).startswith("127.0.0.1:")
     assert cfg.comparer.web.listen == ""
     assert cfg.collector.listen.startswith("127.0.0.1:")
     example = (Path(__file__).resolve().parents[2] / "shadowreplay" / "example.toml").read_text()

@@ -56,9 +56,9 @@ def test_panel_ids_are_unique(dashboard: dict[str, Any]) -> None:
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
 
 
-def test_rows_cover_health_verdict_and_latency(dashboard: dict[str, Any]) -> None:
+def test_rows_cover_health_verdict_latency_and_operations(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Pipeline health", "Verdict", "Latency"]
+    assert rows == ["Pipeline health", "Verdict", "Latency", "Operations"]
 
 
 def test_template_variables(dashboard: dict[str, Any]) -> None:

@@ -38,14 +38,15 @@ def test_replay_start_parses_without_a_candidate() -> None:
     assert (cfg.replayer.group, cfg.replayer.speed, cfg.replayer.window_from) == ("g", 3.0, "-1h")
 
 
-def test_child_argv_gets_its_own_port_anchor_and_share() -> None:
-    cfg = _cfg("replay", "--candidate", "http://c", "--rate", "900", "--metrics-listen", "127.0.0.1:9500")
+def test_child_argv_gets_the_bus_anchor_its_share_and_its_metrics_flags() -> None:
     argv = ["--log-level", "INFO", "replay", "--candidate", "http://c", "--workers", "3", "--rate=900",
             "--metrics-listen", "127.0.0.1:9500", "--anchor", "auto"]
-    child = child_argv(argv, 2, 3, configmod.override(cfg, "replayer", workers=3))
+    child = child_argv(argv, 2, 3, ["--metrics-fd", "7"])
     assert child[:6] == ["--log-level", "INFO", "replay", "--candidate", "http://c", "--rate=900"]
-    assert child[6:] == ["--workers", "1", "--anchor", "bus", "--metrics-listen", "127.0.0.1:9502", "--worker", "2/3"]
-    r = _cfg(*child[2:]).replayer
+    assert child[6:] == ["--workers", "1", "--anchor", "bus", "--worker", "2/3", "--metrics-fd", "7"]
+    args = build_parser().parse_args(child)
+    assert args.metrics_fd == 7
+    r = config_from_args(args).replayer
     assert (r.rate, r.speed, r.workers, r.anchor) == (300.0, 0.0, 1, "bus")
 
 

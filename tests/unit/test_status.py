@@ -45,6 +45,17 @@ def test_format_status_rates_lag_and_divergence() -> None:
     assert "diverged 0 (-)" in format_status(prev, Snapshot(at=12.0))
 
 
+def test_each_stage_shows_only_its_own_figures() -> None:
+    prev = Snapshot(at=10.0, received=100, replayed=50, due=60)
+    cur = Snapshot(at=12.0, received=300, rejected=3, replayed=150, due=170, behind=1.5, inflight=3,
+                   compared=40, matched=36, unread=12)
+    assert format_status(prev, cur, ("collect",)) == "in 100.0/s · rejected 3"
+    assert format_status(prev, cur, ("replay",)) == "replay 50.0/s of 55.0/s due · behind 1.50s · inflight 3"
+    assert format_status(prev, cur, ("compare",)) == "compared 40 · diverged 4 (10.0%) · unread 12"
+    everything = format_status(prev, cur, ("collect", "replay", "compare"))
+    assert everything.startswith("in 100.0/s · rejected 3 · replay 50.0/s") and "unread" not in everything
+
+
 def test_counter_resets_do_not_show_negative_rates() -> None:
     assert format_status(Snapshot(at=0.0, received=50), Snapshot(at=1.0)).startswith("in 0.0/s")
 
