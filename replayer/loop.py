@@ -40,6 +40,7 @@ from prometheus_client import Counter
 
 from replayer.client import TargetClient
 from replayer.metrics import HistogramBatch, ReplayerMetrics
+from replayer.probe import ProbeSampler
 from replayer.rules import Rules
 from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, Pacer
 from replayer.window import parse_window
@@ -49,6 +50,7 @@ from shadowreplay.config import TARGET_NAMES, ReplayerConfig
 from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
 from shadowreplay.record import (
+    PROBE,
     SCHEMA_VERSION,
     ReplayResult,
     RequestRecord,
@@ -156,6 +158,7 @@ class Replayer:
         self.targets = build_targets(config)
         self._names = tuple(self.targets)
         self._rules = Rules(config.methods, config.rules)
+        self._probes = ProbeSampler(config)  # noise evidence without a secondary
         self._window_from, self._window_to = parse_window(config.window_from, config.window_to)
         self._late_after_ns = int(config.late_after_seconds * 1e9)
         self._drop_late = config.late_policy == "drop"
@@ -527,16 +530,23 @@ class Replayer:
             if lag_ns > self._late_after_ns:
                 uncounted[metrics.late] = uncounted.get(metrics.late, 0) + 1
             names = self._names
-            if len(names) == 1:
+            endpoint = endpoint_name(record.method, record.target)
+            probe = self._probes.target_for(record, endpoint)
+            if len(names) == 1 and probe is None:
                 responses = {names[0]: await self.targets[names[0]].send(record)}
             else:
-                answers = await asyncio.gather(*(self.targets[n].send(record) for n in names))
-                responses = dict(zip(names, answers, strict=True))
+                sends = [self.targets[n].send(record) for n in names]
+                if probe is not None:  # the same request again, at the same moment
+                    sends.append(self.targets[probe].send(record))
+                answers = await asyncio.gather(*sends)
+                responses = dict(zip(names, answers[: len(names)], strict=True))
             self._count(responses)
+            if probe is not None:
+                responses[PROBE] = answers[-1]
             result = ReplayResult(
                 id=record.id,
                 request=record,
-                endpoint=endpoint_name(record.method, record.target),
+                endpoint=endpoint,
                 scheduled=due_ns,
                 sent=sent_ns,
                 responses=responses,
