@@ -165,14 +165,15 @@ def _fd(obj: dict[str, Any]) -> FieldDiff:
 
 
 class DivergenceSink(Protocol):
-    """Where the comparer loop hands diverging results (the divergence store implements it).
+    """Where the comparer loop hands differing results (the divergence store implements it).
 
-    ``add`` is called for every *diverging* verdict (``verdict.diverged``) in a batch, then
-    ``flush`` once, before the batch's offsets are committed: a sink that has flushed
-    owns the results (at-least-once; the same result may be added again after a crash).
+    ``add`` is called for every verdict in a batch that differs on a field judged real or
+    not yet decided (``real``: on a real one, as judged when it arrived), then ``flush``
+    once, before the batch's offsets are committed: a sink that has flushed owns the
+    results (at-least-once; the same result may be added again after a crash).
     """
 
-    def add(self, result: ReplayResult, verdict: Verdict) -> None: ...
+    def add(self, result: ReplayResult, verdict: Verdict, *, real: bool = True) -> None: ...
 
     def flush(self) -> None: ...
 

@@ -201,7 +201,7 @@ class Comparer:
                 )
         self._metrics.observe(result, verdict, tuple(real))
         if keep and self._store is not None:
-            self._store.add(result, verdict)
+            self._store.add(result, verdict, real=bool(real))
         return verdict
 
     def _skip(self, reason: str, message: Message, detail: str) -> None:

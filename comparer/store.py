@@ -256,7 +256,7 @@ class DivergenceStore:
         self._tallies = tallies
         self._clock = clock
         self.session = uuid.uuid4().hex
-        self._pending: list[tuple[int, ReplayResult, Verdict]] = []
+        self._pending: list[tuple[int, ReplayResult, Verdict, bool]] = []
         self._listeners: list[Listener] = []
         self._last_prune = 0
         self._written: dict[str, tuple[int, int, int]] = {}
@@ -273,11 +273,12 @@ class DivergenceStore:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def add(self, result: ReplayResult, verdict: Verdict) -> None:
-        """Queue one differing result; durable after the next :meth:`flush`."""
+    def add(self, result: ReplayResult, verdict: Verdict, *, real: bool = True) -> None:
+        """Queue one differing result; durable after the next :meth:`flush`. Listeners
+        hear only of those ``real`` when they arrived (the live feed shows divergences)."""
         if not verdict.diffs:
             return
-        self._pending.append((self._clock(), result, verdict))
+        self._pending.append((self._clock(), result, verdict, real))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
 
@@ -290,13 +291,15 @@ class DivergenceStore:
         added: list[dict[str, Any]] = []
         try:
             with self._conn:
-                for ts, result, verdict in pending:
-                    added.append(self._insert(ts, result, verdict))
+                for ts, result, verdict, real in pending:
+                    item = self._insert(ts, result, verdict)
+                    if real:
+                        added.append(item)
                 if tallies is not None:
                     self._write_tallies(tallies, now)
         except sqlite3.Error as exc:
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
-        self.stored += len(added)
+        self.stored += len(pending)
         if now - self._last_prune >= self._config.prune_interval_seconds * 1e9:
             self.prune(now)
         if added:

@@ -195,7 +195,7 @@ class ReplayerConfig:
     # baseline (to the candidate without a baseline), so the comparer learns noise from
     # the pairs. Only noise_probe_methods are asked twice. 0 = off.
     noise_probe_percent: float = 3.0
-    noise_probe_min_per_endpoint: int = 20
+    noise_probe_min_per_endpoint: int = 50
     noise_probe_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
     rules: tuple[ReplayRule, ...] = ()
     targets: ReplayTargets = field(default_factory=ReplayTargets)
