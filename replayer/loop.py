@@ -159,6 +159,7 @@ class Replayer:
         self._names = tuple(self.targets)
         self._rules = Rules(config.methods, config.rules)
         self._probes = ProbeSampler(config)  # noise evidence without a secondary
+        self._rotation = itertools.count()
         self._window_from, self._window_to = parse_window(config.window_from, config.window_to)
         self._late_after_ns = int(config.late_after_seconds * 1e9)
         self._drop_late = config.late_policy == "drop"
@@ -532,17 +533,21 @@ class Replayer:
             names = self._names
             endpoint = endpoint_name(record.method, record.target)
             probe = self._probes.target_for(record, endpoint)
-            if len(names) == 1 and probe is None:
+            if len(names) == 1:
                 responses = {names[0]: await self.targets[names[0]].send(record)}
             else:
-                sends = [self.targets[n].send(record) for n in names]
-                if probe is not None:  # the same request again, at the same moment
-                    sends.append(self.targets[probe].send(record))
-                answers = await asyncio.gather(*sends)
-                responses = dict(zip(names, answers[: len(names)], strict=True))
+                # Targets are asked in an order that rotates request by request: no pair
+                # of them is systematically closer in time than another, so a timestamp
+                # differs as often between baseline and secondary as between candidate
+                # and baseline (else noise cancellation would take it for a regression).
+                k = next(self._rotation) % len(names)
+                order = names[k:] + names[:k]
+                answers = await asyncio.gather(*(self.targets[n].send(record) for n in order))
+                by_name = dict(zip(order, answers, strict=True))
+                responses = {n: by_name[n] for n in names}
             self._count(responses)
-            if probe is not None:
-                responses[PROBE] = answers[-1]
+            if probe is not None:  # the same request again, once the first answer is in
+                responses[PROBE] = await self.targets[probe].send(record)
             result = ReplayResult(
                 id=record.id,
                 request=record,

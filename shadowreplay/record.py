@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 
 #: A ``ReplayResult.responses`` name besides the targets': the reference target (the
 #: baseline; the candidate when there is no baseline) asked the same request a second
-#: time, at the same moment, so the comparer learns what differs between two answers of
+#: time (once its first answer is in), so the comparer learns what differs between two answers of
 #: one release (noise) without a secondary. See ``replayer/probe.py``.
 PROBE = "probe"
 
