@@ -50,6 +50,7 @@ FIRST_PATHS = ("status", "error")
 LATENCY_TARGETS = ("baseline", "candidate")
 
 Signature = frozenset[tuple[str, str]]
+_EMPTY: Signature = frozenset()
 
 
 @dataclass(frozen=True)
@@ -153,21 +154,22 @@ class EndpointTally:
         self.compared += 1
         if verdict.twin is not None:
             self.paired += 1
-            self._add_twin(verdict.secondary)
-        if verdict.diffs or verdict.noise:
+            if verdict.secondary:
+                self._add_twin(verdict.secondary)
+        signature = _EMPTY
+        diffs, noise = verdict.diffs, verdict.noise
+        if diffs or noise:
             self.differing += 1
             seen: set[str] = set()
-            for d in verdict.diffs:
-                self._add_raw(d, seen)
+            if diffs:
+                signature = frozenset([(self._add_raw(d, seen), d.kind) for d in diffs])
+                self._add_signature(signature)
             cancelled: set[str] = set()
-            for d in verdict.noise:
+            for d in noise:
                 key = self._add_raw(d, seen)
                 if key not in cancelled:
                     cancelled.add(key)
                     self.fields[key].cancelled += 1
-        signature: Signature = frozenset((self.known_key(field_key(d.path)), d.kind) for d in verdict.diffs)
-        if signature:
-            self._add_signature(signature)
         if result is not None and verdict.reference == "baseline":
             self._add_latency(result)
         return signature
@@ -187,9 +189,11 @@ class EndpointTally:
     def _add_twin(self, evidence: tuple[FieldDiff, ...]) -> None:
         keys = {field_key(d.path) for d in evidence}
         for key in keys:
-            if any(other != key and is_within(key, other) for other in keys):
-                continue  # counted at the field above it
-            self._field(key)[1].twin += 1
+            for other in keys:
+                if other is not key and key.startswith(other) and is_within(key, other):
+                    break  # counted at the field above it
+            else:
+                self._field(key)[1].twin += 1
 
     def _add_signature(self, signature: Signature) -> None:
         if signature in self.signatures or len(self.signatures) < MAX_SIGNATURES:

@@ -98,7 +98,7 @@ def scenario_verdicts(seed: int, n: int = 600) -> list[Verdict]:
     differ = Differ(ComparerConfig())
     out = []
     for i in range(n):
-        def body(price: float) -> bytes:
+        def body(price: float, i: int = i) -> bytes:
             return orjson.dumps({"id": i, "price": price, "generated_at": rng.random(), "rid": rng.getrandbits(64),
                                  "served_by": f"node-{rng.randrange(50)}"})
         responses = {

@@ -68,7 +68,8 @@ def add(store: DivergenceStore, r: ReplayResult, differ: Any = DIFFER) -> bool:
 class Session:
     """A real comparer (no bus) feeding a store: what one comparer process writes."""
 
-    def __init__(self, path: Path, config: ComparerConfig = ComparerConfig(), clock: Clock | None = None, **store: Any):
+    def __init__(self, path: Path, config: ComparerConfig | None = None, clock: Clock | None = None, **store: Any):
+        config = config or ComparerConfig()
         self.store = DivergenceStore(
             str(path), dataclasses.replace(StoreConfig(), **store), rules=verdict_rules(config), clock=clock or Clock()
         )
