@@ -120,6 +120,7 @@ class Comparer:
         self._poll_timeout = poll_timeout_seconds
         self._endpoints = metrics.endpoints  # the same bound for labels and tally keys
         self.tallies: dict[str, EndpointTally] = {}
+        self._judged: dict[str, tuple[int, EndpointJudgement]] = {}  # by tally version
         self.reach = ReachWatch(replayer_group)
         self.compared = 0
         self.not_compared = 0
@@ -224,7 +225,12 @@ class Comparer:
 
     def judgements(self) -> list[EndpointJudgement]:
         """Every endpoint judged now, highest divergence rate first, then most compared."""
-        out = [judge(name, t, self.rules) for name, t in self.tallies.items()]
+        out = []
+        for name, t in self.tallies.items():
+            cached = self._judged.get(name)
+            if cached is None or cached[0] != t.version:
+                cached = self._judged[name] = (t.version, judge(name, t, self.rules))
+            out.append(cached[1])
         out.sort(key=lambda j: (-j.rate, -j.compared, j.endpoint))
         return out
 

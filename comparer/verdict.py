@@ -134,6 +134,7 @@ class EndpointTally:
     changed_bins: set[tuple[str, int]] = field(default_factory=set)
     changed_not_compared: set[tuple[str, str]] = field(default_factory=set)
     _states: dict[str, tuple[str, int]] = field(default_factory=dict)
+    version: int = 0  # moves with every count added (callers cache judgements by it)
 
     # -- counting ------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class EndpointTally:
     def add(self, verdict: Verdict, result: ReplayResult | None = None) -> Signature:
         """Count one compared verdict; returns its signature (empty when nothing is left
         after per-request cancellation)."""
+        self.version += 1
         self.compared += 1
         if verdict.twin is not None:
             self.paired += 1
@@ -217,6 +219,7 @@ class EndpointTally:
             self.changed_bins.add((target, sketch.add(latency)))
 
     def add_not_compared(self, target: str, reason: str) -> None:
+        self.version += 1
         key = (target, reason)
         self.not_compared[key] = self.not_compared.get(key, 0) + 1
         self.changed_not_compared.add(key)

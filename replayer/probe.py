@@ -22,8 +22,9 @@ import zlib
 from shadowreplay.config import ReplayerConfig
 from shadowreplay.record import RequestRecord
 
-#: Endpoints counted for the per-endpoint minimum; past this, only the percentage applies.
-MAX_ENDPOINTS = 10_000
+#: Endpoints counted for the per-endpoint minimum; past this, only the percentage applies
+#: (paths that do not collapse into templates must not all be asked twice).
+MAX_ENDPOINTS = 1000
 
 
 class ProbeSampler:
@@ -31,7 +32,8 @@ class ProbeSampler:
 
     def __init__(self, config: ReplayerConfig) -> None:
         off = bool(config.secondary) or config.noise_probe_percent <= 0
-        self.target: str | None = None if off else ("baseline" if config.baseline else "candidate")
+        target = "baseline" if config.baseline else "candidate" if config.noise_probe_candidate else None
+        self.target: str | None = None if off else target
         self._per_10000 = round(config.noise_probe_percent * 100)
         self._methods = frozenset(m.upper() for m in config.noise_probe_methods)
         self._min = config.noise_probe_min_per_endpoint

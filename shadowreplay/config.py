@@ -192,11 +192,14 @@ class ReplayerConfig:
     workers: int = 1
     # Without a secondary: this share (percent) of requests, plus the first
     # noise_probe_min_per_endpoint of each endpoint, is also sent a second time to the
-    # baseline (to the candidate without a baseline), so the comparer learns noise from
-    # the pairs. Only noise_probe_methods are asked twice. 0 = off.
+    # baseline, so the comparer learns noise from the pairs. Only noise_probe_methods are
+    # asked twice. 0 = off. Without a baseline, the candidate is asked twice only when
+    # noise_probe_candidate is set (it adds requests to the release under test, and only
+    # helps with logged body digests or compare_origin_size).
     noise_probe_percent: float = 3.0
     noise_probe_min_per_endpoint: int = 50
     noise_probe_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    noise_probe_candidate: bool = False
     rules: tuple[ReplayRule, ...] = ()
     targets: ReplayTargets = field(default_factory=ReplayTargets)
 

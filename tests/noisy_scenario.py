@@ -117,10 +117,10 @@ class NoisyBackend:
             answers.reverse()  # another order: JSON-RPC batches are matched by id
         return self._json(answers)
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
         return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 

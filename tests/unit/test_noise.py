@@ -192,3 +192,24 @@ def test_probes_are_twins_without_a_secondary() -> None:
     assert v.twin == PROBE and [d.path for d in v.noise] == ["$.ts"] and not v.diffs
     v = differ.compare(probe_result(2, {"ts": 3}, {"ts": 1}, None))
     assert v.twin is None and [d.path for d in v.diffs] == ["$.ts"]
+
+
+def test_probe_sampler_first_per_endpoint_then_a_share_and_only_safe_methods() -> None:
+    import dataclasses
+
+    from replayer.probe import ProbeSampler
+    from shadowreplay.config import ReplayerConfig
+
+    cfg = ReplayerConfig(candidate="http://c", baseline="http://b", noise_probe_min_per_endpoint=5)
+    sampler = ProbeSampler(cfg)
+    recs = [RequestRecord(id=f"id-{i}", ts=i, method="GET", target="/x") for i in range(10_000)]
+    picked = [sampler.target_for(r, "GET /x") for r in recs]
+    assert picked[:5] == ["baseline"] * 5
+    assert 200 < sum(p is not None for p in picked[5:]) < 400  # 3 %
+    again = ProbeSampler(cfg)
+    assert [again.target_for(r, "GET /x") for r in recs] == picked  # by record id: the same records
+    assert sampler.target_for(RequestRecord(id="p", ts=1, method="POST", target="/x"), "POST /x") is None
+    assert ProbeSampler(dataclasses.replace(cfg, secondary="http://s")).target is None
+    assert ProbeSampler(dataclasses.replace(cfg, noise_probe_percent=0.0)).target is None
+    assert ProbeSampler(dataclasses.replace(cfg, baseline="")).target is None
+    assert ProbeSampler(dataclasses.replace(cfg, baseline="", noise_probe_candidate=True)).target == "candidate"
