@@ -1,20 +1,24 @@
-"""The comparer's offline commands over the divergence store: ``diffs``, ``report``, ``compare --rediff``.
+"""The comparer's offline commands over the divergence store: ``diffs``, ``report``,
+``compare --rediff`` and ``gate``.
 
-Each returns the text to print; the CLI prints it and picks the exit code.
+Each returns the text to print (``gate`` also its exit code); the CLI prints it.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from comparer.rediff import make_differ, rediff
-from comparer.report import render_html, render_markdown, render_terminal
-from comparer.store import StoreReader, resolve_store_path
+from comparer.report import latency_text, not_compared_text, render_html, render_markdown, render_terminal
+from comparer.store import EndpointView, StoreReader, resolve_store_path
 from comparer.web import parse_since
-from shadowreplay.config import Config
+from shadowreplay.config import Config, GateConfig, validate
 from shadowreplay.errors import ShadowError
 
 
@@ -55,4 +59,99 @@ def rediff_store(cfg: Config, *, store: str | None) -> str:
     path = store_path(cfg, store)
     if not Path(path).exists():
         raise ShadowError(f"no divergence store at {path} (nothing to re-diff)")
-    return rediff(path, make_differ(cfg.comparer)).format() + "\n"
+    return rediff(path, make_differ(cfg.comparer), config=cfg.comparer).format() + "\n"
+
+
+# -- gate --------------------------------------------------------------------------------
+
+#: ``shadowreplay gate`` exit codes.
+GATE_PASS, GATE_FAIL, GATE_NO_VERDICT = 0, 1, 2
+
+
+def add_gate_arguments(sp: argparse.ArgumentParser) -> None:
+    """The flags of ``shadowreplay gate`` (each overrides ``[comparer.gate]``)."""
+    sp.add_argument("--config", metavar="FILE", help="TOML config file ([comparer.gate] holds the defaults)")
+    sp.add_argument("--bus", metavar="URL", help="bus URL (the store defaults to <bus file>.diffs.db beside a sqlite bus)")
+    sp.add_argument("--store", metavar="FILE", help="divergence store (default: comparer.store.path)")
+    sp.add_argument("--max-divergence-rate", type=float, metavar="R",
+                    help="fail an endpoint whose share of requests with a real divergence is above R (default 0)")
+    sp.add_argument("--allow-latency-regression", action="store_true", default=None,
+                    help="do not fail on latency regressions (default: fail)")
+    sp.add_argument("--max-not-compared-rate", type=float, metavar="R",
+                    help="no verdict (exit 2) when more than R of the results were not compared (default 0.01)")
+    sp.add_argument("--min-compared", type=int, metavar="N",
+                    help="no verdict (exit 2) with fewer than N results compared in all (default 1)")
+
+
+def gate_config(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with the gate flags of ``args`` applied (and checked)."""
+    values = {
+        "max_divergence_rate": args.max_divergence_rate,
+        "fail_on_latency_regression": False if args.allow_latency_regression else None,
+        "max_not_compared_rate": args.max_not_compared_rate,
+        "min_compared": args.min_compared,
+    }
+    g = dataclasses.replace(cfg.comparer.gate, **{k: v for k, v in values.items() if v is not None})
+    out = dataclasses.replace(cfg, comparer=dataclasses.replace(cfg.comparer, gate=g))
+    validate(out)
+    return out
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    code: int
+    text: str
+
+
+def gate(cfg: Config, *, store: str | None) -> GateOutcome:
+    """Judge the store against ``[comparer.gate]``: exit code and the reasons, per endpoint."""
+    path = store_path(cfg, store)
+    if not Path(path).exists():
+        raise ShadowError(f"no divergence store at {path} (run the comparer first, or pass --store FILE)")
+    reader = StoreReader(path)
+    views = reader.endpoints()
+    return judge_gate(views, cfg.comparer.gate, reader.rules().latency.share, reader.rules().latency.min_ms)
+
+
+def judge_gate(views: list[EndpointView], g: GateConfig, share: float, min_ms: float) -> GateOutcome:
+    compared = sum(v.compared for v in views)
+    not_compared = sum(v.not_compared_total for v in views)
+    lines: list[str] = []
+    failed = 0
+    for v in sorted(views, key=lambda v: v.endpoint):
+        reasons = []
+        if v.rate > g.max_divergence_rate:
+            real = ", ".join(f"{f.path} ({f.diverged})" for f in v.fields if f.real)
+            reasons.append(
+                f"real divergence rate {100 * v.rate:.2f}% ({v.diverged} of {v.compared}) > "
+                f"{100 * g.max_divergence_rate:.2f}%; fields: {real}"
+            )
+        if g.fail_on_latency_regression and v.latency.regression:
+            reasons.append(
+                f"latency regression (thresholds {100 * share:g}% and {min_ms:g} ms): {latency_text(v.latency)}"
+            )
+        if reasons:
+            failed += 1
+            lines.append(f"FAIL  {v.endpoint}: " + "; ".join(reasons))
+        else:
+            nc = f"; not compared: {not_compared_text(v.not_compared)}" if v.not_compared else ""
+            lines.append(
+                f"pass  {v.endpoint}: {v.diverged} of {v.compared} diverged ({100 * v.rate:.2f}%); "
+                f"{latency_text(v.latency)}{nc}"
+            )
+    total = compared + not_compared
+    share_nc = not_compared / total if total else 0.0
+    if compared < g.min_compared:
+        lines.append(f"gate: NO VERDICT: {compared} results compared, fewer than {g.min_compared} (an empty store never passes)")
+        return GateOutcome(GATE_NO_VERDICT, "\n".join(lines) + "\n")
+    if share_nc > g.max_not_compared_rate:
+        lines.append(
+            f"gate: NO VERDICT: {not_compared} of {total} results ({100 * share_nc:.2f}%) not compared because a "
+            f"target was not reached (> {100 * g.max_not_compared_rate:.2f}%); replay that window again"
+        )
+        return GateOutcome(GATE_NO_VERDICT, "\n".join(lines) + "\n")
+    if failed:
+        lines.append(f"gate: FAILED on {failed} of {len(views)} endpoints")
+        return GateOutcome(GATE_FAIL, "\n".join(lines) + "\n")
+    lines.append(f"gate: passed ({compared} compared on {len(views)} endpoints)")
+    return GateOutcome(GATE_PASS, "\n".join(lines) + "\n")

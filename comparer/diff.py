@@ -40,11 +40,13 @@ from comparer.jsondiff import (
 from comparer.paths import PathSet, is_within
 from shadowreplay.config import ComparerConfig
 from shadowreplay.errors import ConfigError
-from shadowreplay.record import Origin, ReplayResult, Response
+from shadowreplay.record import PROBE, Origin, ReplayResult, Response
 
 __all__ = [
     "KINDS",
     "MAX_DIFFS",
+    "PROBE",
+    "UNREACHED_KINDS",
     "MAX_VALUE_CHARS",
     "DivergenceSink",
     "Differ",
@@ -78,6 +80,11 @@ KINDS: tuple[str, ...] = (
     "error",
 )
 
+#: Response error kinds that mean the request never reached the application (the target
+#: was down, unresolvable, refused TLS) or never left the replayer: such a result is
+#: "not compared", never a divergence.
+UNREACHED_KINDS: tuple[str, ...] = ("connect", "dns", "tls", "request", "client")
+
 #: A gzip body that slipped through undecoded is inflated up to this size, else digested.
 MAX_GUNZIP_BYTES = 16 * 1024 * 1024
 #: Text bodies with more lines than this are compared by digest only.
@@ -92,13 +99,17 @@ class Verdict:
     could not be compared at all (``no_candidate``, ``no_reference``,
     ``compare_failed``); such a verdict has no diffs.
 
-    ``diffs`` are the real differences (the result *diverged* when there is one);
-    ``noise`` the candidate differences cancelled in this request, because the baseline
-    and the secondary differed on the same field (or beneath it), or because the path
-    is listed in ``noise_paths``; ``secondary`` the baseline-vs-secondary differences
-    themselves (the evidence, empty without a secondary). ``latency_ratio`` is
-    candidate/baseline latency when both were measured. Everything is JSON-serialisable:
-    see :meth:`to_dict` / :meth:`from_dict`.
+    ``diffs`` are the differences left after per-request cancellation (the result
+    *diverged in this request* when there is one; whether they are real is decided per
+    endpoint and field by :mod:`comparer.verdict`, over many requests); ``noise`` the
+    candidate differences cancelled in this request, because the reference and its twin
+    differed on the same field (or above it), or because the path is listed in
+    ``noise_paths``; ``secondary`` the reference-vs-twin differences themselves (the
+    evidence). ``twin`` names the twin: ``"secondary"``, ``"probe"`` (the reference asked
+    a second time), or None. ``not_reached`` is ``(target, reason)`` when the candidate
+    or the baseline was never reached (``error`` is then ``"not_reached"``): such a
+    result is not compared. ``latency_ratio`` is candidate/baseline latency when both
+    were measured. Everything is JSON-serialisable: see :meth:`to_dict` / :meth:`from_dict`.
     """
 
     endpoint: str
@@ -108,6 +119,8 @@ class Verdict:
     noise: tuple[FieldDiff, ...] = ()
     secondary: tuple[FieldDiff, ...] = ()
     latency_ratio: float | None = None
+    twin: str | None = None
+    not_reached: tuple[str, str] | None = None
 
     @property
     def diverged(self) -> bool:
@@ -123,6 +136,8 @@ class Verdict:
             "noise": [_fd_dict(d) for d in self.noise],
             "secondary": [_fd_dict(d) for d in self.secondary],
             "latency_ratio": self.latency_ratio,
+            "twin": self.twin,
+            "not_reached": list(self.not_reached) if self.not_reached else None,
         }
 
     @classmethod
@@ -136,6 +151,8 @@ class Verdict:
             noise=tuple(_fd(d) for d in obj.get("noise") or ()),
             secondary=tuple(_fd(d) for d in obj.get("secondary") or ()),
             latency_ratio=obj.get("latency_ratio"),
+            twin=obj.get("twin"),
+            not_reached=tuple(obj["not_reached"]) if obj.get("not_reached") else None,  # type: ignore[arg-type]
         )
 
 
@@ -148,14 +165,15 @@ def _fd(obj: dict[str, Any]) -> FieldDiff:
 
 
 class DivergenceSink(Protocol):
-    """Where the comparer loop hands diverging results (the divergence store implements it).
+    """Where the comparer loop hands differing results (the divergence store implements it).
 
-    ``add`` is called for every *diverging* verdict (``verdict.diverged``) in a batch, then
-    ``flush`` once, before the batch's offsets are committed: a sink that has flushed
-    owns the results (at-least-once; the same result may be added again after a crash).
+    ``add`` is called for every verdict in a batch that differs on a field judged real or
+    not yet decided (``real``: on a real one, as judged when it arrived), then ``flush``
+    once, before the batch's offsets are committed: a sink that has flushed owns the
+    results (at-least-once; the same result may be added again after a crash).
     """
 
-    def add(self, result: ReplayResult, verdict: Verdict) -> None: ...
+    def add(self, result: ReplayResult, verdict: Verdict, *, real: bool = True) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -342,6 +360,14 @@ def error_kind(error: str | None) -> str | None:
     return error.split(":", 1)[0].strip()
 
 
+def unreached(response: Response | None) -> str | None:
+    """The reason ``response`` never reached its target (one of UNREACHED_KINDS), else None."""
+    if response is None or response.error is None:
+        return None
+    kind = error_kind(response.error)
+    return kind if kind in UNREACHED_KINDS else None
+
+
 # -- rules -----------------------------------------------------------------------------
 
 
@@ -433,25 +459,37 @@ class Differ:
         return self.namer.name(result.request, result.endpoint)
 
     def compare(self, result: ReplayResult) -> Verdict:
-        """Compare the candidate with the baseline (noise-cancelled by the secondary), or with the logged origin.
+        """Compare the candidate with the baseline (noise-cancelled by its twin), or with the logged origin.
 
-        With a baseline: errors (the same error kind on both sides is no diff; when either
-        side errored nothing else is compared), status, headers when ``compare_headers``,
-        bodies, latency. Then each candidate diff on a path where the baseline and the
-        secondary also differ (or beneath one) in this same request, or on a
-        ``noise_paths`` path, moves to ``Verdict.noise``. Without a baseline: the
-        candidate's status against ``origin.status``, its size against ``origin.bytes``
-        when ``compare_origin_size``, and its body's sha256 against ``origin.body_sha256``
-        when logged (and the body was not truncated).
+        A candidate or baseline that was never reached (UNREACHED_KINDS) makes the result
+        "not compared" (``error="not_reached"``). With a baseline: errors (the same error
+        kind on both sides is no diff; when either side errored nothing else is
+        compared), status, headers when ``compare_headers``, bodies, latency. The twin is
+        the secondary, else the probe (the baseline asked twice); each candidate diff on
+        a path where the baseline and the twin also differ (or above it) in this same
+        request, or on a ``noise_paths`` path, moves to ``Verdict.noise``. Without a
+        baseline: the candidate's status against ``origin.status``, its size against
+        ``origin.bytes`` when ``compare_origin_size``, and its body's sha256 against
+        ``origin.body_sha256`` when logged (and the body was not truncated); the twin is
+        then the probe (the candidate asked twice), and a status or error difference
+        between two answers of the candidate is never taken as noise — against what
+        production logged, a status change is always worth seeing.
         """
         endpoint = self.endpoint(result)
-        candidate = result.responses.get("candidate")
-        baseline = result.responses.get("baseline")
+        responses = result.responses
+        candidate = responses.get("candidate")
+        baseline = responses.get("baseline")
         reference = "baseline" if baseline is not None else "origin"
         if candidate is None:
             return Verdict(endpoint, reference, (), "no_candidate")
+        for name, response in (("candidate", candidate), ("baseline", baseline)):
+            reason = unreached(response)
+            if reason is not None:
+                return Verdict(endpoint, reference, (), "not_reached", not_reached=(name, reason))
         rules = self.rules(endpoint)
         ratio = None
+        twin_name: str | None = None
+        evidence: list[FieldDiff] = []
         if baseline is not None:
             base_view = _view(baseline) if baseline.error is None else None
             raw = self.diff_pair(baseline, candidate, rules, base_view)
@@ -461,18 +499,27 @@ class Differ:
                 slower = candidate.latency - baseline.latency
                 if ratio > rules.latency_ratio_threshold and slower > rules.latency_min_delta_seconds:
                     raw.append(FieldDiff("latency", "latency", baseline.latency, candidate.latency))
-            secondary = result.responses.get("secondary")
-            evidence = self.diff_pair(baseline, secondary, rules, base_view) if secondary is not None else []
+            for name in ("secondary", PROBE):
+                twin = responses.get(name)
+                if twin is not None and unreached(twin) is None:
+                    twin_name = name
+                    evidence = self.diff_pair(baseline, twin, rules, base_view)
+                    break
         elif result.origin is not None:
             raw = _against_origin(result.origin, candidate, rules)
-            evidence = []
+            probe = responses.get(PROBE)
+            if probe is not None and unreached(probe) is None:
+                twin_name = PROBE
+                evidence = [d for d in _against_origin(_as_origin(candidate), probe, rules) if d.kind not in ("status", "error")]
         else:
             return Verdict(endpoint, reference, (), "no_reference")
         if rules.json.ignore:
             raw = [d for d in raw if d.path not in rules.json.ignore]
             evidence = [d for d in evidence if d.path not in rules.json.ignore]
         real, noise = split_noise(raw, evidence, rules.noise)
-        return Verdict(endpoint, reference, tuple(real[:MAX_DIFFS]), None, tuple(noise), tuple(evidence), ratio)
+        return Verdict(
+            endpoint, reference, tuple(real[:MAX_DIFFS]), None, tuple(noise), tuple(evidence), ratio, twin_name
+        )
 
     def diff_pair(
         self, reference: Response, other: Response, rules: Rules, reference_view: _Body | None = None
@@ -518,6 +565,12 @@ def _latency_ratio(baseline: Response, candidate: Response) -> float | None:
     if baseline.latency is None or candidate.latency is None or baseline.latency <= 0:
         return None
     return candidate.latency / baseline.latency
+
+
+def _as_origin(response: Response) -> Origin:
+    """A first answer of the candidate in the shape of a logged origin (to diff its probe against)."""
+    body_sha = None if response.truncated else _sha256(response.body)
+    return Origin(status=response.status, bytes=len(response.body), body_sha256=body_sha)
 
 
 def _against_origin(origin: Origin, candidate: Response, rules: Rules) -> list[FieldDiff]:

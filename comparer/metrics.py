@@ -3,22 +3,35 @@
 Counting rules (dashboards rely on them):
 
 * ``shadow_compare_compared_total{endpoint}`` — results compared (a verdict without error).
-* ``shadow_compare_matched_total{endpoint}`` — compared results with no difference, so
+* ``shadow_compare_matched_total{endpoint}`` — compared results with no real difference
+  as judged when they arrived (the endpoint/field noise model of ``comparer.noise``), so
   the divergence rate of an endpoint is ``1 - matched / compared``.
 * ``shadow_compare_diverged_total{endpoint, kind}`` — one increment per diverging result
-  *per diff kind present in it*: a result with a status diff and three value diffs adds
+  *per kind of real difference in it*: a result with a status diff and three value diffs adds
   1 to ``kind="status"`` and 1 to ``kind="value"``. Summing over ``kind`` therefore
   over-counts results; use compared − matched for "how many diverged".
-* ``shadow_compare_field_diffs_total{endpoint, kind}`` — every individual FieldDiff.
+* ``shadow_compare_field_diffs_total{endpoint, kind}`` — every individual real FieldDiff.
 * ``shadow_compare_errors_total{reason}`` — results that could not be compared
-  (``undecodable``, ``no_candidate``, ``no_reference``, ``compare_failed``).
+  (``undecodable``, ``no_candidate``, ``no_reference``, ``compare_failed``, ``not_reached``).
+* ``shadow_compare_not_compared_total{target, reason}`` — results not compared because
+  the candidate or the baseline was not reached (``reason``: one of
+  ``comparer.diff.UNREACHED_KINDS``).
 * ``shadow_compare_latency_seconds{target, endpoint}`` — each target's response latency.
 * ``shadow_compare_latency_ratio{endpoint}`` — candidate latency / baseline latency, per
-  result where both were measured (1.0 = as fast; 2.0 = twice as slow).
-* ``shadow_compare_noise_total{endpoint}`` — compared results in which at least one
-  candidate difference was cancelled as noise (the result may still have diverged).
-* ``shadow_compare_noisy_field_diffs_total{endpoint}`` — individual differences cancelled
-  as noise.
+  result where both were measured (1.0 = as fast; 2.0 = twice as slow; buckets up to 100).
+* ``shadow_compare_noise_total{endpoint}`` — compared results with differences, none of
+  them judged real when they arrived.
+* ``shadow_compare_noisy_field_diffs_total{endpoint}`` — individual differences judged noise.
+
+Gauges, judged at scrape time over the comparer's run (re-judged as evidence comes in;
+the same verdict as the store, ``diffs`` and the page):
+
+* ``shadow_compare_run_diverged{endpoint}`` — compared results with a real difference.
+* ``shadow_compare_latency_regression{endpoint}`` — 1 when the endpoint is a latency
+  regression (``comparer.latency``), else 0.
+* ``shadow_compare_run_latency_seconds{endpoint, target, quantile}`` — candidate and
+  baseline latency at the median and p95 over the run.
+* ``shadow_compare_target_unreachable{target}`` — 1 while a target is not reached.
 * ``shadow_compare_status_total{target, class}`` — responses by target and status class
   (``2xx``, ``3xx``, ``4xx``, ``5xx``, ``1xx``, or ``error`` when there was no status),
   for every result that named an endpoint (compared or not).
@@ -29,16 +42,26 @@ Counting rules (dashboards rely on them):
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from comparer.diff import KINDS, Verdict
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from comparer.diff import KINDS, PROBE, UNREACHED_KINDS, FieldDiff, Verdict
 from shadowreplay.record import ReplayResult
 
 OTHER = "other"
-ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed")
-TARGETS = frozenset({"candidate", "baseline", "secondary"})
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RATIO_BUCKETS = (0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed", "not_reached")
+TARGETS = frozenset({"candidate", "baseline", "secondary", PROBE})
+# Fine enough at the bottom for loopback and cache hits (no floor at 5 ms), wide enough
+# at the top that a slow target shows its size.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+)
+# Up to 100x slower (and down to 10x faster): no cap at 10.
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 #: The comparer group's consumer lag (records, seconds), exported by shadowreplay.lag.
 CONSUMER_LAG = ("shadow_compare_consumer_lag_records", "shadow_compare_consumer_lag_seconds")
@@ -65,10 +88,61 @@ class EndpointLimiter:
         return len(self._known)
 
 
+class VerdictSource(Protocol):
+    """What the run gauges read at scrape time (the comparer)."""
+
+    def judgements(self) -> Sequence[Any]: ...
+
+    def unreachable_targets(self) -> Mapping[str, Any]: ...
+
+
+class _RunGauges(Collector):
+    def __init__(self, source: VerdictSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        diverged = GaugeMetricFamily(
+            "shadow_compare_run_diverged",
+            "Compared results with a real difference over the run, judged now (re-judged as noise is learned).",
+            labels=["endpoint"],
+        )
+        regression = GaugeMetricFamily(
+            "shadow_compare_latency_regression",
+            "1 when the endpoint's candidate is confidently slower than the baseline by the configured share and ms.",
+            labels=["endpoint"],
+        )
+        latency = GaugeMetricFamily(
+            "shadow_compare_run_latency_seconds",
+            "Candidate and baseline latency over the run at the median and p95 (log-scale sketch, ±1 %).",
+            labels=["endpoint", "target", "quantile"],
+        )
+        for j in self._source.judgements():
+            diverged.add_metric([j.endpoint], j.diverged)
+            regression.add_metric([j.endpoint], 1.0 if j.latency.regression else 0.0)
+            for target in ("baseline", "candidate"):
+                for q, value in (("0.5", getattr(j.latency, f"{target}_p50_ms")),
+                                 ("0.95", getattr(j.latency, f"{target}_p95_ms"))):
+                    if value is not None:
+                        latency.add_metric([j.endpoint, target, q], value / 1000.0)
+        unreachable = GaugeMetricFamily(
+            "shadow_compare_target_unreachable",
+            "1 while a replay target is not reached (its results are not compared).",
+            labels=["target"],
+        )
+        down = self._source.unreachable_targets()
+        for target in sorted(TARGETS):
+            unreachable.add_metric([target], 1.0 if target in down else 0.0)
+        yield from (diverged, regression, latency, unreachable)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
 class ComparerMetrics:
     """Every metric the comparer exports, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry, max_endpoints: int = 200) -> None:
+        self._registry = registry
         self.endpoints = EndpointLimiter(max_endpoints)
         self.compared = Counter(
             "shadow_compare_compared_total",
@@ -126,6 +200,12 @@ class ComparerMetrics:
             ["endpoint"],
             registry=registry,
         )
+        self.not_compared = Counter(
+            "shadow_compare_not_compared_total",
+            "Results not compared because the candidate or the baseline was not reached, by target and reason.",
+            ["target", "reason"],
+            registry=registry,
+        )
         self.status = Counter(
             "shadow_compare_status_total",
             "Responses by target and status class (error: no status, the request failed).",
@@ -134,12 +214,20 @@ class ComparerMetrics:
         )
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
+        for target in ("candidate", "baseline"):
+            for reason in UNREACHED_KINDS:
+                self.not_compared.labels(target=target, reason=reason)
+
+    def watch(self, source: VerdictSource) -> None:
+        """Export the run gauges of ``source`` (read at each scrape)."""
+        self._registry.register(_RunGauges(source))
 
     def error(self, reason: str) -> None:
         self.errors.labels(reason=reason).inc()
 
-    def observe(self, result: ReplayResult, verdict: Verdict) -> None:
-        """Record one compared result: its verdict and every target's latency."""
+    def observe(self, result: ReplayResult, verdict: Verdict, real: Sequence[FieldDiff]) -> None:
+        """Record one result: its verdict (``real``: its differences on fields judged real
+        now) and every target's latency."""
         endpoint = self.endpoints(verdict.endpoint)
         for target, response in result.responses.items():
             label = target if target in TARGETS else OTHER
@@ -148,19 +236,24 @@ class ComparerMetrics:
                 self.latency.labels(target=label, endpoint=endpoint).observe(response.latency)
         if verdict.error is not None:
             self.error(verdict.error)
+            if verdict.not_reached is not None:
+                target, reason = verdict.not_reached
+                self.not_compared.labels(target=target, reason=reason).inc()
             return
         self.compared.labels(endpoint=endpoint).inc()
         if verdict.latency_ratio is not None:
             self.latency_ratio.labels(endpoint=endpoint).observe(verdict.latency_ratio)
-        if verdict.noise:
+        noisy = len(verdict.noise) + len(verdict.diffs) - len(real)
+        if noisy and not real:
             self.noise.labels(endpoint=endpoint).inc()
-            self.noisy_field_diffs.labels(endpoint=endpoint).inc(len(verdict.noise))
+        if noisy:
+            self.noisy_field_diffs.labels(endpoint=endpoint).inc(noisy)
         matched = self.matched.labels(endpoint=endpoint)  # exported as 0 until the first match
-        if not verdict.diverged:
+        if not real:
             matched.inc()
             return
         counts: dict[str, int] = {}
-        for d in verdict.diffs:
+        for d in real:
             counts[d.kind] = counts.get(d.kind, 0) + 1
         for kind, n in counts.items():
             label = kind if kind in KINDS else OTHER

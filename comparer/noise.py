@@ -1,123 +1,97 @@
-"""Noise cancellation, Diffy style: per endpoint and field, raw differences against noise.
+"""Is a difference on one field of one endpoint real, or noise? Pure: no I/O, no clock.
 
-Pure: no I/O, no clock. Two levels, decided as follows.
+Diffy's idea, made to hold with few samples. Per endpoint and field the comparer counts
 
-* **Per request** (``comparer.diff.Differ``): a candidate difference is *noise in that
-  request* when the baseline and the secondary also differ at its path or above it, or
-  when the path is listed in ``noise_paths``. A request *diverges* when at least one
-  candidate difference is left that is not noise in that request. Metrics
-  (``shadow_compare_diverged_total`` …) and the divergence store follow this rule.
-* **Per endpoint and field** (this module): over all compared requests of an endpoint,
-  ``raw`` counts requests where the candidate differed from the baseline on the field
-  (cancelled or not) and ``noise`` counts requests where the field was noise (baseline
-  and secondary differed on it, or a ``noise_paths`` rule cancelled it). The field is
-  reported as a **real** divergence only when ``raw > noise`` and both
-  ``|raw − noise| / (raw + noise) > relative`` and ``|raw − noise| / requests > absolute``
-  (strictly greater). The endpoint/field report (page, ``diffs``, ``report``) uses this
-  aggregate rule, so a field that diverged in a few requests but is noisy overall is
-  shown as noise even though those requests counted as diverged.
+* ``raw`` — compared requests where the candidate differed from the reference there;
+* ``twin`` — of the ``paired`` requests that also had a *twin* of the reference (the
+  secondary, or the reference asked a second time: a probe), those where the reference
+  and its twin differed there (or above it).
+
+``raw / compared`` is how often the candidate differs, ``twin / paired`` how often the
+current release differs from itself. The field is **real** when, with the configured
+confidence, the first exceeds ``(1 + relative)`` times the second by more than
+``absolute``: the lower bound of ``p_raw − (1 + relative)·p_twin`` — a MOVER interval
+(Newcombe 1998; Zou & Donner 2008) built from Wilson score intervals of both rates —
+is above ``absolute``. It is **noise** when the upper bound is at or below ``absolute``
+(the candidate differs no more than the release differs from itself), and
+**undecided** in between (too few requests yet to tell); undecided is not real.
+
+Without any twin on an endpoint there is nothing to learn noise from: a difference is a
+difference (real once its rate's lower bound is above ``absolute``). A field that
+differed only in requests where the twin differed too (cancelled in each request), or
+only on ``noise_paths``, is noise whatever the rates.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from statistics import NormalDist
 
-if TYPE_CHECKING:
-    from comparer.diff import Verdict
+REAL = "real"
+NOISE = "noise"
+UNDECIDED = "undecided"
 
-#: Distinct field paths remembered per endpoint; further new paths are pooled here.
-MAX_FIELDS_PER_ENDPOINT = 256
-OTHER_FIELDS = "(other fields)"
+
+@lru_cache(maxsize=64)
+def z_for(confidence: float) -> float:
+    """The two-sided normal quantile for ``confidence`` (0.99 → 2.576)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 @dataclass(frozen=True)
 class NoiseThresholds:
-    """``relative`` on |raw−noise|/(raw+noise), ``absolute`` on |raw−noise|/requests (fractions)."""
+    """``relative``: the candidate must differ more than (1 + relative) × as often as the
+    release differs from itself; ``absolute``: by more than this share of requests;
+    ``confidence``: how sure (the two-sided level of the intervals)."""
 
     relative: float = 0.20
     absolute: float = 0.0003
+    confidence: float = 0.99
+    z: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "z", z_for(self.confidence))
 
 
-def is_real(raw: int, noise: int, requests: int, thresholds: NoiseThresholds = NoiseThresholds()) -> bool:
-    """Whether a field with ``raw`` differences and ``noise`` noisy ones in ``requests`` is a real divergence."""
-    if raw <= noise or requests <= 0:
-        return False
-    delta = raw - noise
-    return delta / (raw + noise) > thresholds.relative and delta / requests > thresholds.absolute
+def wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    lo = 0.0 if k <= 0 else max(0.0, centre - half)
+    hi = 1.0 if k >= n else min(1.0, centre + half)
+    return lo, hi
 
 
-@dataclass(frozen=True)
-class FieldStat:
-    """One field of one endpoint: requests with a candidate difference there (``raw``),
-    requests where it was noise (``noise``), and the aggregate classification."""
-
-    path: str
-    raw: int
-    noise: int
-    real: bool
-
-
-@dataclass
-class FieldCounts:
-    """Raw and noise counts for the fields of one endpoint."""
-
-    requests: int = 0
-    raw: dict[str, int] = field(default_factory=dict)
-    noise: dict[str, int] = field(default_factory=dict)
-    max_fields: int = MAX_FIELDS_PER_ENDPOINT
-
-    def add(self, raw_paths: set[str], noise_paths: set[str]) -> None:
-        """Count one compared request: the fields where the candidate differed, and those that were noise."""
-        self.requests += 1
-        for path in raw_paths:
-            key = self._key(path)
-            self.raw[key] = self.raw.get(key, 0) + 1
-        for path in noise_paths:
-            key = self._key(path)
-            self.noise[key] = self.noise.get(key, 0) + 1
-
-    def _key(self, path: str) -> str:
-        if path in self.raw or path in self.noise:
-            return path
-        if len(self.raw.keys() | self.noise.keys()) >= self.max_fields:
-            return OTHER_FIELDS
-        return path
-
-    def stats(self, thresholds: NoiseThresholds) -> list[FieldStat]:
-        """Every field, real divergences first, then by raw count, then by path."""
-        out = [
-            FieldStat(p, self.raw.get(p, 0), self.noise.get(p, 0), is_real(self.raw.get(p, 0), self.noise.get(p, 0), self.requests, thresholds))
-            for p in self.raw.keys() | self.noise.keys()
-        ]
-        out.sort(key=lambda s: (not s.real, -s.raw, -s.noise, s.path))
-        return out
+def difference_bounds(k1: int, n1: int, k2: int, n2: int, factor: float, z: float) -> tuple[float, float]:
+    """MOVER bounds of ``p1 − factor·p2`` from the Wilson intervals of both rates."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson(k1, n1, z)
+    l2, u2 = wilson(k2, n2, z)
+    d = p1 - factor * p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (factor * (u2 - p2)) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (factor * (p2 - l2)) ** 2)
+    return lo, hi
 
 
-def verdict_paths(verdict: Verdict) -> tuple[set[str], set[str]]:
-    """(raw, noise) field paths of one verdict, as counted by :class:`FieldCounts`."""
-    raw = {d.path for d in verdict.diffs}
-    cancelled = {d.path for d in verdict.noise}
-    return raw | cancelled, cancelled | {d.path for d in verdict.secondary}
-
-
-class NoiseTable:
-    """Per-endpoint FieldCounts. Endpoint keys are expected to be bounded by the caller."""
-
-    def __init__(self, thresholds: NoiseThresholds = NoiseThresholds(), max_fields: int = MAX_FIELDS_PER_ENDPOINT) -> None:
-        self.thresholds = thresholds
-        self.max_fields = max_fields
-        self._endpoints: dict[str, FieldCounts] = {}
-
-    def add(self, endpoint: str, verdict: Verdict) -> None:
-        counts = self._endpoints.get(endpoint)
-        if counts is None:
-            counts = self._endpoints[endpoint] = FieldCounts(max_fields=self.max_fields)
-        counts.add(*verdict_paths(verdict))
-
-    def field_stats(self, endpoint: str) -> list[FieldStat]:
-        counts = self._endpoints.get(endpoint)
-        return counts.stats(self.thresholds) if counts is not None else []
-
-    def real_fields(self, endpoint: str) -> list[str]:
-        return [s.path for s in self.field_stats(endpoint) if s.real]
+def classify(
+    raw: int, compared: int, twin: int, paired: int, uncancelled: int, t: NoiseThresholds = NoiseThresholds()
+) -> str:
+    """REAL, NOISE or UNDECIDED for one field of one endpoint (see the module docstring)."""
+    if raw <= 0 or compared <= 0 or uncancelled <= 0:
+        return NOISE
+    if paired <= 0:
+        lo, _ = wilson(raw, compared, t.z)
+        return REAL if lo > t.absolute else UNDECIDED
+    lo, hi = difference_bounds(raw, compared, min(twin, paired), paired, 1 + t.relative, t.z)
+    if lo > t.absolute:
+        return REAL
+    if hi <= t.absolute:
+        return NOISE
+    return UNDECIDED

@@ -15,6 +15,7 @@ over the whole path string (``fnmatch``, case-sensitive).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 
@@ -84,3 +85,17 @@ def is_within(path: str, ancestor: str) -> bool:
         return False
     rest = path[len(ancestor) :]
     return not rest or (ancestor.startswith("$") and rest[0] in ".[")
+
+
+_RPC_ID = re.compile(r"\[\?\(@\.id==(?:[^)]|\)(?!\]))*\)\]")
+_INDEX = re.compile(r"\[\d+\]")
+
+
+@functools.lru_cache(maxsize=65536)
+def field_key(path: str) -> str:
+    """The field a diff path belongs to, for counting per endpoint: array indexes and
+    JSON-RPC ids become ``[*]`` (``$.items[3].ts`` → ``$.items[*].ts``,
+    ``$[?(@.id==7)].result`` → ``$[*].result``); other paths are their own field."""
+    if not path.startswith("$") or "[" not in path:
+        return path
+    return _INDEX.sub("[*]", _RPC_ID.sub("[*]", path))

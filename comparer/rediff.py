@@ -1,10 +1,12 @@
 """``shadowreplay compare --rediff``: re-run the diff engine over stored divergences.
 
 After changing ignore rules (headers, paths, tolerances), every stored divergence is
-compared again with the current config: one that no longer diverges is removed, one whose
-diffs changed is updated. The per-endpoint counters are corrected by an adjustment
-session (``rediff-…``) so totals stay the sum over sessions. Rows are processed in id
-order, ``chunk`` at a time, each chunk in its own transaction (bounded memory).
+compared again with the current config: one that no longer differs is removed, one whose
+diffs changed is updated. The per-endpoint tallies (field counts and signatures) are
+corrected by an adjustment session (``rediff-…``) so totals stay the sum over sessions,
+and the current verdict thresholds are recorded in the store. Only stored divergences
+can be re-diffed: results not stored (or pruned) keep their counts. Rows are processed
+in id order, ``chunk`` at a time, each chunk in its own transaction (bounded memory).
 
 Bodies were stored capped at ``comparer.store.max_body_bytes``: a capped body can only
 be compared by digest of what was kept, so raise that cap if you rely on re-diffing big
@@ -24,7 +26,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from comparer.diff import Differ, Verdict
-from comparer.store import diffs_to_json, open_schema
+from comparer.paths import field_key
+from comparer.store import diff_keys, diffs_to_json, open_schema, signature_text, write_rules
+from comparer.verdict import status_first, verdict_rules
 from shadowreplay.config import ComparerConfig
 from shadowreplay.errors import RecordError, ShadowError
 from shadowreplay.record import ReplayResult
@@ -74,14 +78,18 @@ class RediffOutcome:
         return "\n".join(lines)
 
 
-def rediff(path: str, differ: DiffFn, *, chunk: int = 500) -> RediffOutcome:
-    """Re-compare every divergence stored at ``path`` with ``differ``; update the store."""
+def rediff(path: str, differ: DiffFn, *, chunk: int = 500, config: ComparerConfig | None = None) -> RediffOutcome:
+    """Re-compare every divergence stored at ``path`` with ``differ``; update the store
+    (and record ``config``'s verdict thresholds in it, when given)."""
     out = RediffOutcome()
     session = f"rediff-{uuid.uuid4().hex}"
-    diverged_delta: Counter[str] = Counter()
+    sig_delta: Counter[tuple[str, str]] = Counter()
     field_delta: Counter[tuple[str, str]] = Counter()
     conn = open_schema(path)
     try:
+        if config is not None:
+            with conn:
+                write_rules(conn, verdict_rules(config))
         last = 0
         while True:
             rows = conn.execute(
@@ -93,12 +101,18 @@ def rediff(path: str, differ: DiffFn, *, chunk: int = 500) -> RediffOutcome:
             last = rows[-1]["id"]
             with conn:
                 for row in rows:
-                    _one(conn, row, differ, out, diverged_delta, field_delta)
+                    _one(conn, row, differ, out, sig_delta, field_delta)
         now = time.time_ns()
         with conn:
+            endpoints = {ep for ep, _ in sig_delta} | {ep for ep, _ in field_delta}
             conn.executemany(
-                "INSERT INTO counts (session, endpoint, compared, diverged, noisy, updated_ns) VALUES (?, ?, 0, ?, 0, ?)",
-                [(session, ep, d, now) for ep, d in diverged_delta.items() if d],
+                "INSERT INTO counts (session, endpoint, compared, diverged, noisy, updated_ns, tallied)"
+                " VALUES (?, ?, 0, 0, 0, ?, 1)",
+                [(session, ep, now) for ep in sorted(endpoints)],
+            )
+            conn.executemany(
+                "INSERT INTO signatures (session, endpoint, sig, count) VALUES (?, ?, ?, ?)",
+                [(session, ep, sig, d) for (ep, sig), d in sig_delta.items() if d],
             )
             conn.executemany(
                 "INSERT INTO field_counts (session, endpoint, path, raw, noise) VALUES (?, ?, ?, ?, 0)",
@@ -118,13 +132,15 @@ def _one(
     row: sqlite3.Row,
     differ: DiffFn,
     out: RediffOutcome,
-    diverged_delta: Counter[str],
+    sig_delta: Counter[tuple[str, str]],
     field_delta: Counter[tuple[str, str]],
 ) -> None:
     div_id, endpoint = row["id"], row["endpoint"]
     out.examined += 1
     old = orjson.loads(row["diffs"])
     old_paths = {d["path"] for d in old}
+    old_sig = signature_text({(field_key(d["path"]), d["kind"]) for d in old})
+    old_keys = {field_key(p) for p in old_paths}
     out.before[endpoint] += 1
     for p in old_paths:
         out.fields_before[(endpoint, p)] += 1
@@ -142,12 +158,12 @@ def _one(
         conn.execute("DELETE FROM divergences WHERE id = ?", (div_id,))
         conn.execute("DELETE FROM diff_fields WHERE divergence_id = ?", (div_id,))
         out.removed += 1
-        diverged_delta[endpoint] -= 1
-        for p in old_paths:
-            field_delta[(endpoint, p)] -= 1
+        sig_delta[(endpoint, old_sig)] -= 1
+        for k in old_keys:
+            field_delta[(endpoint, k)] -= 1
         return
     out.after[endpoint] += 1
-    new = diffs_to_json(verdict.diffs)
+    new = status_first(diffs_to_json(verdict.diffs))
     new_paths = {d["path"] for d in new}
     for p in new_paths:
         out.fields_after[(endpoint, p)] += 1
@@ -155,15 +171,20 @@ def _one(
         out.unchanged += 1
         return
     out.changed += 1
-    for p in old_paths - new_paths:
-        field_delta[(endpoint, p)] -= 1
-    for p in new_paths - old_paths:
-        field_delta[(endpoint, p)] += 1
+    new_keys = {field_key(p) for p in new_paths}
+    for k in old_keys - new_keys:
+        field_delta[(endpoint, k)] -= 1
+    for k in new_keys - old_keys:
+        field_delta[(endpoint, k)] += 1
+    new_sig = signature_text({(field_key(d.path), d.kind) for d in verdict.diffs})
+    if new_sig != old_sig:
+        sig_delta[(endpoint, old_sig)] -= 1
+        sig_delta[(endpoint, new_sig)] += 1
     kinds = sorted({d.kind for d in verdict.diffs})
     conn.execute(
-        "UPDATE divergences SET diffs = ?, noise = ?, kinds = ?, reference = ? WHERE id = ?",
-        (orjson.dumps(new, default=str), orjson.dumps(diffs_to_json(verdict.noise), default=str), ",".join(kinds),
-         verdict.reference, div_id),
+        "UPDATE divergences SET diffs = ?, noise = ?, kinds = ?, reference = ?, keys = ? WHERE id = ?",
+        (orjson.dumps(new, default=str), orjson.dumps(status_first(diffs_to_json(verdict.noise)), default=str),
+         ",".join(kinds), verdict.reference, orjson.dumps(diff_keys(verdict.diffs)).decode(), div_id),
     )
     conn.execute("DELETE FROM diff_fields WHERE divergence_id = ?", (div_id,))
     conn.executemany(

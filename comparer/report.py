@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 
-from comparer.store import EndpointView, StoreReader
+from comparer.latency import LatencyVerdict
+from comparer.store import EndpointView, FieldView, StoreReader
+from comparer.verdict import FIRST_PATHS
 
 TOP_FIELDS = 10
 EXAMPLES_PER_ENDPOINT = 3
@@ -42,8 +44,39 @@ def _examples(reader: StoreReader, view: EndpointView, since_ns: int | None) -> 
     return [r for r in rows if not since_ns or r["ts_ns"] >= since_ns]
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def latency_text(lat: LatencyVerdict) -> str:
+    """``p50 1.2 → 61.5 ms, p95 2.0 → 63.1 ms`` (baseline → candidate), plus the verdict."""
+    if lat.baseline_p50_ms is None or lat.candidate_p50_ms is None:
+        return "no latency compared"
+    text = (
+        f"p50 {_ms(lat.baseline_p50_ms)} → {_ms(lat.candidate_p50_ms)} ms, "
+        f"p95 {_ms(lat.baseline_p95_ms)} → {_ms(lat.candidate_p95_ms)} ms"
+    )
+    if lat.regression and lat.quantile is not None:
+        text += f" — REGRESSION: at p{lat.quantile * 100:g} slower by at least {_ms(lat.slower_ms)} ms"
+    return text
+
+
+def not_compared_text(by_target: dict[str, dict[str, int]]) -> str:
+    return ", ".join(
+        f"{target} {reason} {n}" for target, reasons in by_target.items() for reason, n in reasons.items()
+    )
+
+
+def field_line(f: FieldView) -> str:
+    counts = f"raw {f.raw}" + (f", noise {f.noise}" if f.noise else "") + (f", twin {f.twin}" if f.twin else "")
+    if f.real:
+        counts += f", diverged {f.diverged}, stored {f.stored}"
+    return f"{f.path}  [{', '.join(f.kinds) or '-'}]  {f.state}  {counts}"
+
+
 def render_terminal(views: Sequence[EndpointView], top_fields: int = 5) -> str:
-    """Endpoints by divergence rate, each followed by its diverging fields."""
+    """Endpoints by real divergence rate, each followed by its fields (status first, then
+    the real ones), its latency in ms and what was not compared."""
     if not views:
         return "no divergences stored and nothing compared yet"
     header = ("endpoint", "compared", "diverged", "rate", "noise", "stored")
@@ -56,11 +89,17 @@ def render_terminal(views: Sequence[EndpointView], top_fields: int = 5) -> str:
     out = [line(header)]
     for v, r in zip(views, rows, strict=True):
         out.append(line(r))
-        for f in v.fields[:top_fields]:
-            noise = f", noise {f.noise}" if f.noise else ""
-            out.append(f"    {f.path}  [{', '.join(f.kinds) or '-'}]  raw {f.raw}{noise}, stored {f.stored}")
-        if len(v.fields) > top_fields:
-            out.append(f"    … {len(v.fields) - top_fields} more fields")
+        out.append(f"    latency  {latency_text(v.latency)}")
+        if v.not_compared:
+            out.append(f"    not compared  {not_compared_text(v.not_compared)}")
+        shown = [f for f in v.fields if f.real or f.path in FIRST_PATHS][:top_fields]
+        shown += [f for f in v.fields if f not in shown][: max(0, top_fields - len(shown))]
+        for f in shown:
+            out.append(f"    {field_line(f)}")
+        rest = [f for f in v.fields if f not in shown]
+        if rest:
+            real = sum(1 for f in rest if f.real)
+            out.append(f"    … {len(rest)} more fields ({real} real)")
     return "\n".join(out)
 
 
@@ -85,21 +124,30 @@ def render_markdown(reader: StoreReader, *, title: str = "shadowreplay report", 
         "",
         f"Generated {_when(time.time_ns())} from `{cell(reader.path)}`.",
         "",
-        f"**{totals['compared']}** compared, **{totals['diverged']}** diverged ({rate}); "
-        f"{totals['stored']} divergences stored, {_when(totals['first_ns'])} to {_when(totals['last_ns'])}.",
+        f"**{totals['compared']}** compared, **{totals['diverged']}** with a real divergence ({rate}); "
+        f"**{totals['latency_regressions']}** latency regressions; {totals['not_compared']} not compared "
+        f"(target not reached); {totals['stored']} divergences stored, {_when(totals['first_ns'])} to "
+        f"{_when(totals['last_ns'])}.",
         "",
-        "| endpoint | compared | diverged | rate | noise | top fields |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| endpoint | compared | diverged | rate | noise | latency (baseline → candidate) | not compared | real fields |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for v in views:
-        top = ", ".join(code(f.path) for f in v.fields[:3])
-        out.append(f"| {code(v.endpoint)} | {v.compared} | {v.diverged} | {_pct(v.rate)} | {v.noise} | {top} |")
+        top = ", ".join(code(f.path) for f in v.fields if f.real)
+        out.append(
+            f"| {code(v.endpoint)} | {v.compared} | {v.diverged} | {_pct(v.rate)} | {v.noise} | "
+            f"{cell(latency_text(v.latency))} | {v.not_compared_total} | {top} |"
+        )
     for v in views:
         if not v.fields and not v.stored:
             continue
-        out += ["", f"## {code(v.endpoint)}", "", "| field | kinds | raw | noise | stored |", "| --- | --- | ---: | ---: | ---: |"]
+        out += ["", f"## {code(v.endpoint)}", "", "| field | verdict | kinds | raw | noise | twin | diverged | stored |",
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for f in v.fields[:TOP_FIELDS]:
-            out.append(f"| {code(f.path)} | {cell(', '.join(f.kinds))} | {f.raw} | {f.noise} | {f.stored} |")
+            out.append(
+                f"| {code(f.path)} | {f.state} | {cell(', '.join(f.kinds))} | {f.raw} | {f.noise} | {f.twin} | "
+                f"{f.diverged} | {f.stored} |"
+            )
         examples = _examples(reader, v, since_ns)
         if examples:
             out += ["", "Examples:", ""]
@@ -130,34 +178,42 @@ def render_html(reader: StoreReader, *, title: str = "shadowreplay report", sinc
         return f"<code>{e(str(v))}</code>"
 
     rate = _pct(totals["diverged"] / totals["compared"]) if totals["compared"] else "-"
-    parts = [
+    parts: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">",
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p class='muted'>Generated {e(_when(time.time_ns()))} from {c(reader.path)}.</p>",
-        f"<p><b>{totals['compared']}</b> compared, <b>{totals['diverged']}</b> diverged ({e(rate)}); "
-        f"{totals['stored']} divergences stored, {e(_when(totals['first_ns']))} to {e(_when(totals['last_ns']))}.</p>",
+        f"<p><b>{totals['compared']}</b> compared, <b>{totals['diverged']}</b> with a real divergence ({e(rate)}); "
+        f"<b>{totals['latency_regressions']}</b> latency regressions; {totals['not_compared']} not compared "
+        f"(target not reached); {totals['stored']} divergences stored, {e(_when(totals['first_ns']))} to "
+        f"{e(_when(totals['last_ns']))}.</p>",
         "<table><tr><th>endpoint</th><th class='n'>compared</th><th class='n'>diverged</th>"
-        "<th class='n'>rate</th><th class='n'>noise</th><th>top fields</th></tr>",
+        "<th class='n'>rate</th><th class='n'>noise</th><th>latency (baseline → candidate)</th>"
+        "<th class='n'>not compared</th><th>real fields</th></tr>",
     ]
     for v in views:
         cls = "n hi" if v.rate >= 0.05 else "n"
-        top = ", ".join(c(f.path) for f in v.fields[:3])
+        lat_cls = " class='hi'" if v.latency.regression else ""
+        top = ", ".join(c(f.path) for f in v.fields if f.real)
         parts.append(
             f"<tr><td>{c(v.endpoint)}</td><td class='n'>{v.compared}</td><td class='n'>{v.diverged}</td>"
-            f"<td class='{cls}'>{e(_pct(v.rate))}</td><td class='n'>{v.noise}</td><td>{top}</td></tr>"
+            f"<td class='{cls}'>{e(_pct(v.rate))}</td><td class='n'>{v.noise}</td>"
+            f"<td{lat_cls}>{e(latency_text(v.latency))}</td><td class='n'>{v.not_compared_total}</td><td>{top}</td></tr>"
         )
     parts.append("</table>")
     for v in views:
         if not v.fields and not v.stored:
             continue
-        parts.append(f"<h2>{c(v.endpoint)}</h2><table><tr><th>field</th><th>kinds</th>"
-                     "<th class='n'>raw</th><th class='n'>noise</th><th class='n'>stored</th></tr>")
+        parts.append(f"<h2>{c(v.endpoint)}</h2><table><tr><th>field</th><th>verdict</th><th>kinds</th>"
+                     "<th class='n'>raw</th><th class='n'>noise</th><th class='n'>twin</th>"
+                     "<th class='n'>diverged</th><th class='n'>stored</th></tr>")
         for f in v.fields[:TOP_FIELDS]:
+            state = f"<b class='hi'>{e(f.state)}</b>" if f.real else e(f.state)
             parts.append(
-                f"<tr><td>{c(f.path)}</td><td>{e(', '.join(f.kinds))}</td><td class='n'>{f.raw}</td>"
-                f"<td class='n'>{f.noise}</td><td class='n'>{f.stored}</td></tr>"
+                f"<tr><td>{c(f.path)}</td><td>{state}</td><td>{e(', '.join(f.kinds))}</td><td class='n'>{f.raw}</td>"
+                f"<td class='n'>{f.noise}</td><td class='n'>{f.twin}</td><td class='n'>{f.diverged}</td>"
+                f"<td class='n'>{f.stored}</td></tr>"
             )
         parts.append("</table>")
         examples = _examples(reader, v, since_ns)

@@ -1,19 +1,28 @@
-"""The divergence store: diverging results and per-endpoint counts in one SQLite file.
+"""The divergence store: diverging results and per-endpoint tallies in one SQLite file.
 
-The comparer calls :meth:`DivergenceStore.add` for every diverging verdict and
-:meth:`DivergenceStore.flush` once per batch (before it commits the batch), so what is on
-disk never lags what was committed on the bus. Each stored divergence keeps the request,
-every target's response (bodies capped at ``max_body_bytes``), the field diffs, the
-endpoint and the time it was stored. Counts of compared/diverged results per endpoint are
-kept per comparer *session* (one per process run) as absolute snapshots, so totals (the
-sum over sessions) survive restarts and add up across several comparer processes.
+The comparer calls :meth:`DivergenceStore.add` for every result that differs on a field
+judged real or not yet decided, and :meth:`DivergenceStore.flush` once per batch (before
+it commits the batch), so what is on disk never lags what was committed on the bus. Each
+stored divergence keeps the request, every target's response (bodies capped at
+``max_body_bytes``), the field diffs (status first), the fields they fall in, the
+endpoint and the time it was stored.
+
+Beside them the store keeps every comparer *session*'s (one per process run)
+per-endpoint tallies (:class:`comparer.verdict.EndpointTally`): compared, paired and
+differing counts, per-field raw/twin/cancelled counts and kinds, the signatures of
+differing requests, candidate and baseline latency sketch bins, and results not compared
+by target and reason — as absolute snapshots, so totals (the sum over sessions) survive
+restarts and add up across several comparer processes. It also keeps the verdict
+thresholds the comparer ran with (``meta``), so every reader judges alike.
 
 Retention: divergences older than ``max_age_seconds`` and all but the newest
-``max_count`` are pruned every ``prune_interval_seconds``, by id range (index-only).
+``max_count`` are pruned every ``prune_interval_seconds``, by id range (index-only);
+so are stored divergences whose every field is judged noise by then.
 
-:class:`StoreReader` is the read side used by the web page, ``shadowreplay diffs`` and
-``shadowreplay report``; it opens its own connections, read-only, and treats a missing
-file as an empty store.
+:class:`StoreReader` is the read side used by the web page, ``shadowreplay diffs``,
+``report`` and ``gate``; it opens its own connections, read-only, treats a missing file
+as an empty store, and judges the merged tallies with :func:`comparer.verdict.judge` at
+each read — stored divergences are re-judged as the verdict of their fields changes.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +39,17 @@ from typing import Any
 import orjson
 
 from comparer.diff import FieldDiff, Verdict
-from comparer.loop import Comparer
+from comparer.latency import LatencyVerdict, LogSketch
+from comparer.noise import NOISE
+from comparer.paths import field_key
+from comparer.verdict import EndpointJudgement, EndpointTally, FieldTally, VerdictRules, judge, status_first
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
 from shadowreplay.record import ReplayResult, Response
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: add() flushes on its own past this many pending divergences (bounded memory).
 MAX_PENDING = 5000
 
@@ -83,7 +95,41 @@ CREATE TABLE IF NOT EXISTS field_counts (
     noise INTEGER NOT NULL,
     PRIMARY KEY (session, endpoint, path)
 );
+CREATE TABLE IF NOT EXISTS signatures (
+    session TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (session, endpoint, sig)
+);
+CREATE TABLE IF NOT EXISTS latency_bins (
+    session TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    target TEXT NOT NULL,
+    bin INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (session, endpoint, target, bin)
+);
+CREATE TABLE IF NOT EXISTS not_compared (
+    session TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (session, endpoint, target, reason)
+);
 """
+# Columns added by schema 2 to tables of schema 1 (table, column, definition).
+_ADDED_COLUMNS = (
+    ("divergences", "keys", "TEXT NOT NULL DEFAULT ''"),
+    ("counts", "paired", "INTEGER NOT NULL DEFAULT 0"),
+    ("counts", "differing", "INTEGER NOT NULL DEFAULT 0"),
+    ("counts", "tallied", "INTEGER NOT NULL DEFAULT 0"),  # 1: diverged comes from signatures
+    ("field_counts", "cancelled", "INTEGER NOT NULL DEFAULT 0"),
+    ("field_counts", "kinds", "TEXT NOT NULL DEFAULT ''"),
+)
+#: A signature row holding the pooled overflow signature (see comparer.verdict.MAX_SIGNATURES).
+OVERFLOW_PREFIX = "*"
 
 
 def resolve_store_path(config: StoreConfig, bus_url: str) -> str:
@@ -97,26 +143,7 @@ def resolve_store_path(config: StoreConfig, bus_url: str) -> str:
     return "shadowreplay-diffs.db"
 
 
-@dataclass(frozen=True)
-class FieldCount:
-    """Lifetime counts of one field of one endpoint: raw differences and noise among them."""
-
-    endpoint: str
-    path: str
-    raw: int
-    noise: int = 0
-
-
-@dataclass(frozen=True)
-class CountsSnapshot:
-    """This session's totals: ``endpoints`` maps name → (compared, diverged, noisy), where
-    ``noisy`` counts compared results in which some difference was cancelled as noise."""
-
-    endpoints: dict[str, tuple[int, int, int]]
-    fields: list[FieldCount] = field(default_factory=list)
-
-
-CountsSource = Callable[[], CountsSnapshot]
+TalliesSource = Callable[[], Mapping[str, EndpointTally]]
 Listener = Callable[[list[dict[str, Any]]], None]
 
 
@@ -142,10 +169,16 @@ def open_schema(path: str) -> sqlite3.Connection:
         with conn:
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row["value"]) > SCHEMA_VERSION:
+            if row is not None and int(row["value"]) > SCHEMA_VERSION:
                 raise ShadowError(f"divergence store {path}: schema {row['value']} is newer than this build")
+            for table, column, definition in _ADDED_COLUMNS:
+                have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
     except sqlite3.Error as exc:
         conn.close()
         raise ShadowError(f"divergence store {path}: {exc}") from exc
@@ -178,63 +211,95 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=str)
 
 
+def diff_keys(diffs: Iterable[FieldDiff]) -> list[str]:
+    """The fields (``comparer.paths.field_key``) of ``diffs``, sorted, once each."""
+    return sorted({field_key(d.path) for d in diffs})
+
+
+def signature_text(signature: Iterable[tuple[str, str]]) -> str:
+    return orjson.dumps(sorted(signature)).decode()
+
+
+def write_rules(conn: sqlite3.Connection, rules: VerdictRules) -> None:
+    """Record the verdict thresholds in ``meta`` (every reader judges with them)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('verdict_rules', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (orjson.dumps(rules.to_json()).decode(),),
+    )
+
+
 class DivergenceStore:
-    """The write side (one per comparer process). Not thread-safe: call from one thread."""
+    """The write side (one per comparer process). Not thread-safe: call from one thread.
+
+    ``rules`` are recorded in the store for its readers; ``tallies`` (or
+    :meth:`set_tallies_source`) is where :meth:`flush` reads this session's tallies."""
 
     def __init__(
         self,
         path: str,
         config: StoreConfig,
         *,
-        counts: CountsSource | None = None,
+        rules: VerdictRules | None = None,
+        tallies: TalliesSource | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.path = path
         self._config = config
         self._conn = open_schema(path)
-        self._counts = counts
+        if rules is not None:
+            try:
+                with self._conn:
+                    write_rules(self._conn, rules)
+            except sqlite3.Error as exc:
+                self._conn.close()
+                raise ShadowError(f"divergence store {path}: {exc}") from exc
+        self._tallies = tallies
         self._clock = clock
         self.session = uuid.uuid4().hex
-        self._pending: list[tuple[int, ReplayResult, Verdict]] = []
+        self._pending: list[tuple[int, ReplayResult, Verdict, bool]] = []
         self._listeners: list[Listener] = []
         self._last_prune = 0
-        self._written: dict[tuple[str, str, str], tuple[int, ...]] = {}
+        self._written: dict[str, tuple[int, int, int]] = {}
+        self._overflow_written: dict[str, str] = {}
         self.stored = 0
         self.pruned = 0
 
-    def set_counts_source(self, counts: CountsSource) -> None:
-        """Where :meth:`flush` reads this session's per-endpoint totals from."""
-        self._counts = counts
+    def set_tallies_source(self, tallies: TalliesSource) -> None:
+        """Where :meth:`flush` reads this session's per-endpoint tallies from."""
+        self._tallies = tallies
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with the summaries of newly stored divergences after each flush."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def add(self, result: ReplayResult, verdict: Verdict) -> None:
-        """Queue one diverging result; durable after the next :meth:`flush`."""
-        if not verdict.diverged:
+    def add(self, result: ReplayResult, verdict: Verdict, *, real: bool = True) -> None:
+        """Queue one differing result; durable after the next :meth:`flush`. Listeners
+        hear only of those ``real`` when they arrived (the live feed shows divergences)."""
+        if not verdict.diffs:
             return
-        self._pending.append((self._clock(), result, verdict))
+        self._pending.append((self._clock(), result, verdict, real))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     def flush(self) -> None:
-        """Write pending divergences and this session's changed counts in one transaction;
+        """Write pending divergences and this session's changed tallies in one transaction;
         prune when due."""
         pending, self._pending = self._pending, []
         now = self._clock()
-        snapshot = self._counts() if self._counts is not None else None
+        tallies = self._tallies() if self._tallies is not None else None
         added: list[dict[str, Any]] = []
         try:
             with self._conn:
-                for ts, result, verdict in pending:
-                    added.append(self._insert(ts, result, verdict))
-                if snapshot is not None:
-                    self._write_counts(snapshot, now)
+                for ts, result, verdict, real in pending:
+                    item = self._insert(ts, result, verdict)
+                    if real:
+                        added.append(item)
+                if tallies is not None:
+                    self._write_tallies(tallies, now)
         except sqlite3.Error as exc:
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
-        self.stored += len(added)
+        self.stored += len(pending)
         if now - self._last_prune >= self._config.prune_interval_seconds * 1e9:
             self.prune(now)
         if added:
@@ -246,10 +311,11 @@ class DivergenceStore:
 
     def _insert(self, ts: int, result: ReplayResult, verdict: Verdict) -> dict[str, Any]:
         kinds = sorted({d.kind for d in verdict.diffs})
+        keys = diff_keys(verdict.diffs)
         req = result.request
         cur = self._conn.execute(
-            "INSERT INTO divergences (ts_ns, endpoint, result_id, method, target, reference, kinds, diffs, noise, result)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO divergences (ts_ns, endpoint, result_id, method, target, reference, kinds, diffs, noise,"
+            " result, keys) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ts,
                 verdict.endpoint,
@@ -258,9 +324,10 @@ class DivergenceStore:
                 req.target,
                 verdict.reference,
                 ",".join(kinds),
-                _dumps(diffs_to_json(verdict.diffs)),
-                _dumps(diffs_to_json(verdict.noise)),
+                _dumps(status_first(diffs_to_json(verdict.diffs))),
+                _dumps(status_first(diffs_to_json(verdict.noise))),
                 _dumps(cap_result(result, self._config.max_body_bytes)),
+                orjson.dumps(keys).decode(),
             ),
         )
         div_id = int(cur.lastrowid or 0)
@@ -279,44 +346,76 @@ class DivergenceStore:
             "method": req.method,
             "target": req.target,
             "kinds": kinds,
-            "paths": sorted({d.path for d in verdict.diffs})[:20],
+            "paths": sorted({d.path for d in verdict.diffs}, key=lambda p: (p not in ("status", "error"), p))[:20],
         }
 
-    def _write_counts(self, snapshot: CountsSnapshot, now: int) -> None:
-        endpoints = [
-            (self.session, ep, c, d, n, now)
-            for ep, (c, d, n) in snapshot.endpoints.items()
-            if self._changed(("endpoint", ep, ""), (c, d, n))
-        ]
-        fields = [
-            (self.session, f.endpoint, f.path, f.raw, f.noise)
-            for f in snapshot.fields
-            if self._changed(("field", f.endpoint, f.path), (f.raw, f.noise))
-        ]
-        self._conn.executemany(
-            "INSERT INTO counts (session, endpoint, compared, diverged, noisy, updated_ns) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (session, endpoint) DO UPDATE SET compared = excluded.compared,"
-            " diverged = excluded.diverged, noisy = excluded.noisy, updated_ns = excluded.updated_ns",
-            endpoints,
+    def _write_tallies(self, tallies: Mapping[str, EndpointTally], now: int) -> None:
+        s = self.session
+        counts, fields, sigs, bins, nc = [], [], [], [], []
+        for ep, t in tallies.items():
+            key = (t.compared, t.paired, t.differing)
+            if self._written.get(ep) != key:
+                self._written[ep] = key
+                counts.append((s, ep, t.compared, now, t.paired, t.differing))
+            for path in t.changed_fields:
+                f = t.fields.get(path)
+                if f is not None:
+                    fields.append((s, ep, path, f.raw, f.twin, f.cancelled, ",".join(sorted(f.kinds))))
+            for sig in t.changed_signatures:
+                sigs.append((s, ep, signature_text(sig), t.signatures[sig]))
+            for target, b in t.changed_bins:
+                bins.append((s, ep, target, b, t.latency[target].bins[b]))
+            for (target, reason) in t.changed_not_compared:
+                nc.append((s, ep, target, reason, t.not_compared[(target, reason)]))
+            if t.overflow_count:
+                text = OVERFLOW_PREFIX + signature_text(t.overflow)
+                old = self._overflow_written.get(ep)
+                if old is not None and old != text:
+                    self._conn.execute("DELETE FROM signatures WHERE session = ? AND endpoint = ? AND sig = ?", (s, ep, old))
+                self._overflow_written[ep] = text
+                sigs.append((s, ep, text, t.overflow_count))
+            t.changed_fields.clear()
+            t.changed_signatures.clear()
+            t.changed_bins.clear()
+            t.changed_not_compared.clear()
+        c = self._conn
+        c.executemany(
+            "INSERT INTO counts (session, endpoint, compared, diverged, noisy, updated_ns, paired, differing, tallied)"
+            " VALUES (?, ?, ?, 0, 0, ?, ?, ?, 1) ON CONFLICT (session, endpoint) DO UPDATE SET"
+            " compared = excluded.compared, paired = excluded.paired, differing = excluded.differing,"
+            " updated_ns = excluded.updated_ns, tallied = 1",
+            counts,
         )
-        self._conn.executemany(
-            "INSERT INTO field_counts (session, endpoint, path, raw, noise) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (session, endpoint, path) DO UPDATE SET raw = excluded.raw, noise = excluded.noise",
+        c.executemany(
+            "INSERT INTO field_counts (session, endpoint, path, raw, noise, cancelled, kinds) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (session, endpoint, path) DO UPDATE SET raw = excluded.raw, noise = excluded.noise,"
+            " cancelled = excluded.cancelled, kinds = excluded.kinds",
             fields,
         )
-
-    def _changed(self, key: tuple[str, str, str], value: tuple[int, ...]) -> bool:
-        if self._written.get(key) == value:
-            return False
-        self._written[key] = value
-        return True
+        c.executemany(
+            "INSERT INTO signatures (session, endpoint, sig, count) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (session, endpoint, sig) DO UPDATE SET count = excluded.count",
+            sigs,
+        )
+        c.executemany(
+            "INSERT INTO latency_bins (session, endpoint, target, bin, count) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (session, endpoint, target, bin) DO UPDATE SET count = excluded.count",
+            bins,
+        )
+        c.executemany(
+            "INSERT INTO not_compared (session, endpoint, target, reason, count) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (session, endpoint, target, reason) DO UPDATE SET count = excluded.count",
+            nc,
+        )
 
     def prune(self, now: int | None = None) -> int:
-        """Delete divergences past the age or count limit; returns how many went."""
+        """Delete divergences past the age or count limit, and those whose every field is
+        judged noise by now; returns how many went."""
         now = self._clock() if now is None else now
         self._last_prune = now
         cutoff = now - int(self._config.max_age_seconds * 1e9)
         try:
+            noise_only = StoreReader(self.path).noise_only_ids()
             with self._conn:
                 by_age = self._conn.execute(
                     "SELECT MAX(id) FROM divergences WHERE ts_ns < ?", (cutoff,)
@@ -325,10 +424,15 @@ class DivergenceStore:
                     "SELECT id FROM divergences ORDER BY id DESC LIMIT 1 OFFSET ?", (self._config.max_count,)
                 ).fetchone()
                 upto = max(by_age or 0, by_count[0] if by_count else 0)
-                if not upto:
-                    return 0
-                n = self._conn.execute("DELETE FROM divergences WHERE id <= ?", (upto,)).rowcount
-                self._conn.execute("DELETE FROM diff_fields WHERE divergence_id <= ?", (upto,))
+                n = 0
+                if upto:
+                    n = self._conn.execute("DELETE FROM divergences WHERE id <= ?", (upto,)).rowcount
+                    self._conn.execute("DELETE FROM diff_fields WHERE divergence_id <= ?", (upto,))
+                noise_only = [i for i in noise_only if i > upto]
+                if noise_only:
+                    self._conn.executemany("DELETE FROM divergences WHERE id = ?", [(i,) for i in noise_only])
+                    self._conn.executemany("DELETE FROM diff_fields WHERE divergence_id = ?", [(i,) for i in noise_only])
+                    n += len(noise_only)
         except sqlite3.Error as exc:
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
         if n:
@@ -349,30 +453,57 @@ class DivergenceStore:
 
 @dataclass
 class FieldView:
+    """One field of one endpoint: its verdict (``real``; ``state`` real, noise or
+    undecided), ``raw`` requests where the candidate differed there, ``noise`` those
+    judged noise, ``twin`` paired requests where the reference and its twin differed
+    there, ``diverged`` requests counted as diverged on it, ``stored`` stored divergences
+    touching it (only for real fields)."""
+
     path: str
     kinds: list[str]
     raw: int
     noise: int
     stored: int
+    real: bool = True
+    state: str = "real"
+    twin: int = 0
+    diverged: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "kinds": self.kinds, "raw": self.raw, "noise": self.noise, "stored": self.stored}
+        return {
+            "path": self.path,
+            "real": self.real,
+            "verdict": self.state,
+            "kinds": self.kinds,
+            "raw": self.raw,
+            "noise": self.noise,
+            "twin": self.twin,
+            "diverged": self.diverged,
+            "stored": self.stored,
+        }
 
 
 @dataclass
 class EndpointView:
-    """One endpoint as the page, ``diffs --json`` and the report show it."""
+    """One endpoint as the page, ``diffs --json``, the report and the gate show it."""
 
     endpoint: str
     compared: int
-    diverged: int
-    noise: int  # compared results in which some difference was cancelled as noise
+    diverged: int  # requests with at least one real difference
+    noise: int  # requests that differed only in ways judged noise
     stored: int
     fields: list[FieldView]
+    paired: int = 0
+    latency: LatencyVerdict = field(default_factory=LatencyVerdict)
+    not_compared: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.diverged / self.compared if self.compared else 0.0
+
+    @property
+    def not_compared_total(self) -> int:
+        return sum(n for by_reason in self.not_compared.values() for n in by_reason.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -381,16 +512,22 @@ class EndpointView:
             "diverged": self.diverged,
             "rate": round(self.rate, 6),
             "noise": self.noise,
+            "paired": self.paired,
             "stored": self.stored,
+            "not_compared": self.not_compared,
+            "latency": self.latency.to_json(),
             "fields": [f.to_json() for f in self.fields],
         }
 
 
 class StoreReader:
-    """Read-only queries over a store file (a missing file reads as empty)."""
+    """Read-only queries over a store file (a missing file reads as empty). Every read
+    judges the tallies of all sessions merged, with the thresholds recorded in the store
+    (``rules`` overrides them)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, rules: VerdictRules | None = None) -> None:
         self.path = path
+        self._rules = rules
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         if not Path(self.path).exists():
@@ -399,122 +536,219 @@ class StoreReader:
         try:
             return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            if "no such table" in str(exc) or "no such column" in str(exc):
                 return []
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
         finally:
             conn.close()
 
-    def endpoints(self, *, endpoint: str | None = None, since_ns: int | None = None) -> list[EndpointView]:
-        """Endpoints by divergence rate (highest first), each with its diverging fields.
+    def rules(self) -> VerdictRules:
+        """The thresholds to judge with: given, else those the comparer recorded, else the defaults."""
+        if self._rules is not None:
+            return self._rules
+        rows = self._query("SELECT value FROM meta WHERE key = 'verdict_rules'")
+        return VerdictRules.from_json(orjson.loads(rows[0]["value"])) if rows else VerdictRules()
 
-        ``compared``/``diverged``/``raw``/``noise`` are lifetime counters; ``stored`` counts
-        stored divergences, only those at or after ``since_ns`` when given.
-        """
-        since = since_ns or 0
+    def tallies(self, endpoint: str | None = None) -> tuple[dict[str, EndpointTally], dict[str, int]]:
+        """Every endpoint's tally summed over sessions, and the ``diverged`` counts of
+        sessions written before tallies were kept (schema 1)."""
         where, params = ("WHERE endpoint = ?", [endpoint]) if endpoint else ("", [])
-        counts = {
-            r["endpoint"]: (int(r["c"]), int(r["d"]), int(r["n"]))
-            for r in self._query(
-                f"SELECT endpoint, SUM(compared) c, SUM(diverged) d, SUM(noisy) n FROM counts {where} GROUP BY endpoint",
-                params,
-            )
-        }
-        fcounts: dict[tuple[str, str], tuple[int, int]] = {
-            (r["endpoint"], r["path"]): (int(r["raw"]), int(r["noise"]))
-            for r in self._query(
-                f"SELECT endpoint, path, SUM(raw) raw, SUM(noise) noise FROM field_counts {where} GROUP BY endpoint, path",
-                params,
-            )
-        }
-        stored = {
-            r["endpoint"]: int(r["n"])
-            for r in self._query(
-                "SELECT endpoint, COUNT(*) n FROM divergences WHERE ts_ns >= ?"
-                + (" AND endpoint = ?" if endpoint else "")
-                + " GROUP BY endpoint",
-                [since, *params],
-            )
-        }
-        sfields: dict[tuple[str, str], tuple[int, set[str]]] = {}
+        out: dict[str, EndpointTally] = {}
+        legacy: dict[str, int] = {}
+
+        def get(ep: str) -> EndpointTally:
+            return out.setdefault(ep, EndpointTally())
+
         for r in self._query(
-            "SELECT f.endpoint, f.path, f.kind, COUNT(DISTINCT f.divergence_id) n FROM diff_fields f"
-            " JOIN divergences d ON d.id = f.divergence_id WHERE d.ts_ns >= ?"
-            + (" AND f.endpoint = ?" if endpoint else "")
-            + " GROUP BY f.endpoint, f.path, f.kind",
-            [since, *params],
+            "SELECT endpoint, SUM(compared) c, SUM(paired) p, SUM(differing) d, SUM(CASE WHEN tallied = 0"
+            f" THEN diverged ELSE 0 END) legacy FROM counts {where} GROUP BY endpoint",
+            params,
         ):
-            key = (r["endpoint"], r["path"])
-            n, kinds = sfields.get(key, (0, set()))
-            kinds.add(r["kind"])
-            sfields[key] = (n + int(r["n"]), kinds)
-        names = set(counts) | set(stored) | {ep for ep, _ in fcounts} | {ep for ep, _ in sfields}
-        out: list[EndpointView] = []
-        for name in names:
-            compared, diverged, noisy = counts.get(name, (0, 0, 0))
-            paths = {p for ep, p in fcounts if ep == name} | {p for ep, p in sfields if ep == name}
-            fields = []
-            for path in paths:
-                raw, noise = fcounts.get((name, path), (0, 0))
-                n, kinds = sfields.get((name, path), (0, set()))
-                fields.append(FieldView(path, sorted(kinds), max(raw, 0), max(noise, 0), n))
-            fields.sort(key=lambda f: (-max(f.raw - f.noise, f.stored), f.path))
-            out.append(
-                EndpointView(
-                    name, compared, max(diverged, 0), noisy, stored.get(name, 0), fields
-                )
+            t = get(r["endpoint"])
+            t.compared, t.paired, t.differing = int(r["c"]), int(r["p"]), int(r["d"])
+            if r["legacy"]:
+                legacy[r["endpoint"]] = int(r["legacy"])
+        for r in self._query(f"SELECT endpoint, path, raw, noise, cancelled, kinds FROM field_counts {where}", params):
+            f = get(r["endpoint"]).fields.setdefault(r["path"], FieldTally())
+            f.raw += int(r["raw"])
+            f.twin += int(r["noise"])
+            f.cancelled += int(r["cancelled"])
+            f.kinds.update(k for k in str(r["kinds"]).split(",") if k)
+        for r in self._query(f"SELECT endpoint, sig, count FROM signatures {where}", params):
+            t = get(r["endpoint"])
+            text, n = str(r["sig"]), int(r["count"])
+            if text.startswith(OVERFLOW_PREFIX):
+                t.overflow |= {(k, kind) for k, kind in orjson.loads(text[len(OVERFLOW_PREFIX):])}
+                t.overflow_count += n
+                continue
+            sig = frozenset((k, kind) for k, kind in orjson.loads(text))
+            t.signatures[sig] = t.signatures.get(sig, 0) + n
+        for r in self._query(f"SELECT endpoint, target, bin, count FROM latency_bins {where}", params):
+            t = get(r["endpoint"])
+            t.latency.setdefault(r["target"], LogSketch()).merge([(int(r["bin"]), int(r["count"]))])
+        for r in self._query(f"SELECT endpoint, target, reason, SUM(count) n FROM not_compared {where} GROUP BY endpoint, target, reason", params):
+            get(r["endpoint"]).not_compared[(r["target"], r["reason"])] = int(r["n"])
+        return out, legacy
+
+    def judgements(self, endpoint: str | None = None) -> dict[str, EndpointJudgement]:
+        """Every endpoint judged now (the one verdict)."""
+        rules = self.rules()
+        tallies, legacy = self.tallies(endpoint)
+        out = {name: judge(name, t, rules) for name, t in tallies.items()}
+        for name, n in legacy.items():
+            j = out[name]
+            out[name] = EndpointJudgement(
+                j.endpoint, j.compared, j.paired, j.differing, j.diverged + n, j.kinds, j.fields, j.latency, j.not_compared
             )
-        out.sort(key=lambda e: (-e.rate, -e.diverged, -e.compared, e.endpoint))
+        return out
+
+    def _stored(self, since_ns: int, endpoint: str | None) -> list[tuple[int, str, list[str]]]:
+        """(id, endpoint, fields) of the stored divergences since ``since_ns``."""
+        rows = self._query(
+            "SELECT id, endpoint, keys, diffs FROM divergences WHERE ts_ns >= ?" + (" AND endpoint = ?" if endpoint else ""),
+            [since_ns, *([endpoint] if endpoint else [])],
+        )
+        return [(int(r["id"]), r["endpoint"], _row_keys(r)) for r in rows]
+
+    def endpoints(self, *, endpoint: str | None = None, since_ns: int | None = None) -> list[EndpointView]:
+        """Endpoints by real divergence rate (highest first), each with its fields (status
+        first, then real ones).
+
+        Counts are lifetime counts; ``stored`` counts stored divergences with a real
+        field, only those at or after ``since_ns`` when given.
+        """
+        judged = self.judgements(endpoint)
+        stored: dict[str, int] = {}
+        sfields: dict[tuple[str, str], int] = {}
+        for _, ep, keys in self._stored(since_ns or 0, endpoint):
+            j = judged.get(ep)
+            real = [k for k in keys if j is not None and k in j.real_fields]
+            if not real:
+                continue
+            stored[ep] = stored.get(ep, 0) + 1
+            for k in real:
+                sfields[(ep, k)] = sfields.get((ep, k), 0) + 1
+        out = [
+            EndpointView(
+                endpoint=name,
+                compared=j.compared,
+                diverged=j.diverged,
+                noise=j.noise,
+                stored=stored.get(name, 0),
+                fields=[
+                    FieldView(f.path, list(f.kinds), f.raw, f.noise, sfields.get((name, f.path), 0), f.real, f.state,
+                              f.twin, f.diverged)
+                    for f in j.fields
+                ],
+                paired=j.paired,
+                latency=j.latency,
+                not_compared=j.not_compared,
+            )
+            for name, j in judged.items()
+        ]
+        out.sort(key=lambda e: (-e.rate, not e.latency.regression, -e.diverged, -e.compared, e.endpoint))
+        return out
+
+    def noise_only_ids(self) -> list[int]:
+        """Stored divergences whose every field is judged noise (not real, not undecided)."""
+        judged = self.judgements()
+        out = []
+        for div_id, ep, keys in self._stored(0, None):
+            j = judged.get(ep)
+            if j is None:
+                continue
+            states = {f.path: f.state for f in j.fields}
+            if keys and all(states.get(k) == NOISE for k in keys):
+                out.append(div_id)
+        return out
+
+    def _real_rows(self, sql: str, params: list[Any], limit: int, path: str | None = None) -> list[dict[str, Any]]:
+        """Rows of ``sql`` (newest first, ``LIMIT ? OFFSET ?`` appended) that hold a real
+        field (and ``path``, a field or an exact path, when given), at most ``limit``."""
+        judged = self.judgements()
+        out: list[dict[str, Any]] = []
+        offset, chunk = 0, max(limit, 200)
+        while len(out) < limit:
+            rows = self._query(sql + " LIMIT ? OFFSET ?", [*params, chunk, offset])
+            for r in rows:
+                j = judged.get(r["endpoint"])
+                real = j.real_fields if j is not None else frozenset()
+                keys = _row_keys(r)
+                if not any(k in real for k in keys):
+                    continue
+                sample = _sample(r, real)
+                if path and path not in keys and all(d["path"] != path for d in sample["diffs"]):
+                    continue
+                out.append(sample)
+                if len(out) >= limit:
+                    break
+            if len(rows) < chunk:
+                break
+            offset += chunk
         return out
 
     def samples(self, endpoint: str, *, limit: int = 50, path: str | None = None) -> list[dict[str, Any]]:
-        """The newest stored divergences of ``endpoint`` (optionally touching ``path``)."""
-        sql = "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs FROM divergences WHERE endpoint = ?"
-        params: list[Any] = [endpoint]
-        if path:
-            sql += " AND id IN (SELECT divergence_id FROM diff_fields WHERE endpoint = ? AND path = ?)"
-            params += [endpoint, path]
-        sql += " ORDER BY id DESC LIMIT ?"
-        return [_sample(r) for r in self._query(sql, [*params, limit])]
+        """The newest stored divergences of ``endpoint`` with a real field (optionally
+        touching ``path``: a field such as ``$.items[*].price`` or an exact diff path)."""
+        sql = (
+            "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs, keys FROM divergences"
+            " WHERE endpoint = ? ORDER BY id DESC"
+        )
+        return self._real_rows(sql, [endpoint], limit, path)
 
     def recent(self, *, after_id: int = 0, limit: int = 50) -> list[dict[str, Any]]:
-        """Stored divergences with id > ``after_id``, newest first."""
-        rows = self._query(
-            "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs FROM divergences"
-            " WHERE id > ? ORDER BY id DESC LIMIT ?",
-            [after_id, limit],
+        """Stored divergences with a real field and id > ``after_id``, newest first."""
+        sql = (
+            "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs, keys FROM divergences"
+            " WHERE id > ? ORDER BY id DESC"
         )
-        return [_sample(r) for r in rows]
+        return self._real_rows(sql, [after_id], limit)
 
     def divergence(self, div_id: int) -> dict[str, Any] | None:
-        """One stored divergence with its diffs and the (capped) result as on the wire."""
+        """One stored divergence with its diffs (each with ``real``), and the (capped)
+        result as on the wire; ``real`` says whether it counts as a divergence now."""
         rows = self._query("SELECT * FROM divergences WHERE id = ?", [div_id])
         if not rows:
             return None
         r = rows[0]
-        out = _sample(r)
+        j = self.judgements(r["endpoint"]).get(r["endpoint"])
+        real = j.real_fields if j is not None else frozenset()
+        out = _sample(r, real)
+        out["real"] = any(d["real"] for d in out["diffs"])
         out["reference"] = r["reference"]
-        out["noise"] = orjson.loads(r["noise"])
+        out["noise"] = [{**d, "real": False} for d in status_first(orjson.loads(r["noise"]))]
         out["result"] = orjson.loads(r["result"])
         return out
 
     def totals(self) -> dict[str, int]:
-        rows = self._query("SELECT SUM(compared) c, SUM(diverged) d FROM counts")
-        stored = self._query("SELECT COUNT(*) n, MIN(ts_ns) first, MAX(ts_ns) last FROM divergences")
-        c = rows[0]["c"] if rows and rows[0]["c"] is not None else 0
-        d = rows[0]["d"] if rows and rows[0]["d"] is not None else 0
+        judged = self.judgements()
+        stored = self._query("SELECT MIN(ts_ns) first, MAX(ts_ns) last FROM divergences")
         s = stored[0] if stored else None
+        real_stored = 0
+        for _, ep, keys in self._stored(0, None):
+            j = judged.get(ep)
+            if j is not None and any(k in j.real_fields for k in keys):
+                real_stored += 1
         return {
-            "compared": int(c),
-            "diverged": max(int(d), 0),
-            "stored": int(s["n"]) if s else 0,
+            "compared": sum(j.compared for j in judged.values()),
+            "diverged": sum(j.diverged for j in judged.values()),
+            "not_compared": sum(j.not_compared_total for j in judged.values()),
+            "latency_regressions": sum(1 for j in judged.values() if j.latency.regression),
+            "stored": real_stored,
             "first_ns": int(s["first"] or 0) if s else 0,
             "last_ns": int(s["last"] or 0) if s else 0,
         }
 
 
-def _sample(r: sqlite3.Row) -> dict[str, Any]:
-    diffs = orjson.loads(r["diffs"])
+def _row_keys(r: sqlite3.Row) -> list[str]:
+    text = r["keys"]
+    if text:
+        return list(orjson.loads(text))
+    return sorted({field_key(d["path"]) for d in orjson.loads(r["diffs"])})  # stored by schema 1
+
+
+def _sample(r: sqlite3.Row, real: frozenset[str]) -> dict[str, Any]:
+    diffs = [{**d, "real": field_key(d["path"]) in real} for d in status_first(orjson.loads(r["diffs"]))]
     return {
         "id": r["id"],
         "ts_ns": r["ts_ns"],
@@ -525,24 +759,3 @@ def _sample(r: sqlite3.Row) -> dict[str, Any]:
         "kinds": [k for k in r["kinds"].split(",") if k],
         "diffs": diffs,
     }
-
-
-def comparer_counts(comparer: Comparer) -> CountsSource:
-    """A :data:`CountsSource` over a running Comparer's in-memory totals.
-
-    Field counts only move when a result diverged or had noise cancelled, so the field
-    stats of an endpoint are read again only when its ``diverged`` or ``noisy`` moved.
-    """
-    seen: dict[str, tuple[int, int]] = {}
-
-    def snapshot() -> CountsSnapshot:
-        endpoints: dict[str, tuple[int, int, int]] = {}
-        fields: list[FieldCount] = []
-        for s in comparer.summary():
-            endpoints[s.endpoint] = (s.compared, s.diverged, s.noisy)
-            if seen.get(s.endpoint) != (s.diverged, s.noisy):
-                seen[s.endpoint] = (s.diverged, s.noisy)
-                fields.extend(FieldCount(s.endpoint, f.path, f.raw, f.noise) for f in comparer.field_stats(s.endpoint))
-        return CountsSnapshot(endpoints, fields)
-
-    return snapshot

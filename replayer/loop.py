@@ -40,6 +40,7 @@ from prometheus_client import Counter
 
 from replayer.client import TargetClient
 from replayer.metrics import HistogramBatch, ReplayerMetrics
+from replayer.probe import ProbeSampler
 from replayer.rules import Rules
 from replayer.schedule import EARLY_TOLERANCE_NS, Anchor, Pacer
 from replayer.window import parse_window
@@ -49,6 +50,7 @@ from shadowreplay.config import TARGET_NAMES, ReplayerConfig
 from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
 from shadowreplay.record import (
+    PROBE,
     SCHEMA_VERSION,
     ReplayResult,
     RequestRecord,
@@ -156,6 +158,8 @@ class Replayer:
         self.targets = build_targets(config)
         self._names = tuple(self.targets)
         self._rules = Rules(config.methods, config.rules)
+        self._probes = ProbeSampler(config)  # noise evidence without a secondary
+        self._rotation = itertools.count()
         self._window_from, self._window_to = parse_window(config.window_from, config.window_to)
         self._late_after_ns = int(config.late_after_seconds * 1e9)
         self._drop_late = config.late_policy == "drop"
@@ -527,16 +531,27 @@ class Replayer:
             if lag_ns > self._late_after_ns:
                 uncounted[metrics.late] = uncounted.get(metrics.late, 0) + 1
             names = self._names
+            endpoint = endpoint_name(record.method, record.target)
+            probe = self._probes.target_for(record, endpoint)
             if len(names) == 1:
                 responses = {names[0]: await self.targets[names[0]].send(record)}
             else:
-                answers = await asyncio.gather(*(self.targets[n].send(record) for n in names))
-                responses = dict(zip(names, answers, strict=True))
+                # Targets are asked in an order that rotates request by request: no pair
+                # of them is systematically closer in time than another, so a timestamp
+                # differs as often between baseline and secondary as between candidate
+                # and baseline (else noise cancellation would take it for a regression).
+                k = next(self._rotation) % len(names)
+                order = names[k:] + names[:k]
+                answers = await asyncio.gather(*(self.targets[n].send(record) for n in order))
+                by_name = dict(zip(order, answers, strict=True))
+                responses = {n: by_name[n] for n in names}
             self._count(responses)
+            if probe is not None:  # the same request again, once the first answer is in
+                responses[PROBE] = await self.targets[probe].send(record)
             result = ReplayResult(
                 id=record.id,
                 request=record,
-                endpoint=endpoint_name(record.method, record.target),
+                endpoint=endpoint,
                 scheduled=due_ns,
                 sent=sent_ns,
                 responses=responses,

@@ -26,7 +26,8 @@ from collector.server import CollectorServer
 from comparer.loop import Comparer
 from comparer.metrics import CONSUMER_LAG as COMPARER_LAG
 from comparer.metrics import ComparerMetrics
-from comparer.store import DivergenceStore, comparer_counts, resolve_store_path
+from comparer.store import DivergenceStore, resolve_store_path
+from comparer.verdict import verdict_rules
 from comparer.web import DivergencePage
 from replayer.control import resolve_anchor
 from replayer.loop import Replayer
@@ -219,11 +220,14 @@ class Pipeline:
         if "compare" in self.stages:
             consumer = await self._consumer([cfg.bus.results_topic], cfg.comparer.group)
             store_path = resolve_store_path(cfg.comparer.store, cfg.bus.url)
-            self.store = await asyncio.to_thread(DivergenceStore, store_path, cfg.comparer.store)
-            self.comparer = Comparer(
-                cfg.comparer, consumer, ComparerMetrics(self.registry, cfg.comparer.max_endpoints), store=self.store
+            self.store = await asyncio.to_thread(
+                DivergenceStore, store_path, cfg.comparer.store, rules=verdict_rules(cfg.comparer)
             )
-            self.store.set_counts_source(comparer_counts(self.comparer))
+            comparer = self.comparer = Comparer(
+                cfg.comparer, consumer, ComparerMetrics(self.registry, cfg.comparer.max_endpoints), store=self.store,
+                replayer_group=cfg.replayer.group,
+            )
+            self.store.set_tallies_source(lambda: comparer.tallies)
             if self.page is not None:
                 self.page.attach(self.store)
                 if cfg.comparer.web.listen:
@@ -263,8 +267,15 @@ class Pipeline:
 
     async def readiness(self) -> Checks:
         """``/readyz``: the pipeline is running, its bus answers and its replay targets accept
-        connections. A stopping pipeline is not ready, so load balancers drain it first."""
+        connections (and, with a comparer, the results show every target reached). A
+        stopping pipeline is not ready, so load balancers drain it first."""
         checks: Checks = {"pipeline": None if self._state == "running" else self._state}
+        if self.comparer is not None:
+            for target, outage in sorted(self.comparer.reach.down().items()):
+                checks[f"results:{target}"] = (
+                    f"not reached ({outage.reason}) for {time.time() - outage.since:.0f} s: "
+                    f"{outage.results} results not compared"
+                )
         if self.bus is not None:
             checks["bus"] = await probe_bus(self.bus)
         if "replay" in self.stages:

@@ -145,23 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     noise_sp = sub.add_parser("noise", help="noise rules for the comparer").add_subparsers(
         dest="noise_command", required=True, metavar="SUBCOMMAND"
     )
-    learn_sp = noise_sp.add_parser(
-        "learn",
-        help="replay a sample from the bus against the baseline twice and propose ignore rules (TOML)",
-        description=(
-            "Read a sample of recorded requests from the bus, send each one twice to the baseline, and "
-            "print, as TOML to paste into [comparer], ignore rules for every field that differed between "
-            "the two answers (timestamps, random ids, ...)."
-        ),
-    )
-    learn_sp.add_argument("--config", metavar="FILE", help="TOML config file")
-    learn_sp.add_argument("--bus", metavar="URL", help="bus URL (default from config)")
-    learn_sp.add_argument("--baseline", metavar="URL", help="base URL of the current release (default replayer.baseline)")
-    learn_sp.add_argument("--sample", type=int, default=200, metavar="N", help="requests to send twice (default 200)")
-    learn_sp.add_argument("--concurrency", type=int, default=8, metavar="N", help="pairs in flight (default 8)")
-    learn_sp.add_argument(
-        "--min-rate", type=float, default=0.0, metavar="F", help="propose only paths differing in more than F of requests"
-    )
+    from shadowreplay.commands import noise_learn
+
+    noise_learn.add_arguments(noise_sp)
     compare_sp = sub.choices["compare"]
     compare_sp.add_argument(
         "--rediff",
@@ -189,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     report_sp.add_argument("--format", choices=("html", "md"), help="default: from --output's suffix, else html")
     report_sp.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     report_sp.add_argument("--title", default="shadowreplay report", help="heading of the report")
+    from comparer.commands import add_gate_arguments
+
+    gate_sp = sub.add_parser(
+        "gate",
+        help="release gate for CI: exit 1 when an endpoint really diverges or got slower, 2 when there is no verdict",
+        description=(
+            "Judge the divergence store after a replay: exit 0 when every endpoint passes, 1 when an endpoint's "
+            "real divergence rate is above --max-divergence-rate or it is a latency regression (printing the "
+            "endpoint, rate, threshold, fields and p50/p95 latency in ms), 2 when there is no verdict (no store, "
+            "too few results compared, or too many not compared because a target was not reached). "
+            "Defaults come from [comparer.gate]."
+        ),
+    )
+    add_gate_arguments(gate_sp)
 
     cfg = sub.add_parser("config", help="print an example config or check one",
                          description="Print an example config or check one.").add_subparsers(
@@ -357,15 +357,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # -- replayer dispatch --
         # -- comparer dispatch --
         elif args.command == "noise":
-            from comparer import learn
+            from shadowreplay.commands import noise_learn
 
-            cfg = config_from_args(args)
-            baseline = args.baseline or cfg.replayer.baseline
-            records = learn.read_sample(cfg, max(1, args.sample))
-            if not records:
-                raise ShadowError(f"noise learn: no replayable requests on {cfg.bus.requests_topic} at {cfg.bus.url}")
-            sample = asyncio.run(learn.learn(cfg, records, baseline, concurrency=max(1, args.concurrency)))
-            sys.stdout.write(learn.propose(sample, min_rate=args.min_rate))
+            sys.stdout.write(noise_learn.run(config_from_args(args), args))
+        elif args.command == "gate":
+            from comparer import commands as comparer_commands
+
+            cfg = comparer_commands.gate_config(config_from_args(args), args)
+            verdict = comparer_commands.gate(cfg, store=args.store)
+            sys.stdout.write(verdict.text)
+            return verdict.code
         elif args.command in ("diffs", "report") or (args.command == "compare" and args.rediff):
             from comparer import commands
 

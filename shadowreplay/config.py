@@ -216,6 +216,16 @@ class ReplayerConfig:
     anchor: str = "auto"  # auto (bus anchor if set, else local) | bus (wait for one) | local
     control_topic: str = "shadow.control"
     workers: int = 1
+    # Without a secondary: this share (percent) of requests, plus the first
+    # noise_probe_min_per_endpoint of each endpoint, is also sent a second time to the
+    # baseline, so the comparer learns noise from the pairs. Only noise_probe_methods are
+    # asked twice. 0 = off. Without a baseline, the candidate is asked twice only when
+    # noise_probe_candidate is set (it adds requests to the release under test, and only
+    # helps with logged body digests or compare_origin_size).
+    noise_probe_percent: float = 3.0
+    noise_probe_min_per_endpoint: int = 50
+    noise_probe_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    noise_probe_candidate: bool = False
     rules: tuple[ReplayRule, ...] = ()
     targets: ReplayTargets = field(default_factory=ReplayTargets)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
@@ -241,6 +251,20 @@ class WebConfig:
     # Empty: served on the metrics listener (metrics.listen); else its own HOST:PORT.
     listen: str = ""
     heartbeat_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """``[comparer.gate]``: what ``shadowreplay gate`` fails a release on (flags override)."""
+
+    # An endpoint whose share of requests with a real divergence is above this fails.
+    max_divergence_rate: float = 0.0
+    # An endpoint judged a latency regression fails.
+    fail_on_latency_regression: bool = True
+    # More results not compared (target unreachable) than this share: no verdict (exit 2).
+    max_not_compared_rate: float = 0.01
+    # Fewer compared results than this in total: no verdict (exit 2).
+    min_compared: int = 1
 
 
 @dataclass(frozen=True)
@@ -296,11 +320,18 @@ class ComparerConfig:
     latency_min_delta_seconds: float = 0.05
     noise_relative_threshold: float = 0.20
     noise_absolute_threshold: float = 0.0003
+    noise_confidence: float = 0.99
+    # Latency per endpoint: a regression when the candidate is slower than the baseline
+    # by more than this share and this many ms at the median or p95, with confidence.
+    latency_regression_share: float = 0.20
+    latency_regression_min_ms: float = 10.0
+    latency_confidence: float = 0.99
     compare_origin_size: bool = False
     origin_size_tolerance_relative: float = 0.05
     endpoints: tuple[EndpointRules, ...] = ()
     store: StoreConfig = field(default_factory=StoreConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 #: Default /metrics port of each stage on 127.0.0.1 (when ``metrics.listen`` is empty), so
@@ -477,6 +508,10 @@ def _validate_replayer(r: ReplayerConfig) -> None:
             raise ConfigError(f"replayer.{key}: must be >= 0")
     if r.workers < 1:
         raise ConfigError("replayer.workers: must be >= 1")
+    if not 0 <= r.noise_probe_percent <= 100:
+        raise ConfigError("replayer.noise_probe_percent: must be between 0 and 100")
+    if r.noise_probe_min_per_endpoint < 0:
+        raise ConfigError("replayer.noise_probe_min_per_endpoint: must be >= 0")
     known = ("include_path", "exclude_path", "require_header", "exclude_header", "sample",
              "rewrite_path", "set_header", "remove_header", "set_query")
     for i, rule in enumerate(r.rules):
@@ -541,9 +576,20 @@ def _validate_verdict_rules(c: ComparerConfig) -> None:
         "noise_relative_threshold",
         "noise_absolute_threshold",
         "origin_size_tolerance_relative",
+        "latency_regression_share",
+        "latency_regression_min_ms",
     ):
         if getattr(c, key) < 0:
             raise ConfigError(f"comparer.{key}: must be >= 0")
+    for key in ("noise_confidence", "latency_confidence"):
+        if not 0.5 <= getattr(c, key) < 1:
+            raise ConfigError(f"comparer.{key}: must be at least 0.5 and below 1 (e.g. 0.99)")
+    g = c.gate
+    for key in ("max_divergence_rate", "max_not_compared_rate"):
+        if not 0 <= getattr(g, key) <= 1:
+            raise ConfigError(f"comparer.gate.{key}: a share between 0 and 1")
+    if g.min_compared < 1:
+        raise ConfigError("comparer.gate.min_compared: must be >= 1")
     for i, rule in enumerate(c.endpoints):
         if not rule.match:
             raise ConfigError(f"comparer.endpoints[{i}].match: must name an endpoint or a glob")

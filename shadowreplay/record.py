@@ -24,6 +24,12 @@ from shadowreplay.errors import RecordError
 
 SCHEMA_VERSION = 1
 
+#: A ``ReplayResult.responses`` name besides the targets': the reference target (the
+#: baseline; the candidate, without a baseline, if so configured) asked the same request a second
+#: time (once its first answer is in), so the comparer learns what differs between two answers of
+#: one release (noise) without a secondary. See ``replayer/probe.py``.
+PROBE = "probe"
+
 Headers = tuple[tuple[str, str], ...]
 
 

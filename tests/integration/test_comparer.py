@@ -166,7 +166,7 @@ async def test_comparer_counts_summary_metrics_and_commits(bus: Bus) -> None:
         1,
         {"array_length": 1, "value": 1},
     )
-    assert orders.fields == {"$.items": 1, "$.items[2]": 1}
+    assert orders.fields == {"$.items": 1, "$.items[*]": 1}  # fields: indexes are [*]
     health = summary["GET /health"]
     assert (health.compared, health.diverged, health.kinds, health.fields) == (
         2,
@@ -260,7 +260,7 @@ class ListSink:
         self.added: list[tuple[str, Any]] = []
         self.flushed = 0
 
-    def add(self, result: ReplayResult, verdict: Any) -> None:
+    def add(self, result: ReplayResult, verdict: Any, *, real: bool = True) -> None:
         assert verdict.diverged
         orjson.dumps(verdict.to_dict())  # what the store persists must serialise
         self.added.append((result.id, verdict))
@@ -302,25 +302,34 @@ async def test_noise_cancelled_sink_called_and_new_metrics(bus: Bus) -> None:
     await run_until(comparer, len(results))
     await consumer.close()
 
-    assert (comparer.compared, comparer.diverged) == (41, 11)
+    # One candidate timeout among 41 requests (none in 40 pairs of baseline and secondary)
+    # is too little evidence to call the error field real: it stays undecided, not diverged.
+    assert (comparer.compared, comparer.diverged) == (41, 10)
+    # Kept: the price changes, and the undecided error; never the noise-only results.
     assert sorted(rid for rid, _ in sink.added) == sorted([f"r{i}" for i in range(0, 40, 4)] + ["r99"])
     assert sink.flushed >= 1
     (summary,) = comparer.summary()
-    assert (summary.compared, summary.diverged, summary.noisy) == (41, 11, 40)
-    assert summary.fields == {"$.price": 10, "error": 1}
+    assert (summary.compared, summary.diverged, summary.noisy) == (41, 10, 31)
+    assert summary.fields == {"$.price": 10}
     stats = {s.path: s for s in comparer.field_stats(ep)}
     assert (stats["$.price"].raw, stats["$.price"].noise, stats["$.price"].real) == (10, 0, True)
-    assert (stats["$.ts"].raw, stats["$.ts"].noise, stats["$.ts"].real) == (40, 40, False)
+    assert (stats["$.ts"].raw, stats["$.ts"].noise, stats["$.ts"].twin, stats["$.ts"].state) == (40, 40, 40, "noise")
+    assert (stats["error"].raw, stats["error"].state) == (1, "undecided")
+    assert [s.path for s in comparer.field_stats(ep)][0] == "error"  # status and error first
     assert comparer.field_stats("GET /nope") == []
 
     found = samples(registry)
-    assert value(found, "shadow_compare_noise_total", endpoint=ep) == 40
-    assert value(found, "shadow_compare_noisy_field_diffs_total", endpoint=ep) == 40
-    assert value(found, "shadow_compare_diverged_total", endpoint=ep, kind="value") == 10
-    assert value(found, "shadow_compare_diverged_total", endpoint=ep, kind="error") == 1
+    # As judged on arrival: the first price changes came before the field was known real.
+    arrival = value(found, "shadow_compare_diverged_total", endpoint=ep, kind="value")
+    assert 0 < arrival <= 10
+    assert value(found, "shadow_compare_noise_total", endpoint=ep) == 41 - arrival
+    assert value(found, "shadow_compare_diverged_total", endpoint=ep, kind="error") == 0
+    assert value(found, "shadow_compare_run_diverged", endpoint=ep) == 10
+    assert value(found, "shadow_compare_latency_regression", endpoint=ep) == 0
     assert value(found, "shadow_compare_latency_ratio_count", endpoint=ep) == 40
     assert value(found, "shadow_compare_latency_ratio_bucket", endpoint=ep, le="2.0") == 40
     assert value(found, "shadow_compare_latency_ratio_bucket", endpoint=ep, le="1.5") == 0
+    assert value(found, "shadow_compare_latency_ratio_bucket", endpoint=ep, le="100.0") == 40
     assert value(found, "shadow_compare_status_total", target="candidate", **{"class": "2xx"}) == 40
     assert value(found, "shadow_compare_status_total", target="candidate", **{"class": "error"}) == 1
     assert value(found, "shadow_compare_status_total", target="secondary", **{"class": "2xx"}) == 40
@@ -350,16 +359,21 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
 
     from aiohttp import web
 
-    from comparer import learn
+    from shadowreplay.commands import noise_learn as learn
     from shadowreplay.config import BusConfig, Config
 
     counter = itertools.count()
 
     async def item(request: web.Request) -> web.Response:
         n = next(counter)
-        return web.json_response(
-            {"id": int(request.match_info["i"]), "served_at": n, "items": [{"k": 1, "nonce": n}], "stable": "x"}
+        # A cookie jar would send this back on the second request, and the answer would differ.
+        cookie = request.cookies.get("seen", "")
+        resp = web.json_response(
+            {"id": int(request.match_info["i"]), "served_at": n, "items": [{"k": 1, "nonce": n}], "stable": "x",
+             "cookie": cookie}
         )
+        resp.set_cookie("seen", "1")
+        return resp
 
     async def page(request: web.Request) -> web.Response:
         return web.json_response({"took_ms": next(counter), "served_at": next(counter)})
@@ -400,6 +414,7 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
         assert proposal["ignore_paths"] == ["$.served_at"]
         rules = {r["match"]: r["ignore_paths"] for r in proposal["comparer"]["endpoints"]}
         assert rules == {"GET /item/{id}": ["$.items[*].nonce"], "GET /page": ["$.took_ms"]}
-        assert "stable" not in text and "$.id" not in text
+        assert "stable" not in text and "$.id" not in text and "cookie" not in text
+        assert text.startswith("# Proposed by `shadowreplay noise learn`")
     finally:
         await runner.cleanup()

@@ -96,10 +96,13 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
             assert pipeline.comparer.compared == len(replayable)
             assert pipeline.replayer.replayed == len(replayable)
 
-            # Every replayable request reached each backend exactly once, and nothing else did.
+            # Every replayable request reached each backend exactly once, and nothing else did,
+            # except the noise probes: a sample asked of the baseline a second time.
             for backend in (baseline, candidate):
                 assert set(backend.seen) == set(expected)
-                assert max(backend.seen.values()) == 1
+            assert max(candidate.seen.values()) == 1
+            probed = {rid for rid, n in baseline.seen.items() if n == 2}
+            assert max(baseline.seen.values()) <= 2 and 150 <= len(probed) < len(replayable) // 2
 
             assert pipeline.comparer.diverged == n_diverge
             by_endpoint = {s.endpoint: s for s in pipeline.comparer.summary()}
@@ -107,17 +110,22 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
             assert by_endpoint["GET /api/products/{id}"].diverged == sum(1 for v in expected.values() if v == "field")
             assert "$.price" in by_endpoint["GET /api/products/{id}"].fields
             assert by_endpoint["GET /api/search"].diverged == 0
+            assert by_endpoint["GET /api/search"].latency.regression  # 40 ms slower, judged per endpoint
+            assert not by_endpoint["GET /api/products/{id}"].latency.regression
 
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"http://127.0.0.1:{pipeline.metrics_server.port}/metrics") as resp:
                     assert resp.status == 200
                     text = await resp.text()
             assert _scrape_sum(text, "shadow_compare_compared_total") == len(replayable)
+            # The run's verdict, re-judged: exact. The counters judge each request as it
+            # arrives, so the first few changes, before a field is known real, are not in them.
+            assert _scrape_sum(text, "shadow_compare_run_diverged") == n_diverge
+            assert _scrape_sum(text, "shadow_compare_latency_regression", endpoint="GET /api/search") == 1
             matched = _scrape_sum(text, "shadow_compare_matched_total")
-            assert len(replayable) - matched == n_diverge
-            assert _scrape_sum(text, "shadow_compare_diverged_total", kind="status") == sum(
-                1 for v in expected.values() if v == "status"
-            )
+            assert n_diverge - 60 < len(replayable) - matched <= n_diverge
+            status = sum(1 for v in expected.values() if v == "status")
+            assert status - 30 < _scrape_sum(text, "shadow_compare_diverged_total", kind="status") <= status
             assert _scrape_sum(text, "shadow_collector_records_total") == N_RECORDS
             assert _scrape_sum(text, "shadow_replay_records_total") == len(replayable)
     finally:
@@ -137,7 +145,8 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
     assert all(rec.ts == ts_by_id[rid] for rid, rec in recs.items())
     res = [decode_result(v) for v in results]
     assert sorted(r.id for r in res) == sorted(expected)
-    assert all(set(r.responses) == {"candidate", "baseline"} for r in res)
+    assert {r.id for r in res if "probe" in r.responses} == probed
+    assert all(set(r.responses) - {"probe"} == {"candidate", "baseline"} for r in res)
 
 
 def _read_all(bus: object, topic: str) -> list[bytes]:

@@ -140,6 +140,7 @@ async def test_replays_each_record_once_on_schedule(
         speed=speed,
         concurrency=64,
         idle_exit_seconds=0.5,
+        noise_probe_percent=0.0,  # no baseline asked twice: each target sees each record once
     )
     anchor = Anchor(log_t0_ns=LOG_T0, wall_t0_ns=time.time_ns() + 300_000_000, speed=speed)
     registry = CollectorRegistry()

@@ -25,7 +25,10 @@ import aiohttp
 import orjson
 import pytest
 
-from comparer.diff import Differ
+from prometheus_client import CollectorRegistry
+
+from comparer.loop import Comparer
+from comparer.metrics import ComparerMetrics
 from comparer.store import DivergenceStore
 from comparer.web import DivergencePage
 from shadowreplay.app import Pipeline
@@ -37,8 +40,8 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM_HINT = "install chromium (make test installs it via tests/system-deps.sh)"
 BASE_NS = 1_795_600_800_000_000_000
-PRODUCTS = 16  # ids 4, 8, 12, 16 diverge on $.price
-CARTS = 3  # every cart diverges on status
+PRODUCTS = 64  # every 4th id diverges on $.price (enough requests for a confident verdict)
+CARTS = 12  # every cart diverges on status
 HOSTILE = "GET /hostile"
 SCRIPT = "<script>window.__pwned = 1</script>"
 IMG = "<img src=x onerror=\"window.__pwned = 2\">"
@@ -288,15 +291,16 @@ class Feed:
 async def test_api_on_its_own_listener_errors_and_feed_resume(tmp_path: Path) -> None:
     path = str(tmp_path / "d.db")
     store = DivergenceStore(path, StoreConfig())
-    differ = Differ(ComparerConfig())
+    # A comparer without a bus: its tallies are what the store's readers judge by.
+    comparer = Comparer(ComparerConfig(), None, ComparerMetrics(CollectorRegistry()), store=store)  # type: ignore[arg-type]
+    store.set_tallies_source(lambda: comparer.tallies)
     page = DivergencePage(path, WebConfig(listen="127.0.0.1:0", heartbeat_seconds=5.0))
     page.attach(store)
     await page.start()
     base = f"http://127.0.0.1:{page.port}/"
     try:
         for i in range(3):
-            r = hostile_result(i)
-            store.add(r, differ.compare(r))
+            comparer.handle_result(hostile_result(i))
         store.flush()
         async with aiohttp.ClientSession() as s:
             async with s.get(base + "api/samples") as r:
@@ -316,8 +320,7 @@ async def test_api_on_its_own_listener_errors_and_feed_resume(tmp_path: Path) ->
                 events = [await asyncio.wait_for(feed.until(b"event: divergence"), 5) for _ in range(2)]
                 assert [e.split(b"\n", 1)[0] for e in events] == [b"id: 2", b"id: 3"]
                 assert b"hostile-1" in events[0] and b"hostile-2" in events[1]
-                r = hostile_result(3)
-                store.add(r, differ.compare(r))
+                comparer.handle_result(hostile_result(3))
                 store.flush()
                 assert (await asyncio.wait_for(feed.until(b"event: divergence"), 5)).startswith(b"id: 4\nevent: divergence")
     finally:

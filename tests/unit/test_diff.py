@@ -230,10 +230,13 @@ def test_compare_errors() -> None:
         result(Response(error="timeout: 10s"), ok), ignore_headers=IGNORE, compare_headers=False
     )
     assert v.diffs == (FieldDiff("error", "error", None, "timeout: 10s"),)
-    v = compare(
-        result(ok, Response(error="connect: refused")), ignore_headers=IGNORE, compare_headers=False
-    )
+    v = compare(result(ok, Response(error="reset")), ignore_headers=IGNORE, compare_headers=False)
     assert kinds(v.diffs) == [("error", "error")]
+    # A baseline or candidate never reached is not compared at all (not a divergence).
+    v = compare(result(Response(error="connect: refused"), ok), ignore_headers=IGNORE, compare_headers=False)
+    assert (v.error, v.not_reached, v.diffs) == ("not_reached", ("candidate", "connect"), ())
+    v = compare(result(ok, Response(error="tls")), ignore_headers=IGNORE, compare_headers=False)
+    assert (v.error, v.not_reached, v.diffs) == ("not_reached", ("baseline", "tls"), ())
     # The same error kind on both sides is not a divergence.
     v = compare(
         result(Response(error="timeout: 10.0s"), Response(error="timeout: 10.1s")),
@@ -242,7 +245,7 @@ def test_compare_errors() -> None:
     )
     assert not v.diverged
     v = compare(
-        result(Response(error="timeout"), Response(error="connect")),
+        result(Response(error="timeout"), Response(error="reset")),
         ignore_headers=IGNORE,
         compare_headers=False,
     )
@@ -312,11 +315,13 @@ def test_origin_mode_status_and_digest() -> None:
     )
     assert not v.diverged
     v = compare(
-        result(Response(error="connect"), origin=Origin(status=200)),
+        result(Response(error="timeout"), origin=Origin(status=200)),
         ignore_headers=IGNORE,
         compare_headers=False,
     )
     assert kinds(v.diffs) == [("error", "error")]
+    v = compare(result(Response(error="dns"), origin=Origin(status=200)), ignore_headers=IGNORE, compare_headers=False)
+    assert (v.error, v.not_reached) == ("not_reached", ("candidate", "dns"))
 
 
 def test_no_reference_at_all() -> None:
@@ -426,27 +431,10 @@ def test_format_table() -> None:
         ]
     )
     lines = text.splitlines()
-    assert lines[0].split() == [
-        "endpoint",
-        "compared",
-        "diverged",
-        "rate",
-        "top",
-        "diverging",
-        "fields",
-    ]
-    assert lines[1].split() == [
-        "GET",
-        "/a/{id}",
-        "10",
-        "5",
-        "50.0%",
-        "$.price",
-        "(4),",
-        "status",
-        "(1)",
-    ]
-    assert lines[2].split() == ["GET", "/b", "200", "0", "0.0%", "-"]
+    assert lines[0].split()[:4] == ["endpoint", "compared", "diverged", "rate"]
+    assert lines[0].split()[-3:] == ["real", "diverging", "fields"]
+    assert lines[1].split() == ["GET", "/a/{id}", "10", "5", "50.0%", "-", "$.price", "(4),", "status", "(1)"]
+    assert lines[2].split() == ["GET", "/b", "200", "0", "0.0%", "-", "-"]
 
 
 # -- issue 5: every diff kind, rules, JSON-RPC, text, gzip, latency, noise --------------

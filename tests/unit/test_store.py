@@ -10,9 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
+from prometheus_client import CollectorRegistry
+
+from comparer.loop import Comparer
+from comparer.metrics import ComparerMetrics
 from comparer.rediff import make_differ, rediff
 from comparer.report import render_html, render_markdown, render_terminal
-from comparer.store import CountsSnapshot, DivergenceStore, FieldCount, StoreReader, resolve_store_path
+from comparer.store import DivergenceStore, StoreReader, resolve_store_path
+from comparer.verdict import verdict_rules
 from comparer.web import parse_since
 from shadowreplay.cli import main
 from shadowreplay.config import ComparerConfig, StoreConfig
@@ -23,14 +28,14 @@ JSON = (("content-type", "application/json"),)
 T0 = 1_800_000_000_000_000_000
 
 
-def resp(value: Any, *, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status=status, headers=JSON + headers, body=orjson.dumps(value), latency=0.01)
+def resp(value: Any, *, status: int = 200, headers: tuple[tuple[str, str], ...] = (), latency: float = 0.01) -> Response:
+    return Response(status=status, headers=JSON + headers, body=orjson.dumps(value), latency=latency)
 
 
-def result(i: int, endpoint: str, candidate: Response, baseline: Response | None) -> ReplayResult:
+def result(i: int, endpoint: str, candidate: Response, baseline: Response | None, **extra: Response) -> ReplayResult:
     method, path = endpoint.split(" ", 1)
     req = RequestRecord(id=f"r{i}", ts=T0 + i, method=method, target=path.replace("{id}", str(i)))
-    responses = {"candidate": candidate}
+    responses = {"candidate": candidate, **extra}
     if baseline is not None:
         responses["baseline"] = baseline
     return ReplayResult(
@@ -60,50 +65,109 @@ def add(store: DivergenceStore, r: ReplayResult, differ: Any = DIFFER) -> bool:
     return bool(verdict.diverged)
 
 
+class Session:
+    """A real comparer (no bus) feeding a store: what one comparer process writes."""
+
+    def __init__(self, path: Path, config: ComparerConfig | None = None, clock: Clock | None = None, **store: Any):
+        config = config or ComparerConfig()
+        self.store = DivergenceStore(
+            str(path), dataclasses.replace(StoreConfig(), **store), rules=verdict_rules(config), clock=clock or Clock()
+        )
+        self.comparer = Comparer(config, None, ComparerMetrics(CollectorRegistry()), store=self.store)  # type: ignore[arg-type]
+        self.store.set_tallies_source(lambda: self.comparer.tallies)
+
+    def feed(self, *results: ReplayResult) -> None:
+        for r in results:
+            self.comparer.handle_result(r)
+        self.store.flush()
+
+    def close(self) -> None:
+        self.store.close()
+
+
 def product(i: int, price: float) -> dict[str, Any]:
     return {"id": i, "name": f"p{i}", "price": price}
 
 
-def test_divergences_and_counts_survive_a_restart(tmp_path: Path) -> None:
+def test_divergences_and_tallies_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "diffs.db"
-    first = store_at(path)
-    first.set_counts_source(lambda: CountsSnapshot({"GET /p/{id}": (10, 2, 1)}, [FieldCount("GET /p/{id}", "$.price", 2, 1)]))
+    first = Session(path)
     got: list[list[dict[str, Any]]] = []
-    first.subscribe(got.append)
-    assert add(first, result(1, "GET /p/{id}", resp(product(1, 2.0)), resp(product(1, 1.0))))
-    assert add(first, result(2, "GET /p/{id}", resp(product(2, 3.0)), resp(product(2, 1.0))))
-    assert not add(first, result(3, "GET /p/{id}", resp(product(3, 1.0)), resp(product(3, 1.0))))
-    first.flush()
+    first.store.subscribe(got.append)
+    first.feed(
+        result(1, "GET /p/{id}", resp(product(1, 2.0)), resp(product(1, 1.0))),
+        result(2, "GET /p/{id}", resp(product(2, 3.0)), resp(product(2, 1.0))),
+        result(3, "GET /p/{id}", resp(product(3, 1.0)), resp(product(3, 1.0))),
+    )
     assert [[e["paths"] for e in batch] for batch in got] == [[["$.price"], ["$.price"]]]
     first.close()
 
-    # A second comparer session (a restart) adds its own totals; the first session's stay.
-    second = store_at(path)
-    second.set_counts_source(lambda: CountsSnapshot({"GET /p/{id}": (5, 1, 0), "GET /ok": (4, 0, 0)}))
-    assert add(second, result(4, "GET /p/{id}", resp(product(4, 9.0), status=500), resp(product(4, 1.0))))
-    second.flush()
-    second.flush()  # snapshots are absolute: flushing twice does not double-count
+    # A second comparer session (a restart) adds its own tallies; the first session's stay.
+    second = Session(path)
+    second.feed(
+        result(4, "GET /p/{id}", resp(product(4, 9.0), status=500), resp(product(4, 1.0))),
+        *(result(10 + i, "GET /ok", resp({"ok": 1}), resp({"ok": 1})) for i in range(4)),
+    )
+    second.store.flush()  # snapshots are absolute: flushing twice does not double-count
     second.close()
 
     reader = StoreReader(str(path))
     views = reader.endpoints()
     assert [v.endpoint for v in views] == ["GET /p/{id}", "GET /ok"]
     p = views[0]
-    assert (p.compared, p.diverged, p.stored, p.noise) == (15, 3, 3, 1)
+    assert (p.compared, p.diverged, p.stored, p.noise) == (4, 3, 3, 0)
+    assert [f.path for f in p.fields] == ["status", "$.price"]  # status first
     fields = {f.path: f for f in p.fields}
-    assert (fields["$.price"].raw, fields["$.price"].noise, fields["$.price"].stored) == (2, 1, 3)
+    assert (fields["$.price"].raw, fields["$.price"].noise, fields["$.price"].stored, fields["$.price"].real) == (3, 0, 3, True)
     assert fields["$.price"].kinds == ["value"] and fields["status"].kinds == ["status"]
-    assert reader.totals()["compared"] == 19 and reader.totals()["diverged"] == 3
+    assert reader.totals()["compared"] == 8 and reader.totals()["diverged"] == 3
 
     samples = reader.samples("GET /p/{id}")
     assert [s["result_id"] for s in samples] == ["r4", "r2", "r1"]
+    assert [d["path"] for d in samples[0]["diffs"]] == ["status", "$.price"]
     assert [s["result_id"] for s in reader.samples("GET /p/{id}", path="status")] == ["r4"]
     detail = reader.divergence(samples[-1]["id"])
-    assert detail is not None and detail["reference"] == "baseline"
-    assert detail["diffs"] == [{"path": "$.price", "kind": "value", "left": 1.0, "right": 2.0}]
+    assert detail is not None and detail["reference"] == "baseline" and detail["real"]
+    assert detail["diffs"] == [{"path": "$.price", "kind": "value", "left": 1.0, "right": 2.0, "real": True}]
     back = ReplayResult.from_wire(detail["result"])
     assert orjson.loads(back.responses["candidate"].body)["price"] == 2.0
     assert reader.divergence(999) is None
+
+
+def noisy(i: int, *, price_changed: bool, served_by: tuple[int, int, int]) -> ReplayResult:
+    def body(price: float, node: int) -> dict[str, Any]:
+        return {"id": i, "price": price, "ts": i * 7 + node, "served_by": f"n{node}"}
+
+    b, s, c = served_by
+    return result(
+        i, "GET /p/{id}", resp(body(2.0 if price_changed else 1.0, c)), resp(body(1.0, b)), secondary=resp(body(1.0, s))
+    )
+
+
+def test_stored_results_are_rejudged_and_noise_only_ones_pruned(tmp_path: Path) -> None:
+    """Early results are stored while their fields are undecided; once the noise model
+    knows better, they stop counting (reads) and are deleted (prune)."""
+    path = tmp_path / "d.db"
+    clock = Clock()
+    session = Session(path, clock=clock, prune_interval_seconds=1.0)
+    for i in range(300):
+        node = i % 7
+        session.feed(noisy(i, price_changed=i % 10 == 0, served_by=(node, node if i % 50 == 3 else node + 1, node + 2)))
+    reader = StoreReader(str(path))
+    (view,) = reader.endpoints()
+    assert (view.compared, view.diverged, view.paired) == (300, 30, 300)
+    states = {f.path: f.state for f in view.fields}
+    assert states == {"$.price": "real", "$.served_by": "noise", "$.ts": "noise"}
+    assert view.stored == 30 and view.noise == 270
+    assert len(reader.samples("GET /p/{id}", limit=500)) == 30
+    conn = sqlite3.connect(path)
+    before = conn.execute("SELECT COUNT(*) FROM divergences").fetchone()[0]
+    assert before > 30  # the first noisy results were kept while undecided
+    clock.now += 2 * 10**9
+    session.store.flush()  # prune is due
+    assert conn.execute("SELECT COUNT(*) FROM divergences").fetchone()[0] == 30
+    conn.close()
+    session.close()
 
 
 def test_bodies_are_capped_and_marked_truncated(tmp_path: Path) -> None:
@@ -120,19 +184,20 @@ def test_bodies_are_capped_and_marked_truncated(tmp_path: Path) -> None:
 def test_retention_by_count_and_by_age(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "d.db"
-    store = store_at(path, clock, max_count=3, max_age_seconds=100.0, prune_interval_seconds=1000.0)
+    session = Session(path, clock=clock, max_count=3, max_age_seconds=100.0, prune_interval_seconds=1000.0)
+    store = session.store
     for i in range(5):
-        add(store, result(i, "GET /x", resp({"v": i}), resp({"v": -1})))
+        session.comparer.handle_result(result(i, "GET /x", resp({"v": i}), resp({"v": -1})))
         clock.now += 10**9
     store.flush()  # first flush prunes (never pruned before): keeps the newest 3
     reader = StoreReader(str(path))
     assert [s["result_id"] for s in reader.samples("GET /x")] == ["r4", "r3", "r2"]
     clock.now += 50 * 10**9
-    add(store, result(5, "GET /x", resp({"v": 5}), resp({"v": -1})))
+    session.comparer.handle_result(result(5, "GET /x", resp({"v": 5}), resp({"v": -1})))
     store.flush()  # not due yet: prune runs at most once per interval
     assert len(reader.samples("GET /x")) == 4
     clock.now += 1100 * 10**9
-    add(store, result(6, "GET /x", resp({"v": 6}), resp({"v": -1})))
+    session.comparer.handle_result(result(6, "GET /x", resp({"v": 6}), resp({"v": -1})))
     store.flush()  # due: everything older than 100 s goes
     assert [s["result_id"] for s in reader.samples("GET /x")] == ["r6"]
     conn = sqlite3.connect(path)
@@ -143,14 +208,15 @@ def test_retention_by_count_and_by_age(tmp_path: Path) -> None:
 
 def test_since_filters_stored_samples(tmp_path: Path) -> None:
     clock = Clock()
-    store = store_at(tmp_path / "d.db", clock)
-    add(store, result(1, "GET /x", resp({"a": 1}), resp({"a": 2})))
+    session = Session(tmp_path / "d.db", clock=clock)
+    session.feed(result(1, "GET /x", resp({"a": 1}), resp({"a": 2})))
     clock.now += 3600 * 10**9
-    add(store, result(2, "GET /y", resp({"b": 1}), resp({"b": 2})))
-    store.close()
+    session.feed(result(2, "GET /y", resp({"b": 1}), resp({"b": 2})))
+    session.close()
     reader = StoreReader(str(tmp_path / "d.db"))
     views = {v.endpoint: v for v in reader.endpoints(since_ns=T0 + 60 * 10**9)}
-    assert "GET /x" not in views and views["GET /y"].stored == 1
+    assert views["GET /x"].stored == 0
+    assert views["GET /y"].stored == 1
     assert [v.endpoint for v in reader.endpoints(endpoint="GET /y")] == ["GET /y"]
 
 
@@ -180,18 +246,19 @@ def test_parse_since() -> None:
 
 def test_rediff_after_changing_ignore_rules(tmp_path: Path) -> None:
     path = tmp_path / "d.db"
-    with_headers = make_differ(ComparerConfig(compare_headers=True, ignore_headers=()))
-    store = store_at(path)
-    store.set_counts_source(lambda: CountsSnapshot({"GET /h": (10, 3, 0)}, [FieldCount("GET /h", "header:x-build", 3, 0)]))
+    headers = ComparerConfig(compare_headers=True, ignore_headers=())
+    session = Session(path, headers)
     for i in range(2):  # only a volatile header differs
-        r = result(i, "GET /h", resp({"a": 1}, headers=(("X-Build", "2"),)), resp({"a": 1}, headers=(("X-Build", "1"),)))
-        assert add(store, r, with_headers)
+        session.feed(result(i, "GET /h", resp({"a": 1}, headers=(("X-Build", "2"),)), resp({"a": 1}, headers=(("X-Build", "1"),))))
     # the header and a real field differ
-    r = result(2, "GET /h", resp({"a": 2}, headers=(("X-Build", "2"),)), resp({"a": 1}, headers=(("X-Build", "1"),)))
-    assert add(store, r, with_headers)
-    store.close()
+    session.feed(result(2, "GET /h", resp({"a": 2}, headers=(("X-Build", "2"),)), resp({"a": 1}, headers=(("X-Build", "1"),))))
+    for i in range(3, 10):
+        session.feed(result(i, "GET /h", resp({"a": 1}), resp({"a": 1})))
+    session.close()
+    assert StoreReader(str(path)).endpoints()[0].diverged == 3
 
-    outcome = rediff(str(path), make_differ(ComparerConfig(compare_headers=True, ignore_headers=("x-build",))))
+    ignoring = ComparerConfig(compare_headers=True, ignore_headers=("x-build",))
+    outcome = rediff(str(path), make_differ(ignoring), config=ignoring)
     assert (outcome.examined, outcome.removed, outcome.changed, outcome.unchanged) == (3, 2, 1, 0)
     assert outcome.before["GET /h"] == 3 and outcome.after["GET /h"] == 1
     text = outcome.format()
@@ -201,19 +268,19 @@ def test_rediff_after_changing_ignore_rules(tmp_path: Path) -> None:
     (view,) = reader.endpoints()
     assert (view.compared, view.diverged, view.stored) == (10, 1, 1)
     fields = {f.path: f for f in view.fields}
-    assert fields["$.a"].stored == 1 and fields["header:x-build"].raw == 0
+    assert fields["$.a"].stored == 1 and fields["header:x-build"].raw == 0 and not fields["header:x-build"].real
     (sample,) = reader.samples("GET /h")
     assert [d["path"] for d in sample["diffs"]] == ["$.a"]
-    again = rediff(str(path), make_differ(ComparerConfig(compare_headers=True, ignore_headers=("x-build",))))
+    again = rediff(str(path), make_differ(ignoring))
     assert (again.examined, again.unchanged) == (1, 1)
 
 
 def hostile_store(path: Path) -> StoreReader:
-    store = store_at(path)
-    store.set_counts_source(lambda: CountsSnapshot({"GET /<b>x</b>": (4, 1, 0)}))
+    session = Session(path)
     body = {"html": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": 1}
-    add(store, result(1, "GET /<b>x</b>", resp(body), resp({"html": "ok"})))
-    store.close()
+    session.feed(result(1, "GET /<b>x</b>", resp(body), resp({"html": "ok"})))
+    session.feed(*(result(i, "GET /<b>x</b>", resp({"html": "ok"}), resp({"html": "ok"})) for i in range(2, 5)))
+    session.close()
     return StoreReader(str(path))
 
 
@@ -229,25 +296,36 @@ def test_reports_escape_and_summarise(tmp_path: Path) -> None:
     assert "GET /<b>x</b>" in text and "25.0%" in text and "$.html" in text
 
 
+LATENCY_KEYS = {
+    "regression", "baseline_p50_ms", "candidate_p50_ms", "baseline_p95_ms", "candidate_p95_ms",
+    "baseline_samples", "candidate_samples", "quantile", "slower_ms",
+}
+
+
 def test_cli_diffs_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "d.db"
     hostile_store(path)
     assert main(["diffs", "--store", str(path), "--json"]) == 0
-    data = orjson.loads(capsys.readouterr().out)
-    assert data == [
-        {
-            "endpoint": "GET /<b>x</b>",
-            "compared": 4,
-            "diverged": 1,
-            "rate": 0.25,
-            "noise": 0,
-            "stored": 1,
-            "fields": [
-                {"path": "$.html", "kinds": ["value"], "raw": 0, "noise": 0, "stored": 1},
-                {"path": "$['<img src=x onerror=alert(2)>']", "kinds": ["extra"], "raw": 0, "noise": 0, "stored": 1},
-            ],
-        }
-    ]
+    (data,) = orjson.loads(capsys.readouterr().out)
+    assert set(data["latency"]) == LATENCY_KEYS and data["latency"]["regression"] is False
+    assert data["latency"]["baseline_p50_ms"] == pytest.approx(10.0, rel=0.02)
+    del data["latency"]
+    assert data == {
+        "endpoint": "GET /<b>x</b>",
+        "compared": 4,
+        "diverged": 1,
+        "rate": 0.25,
+        "noise": 0,
+        "paired": 0,
+        "stored": 1,
+        "not_compared": {},
+        "fields": [
+            {"path": "$.html", "real": True, "verdict": "real", "kinds": ["value"], "raw": 1, "noise": 0,
+             "twin": 0, "diverged": 1, "stored": 1},
+            {"path": "$['<img src=x onerror=alert(2)>']", "real": True, "verdict": "real", "kinds": ["extra"],
+             "raw": 1, "noise": 0, "twin": 0, "diverged": 1, "stored": 1},
+        ],
+    }
     assert main(["diffs", "--store", str(path), "--endpoint", "GET /nope"]) == 0
     assert "nothing compared" in capsys.readouterr().out
     out = tmp_path / "r.md"
@@ -259,3 +337,35 @@ def test_cli_diffs_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no divergence store" in capsys.readouterr().err
     assert main(["compare", "--rediff", "--store", str(path)]) == 0
     assert "re-diffed 1 stored divergences" in capsys.readouterr().out
+
+
+def test_gate_exit_codes_and_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.db"
+    Session(empty).close()
+    assert main(["gate", "--store", str(empty)]) == 2
+    assert "NO VERDICT" in capsys.readouterr().out
+    assert main(["gate", "--store", str(tmp_path / "absent.db")]) == 2
+
+    path = tmp_path / "d.db"
+    session = Session(path)
+    for i in range(400):  # /slow: 60 ms slower; /p: the price changed on one in ten, and a 500 on one in 40
+        session.feed(result(i, "GET /slow", resp({"a": 1}, latency=0.070), resp({"a": 1}, latency=0.010)))
+        cand = resp(product(i, 2.0 if i % 10 == 0 else 1.0), status=500 if i % 40 == 1 else 200)
+        session.feed(result(1000 + i, "GET /p/{id}", cand, resp(product(i, 1.0))))
+    session.close()
+    assert main(["gate", "--store", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  GET /p/{id}: real divergence rate 12.50% (50 of 400) > 0.00%; fields: status (10), $.price (40)" in out
+    assert "FAIL  GET /slow: latency regression" in out and "p50 10.0 → 69.7 ms" in out  # ±1 %: the sketch's bins
+    assert out.rstrip().endswith("gate: FAILED on 2 of 2 endpoints")
+    assert main(["gate", "--store", str(path), "--max-divergence-rate", "0.2", "--allow-latency-regression"]) == 0
+    assert "gate: passed (800 compared on 2 endpoints)" in capsys.readouterr().out
+
+    down = tmp_path / "down.db"
+    session = Session(down)
+    session.feed(*(result(i, "GET /a", resp({"a": 1}), resp({"a": 1})) for i in range(50)))
+    session.feed(*(result(100 + i, "GET /a", Response(error="connect"), resp({"a": 1})) for i in range(50)))
+    session.close()
+    assert main(["gate", "--store", str(down)]) == 2
+    out = capsys.readouterr().out
+    assert "50 of 100 results (50.00%) not compared" in out and "not compared: candidate connect 50" in out
