@@ -52,7 +52,8 @@ def generalise(path: str) -> str:
     """``$.items[3].ts`` → ``$.items[*].ts``; JSON-RPC ids too; other paths unchanged."""
     if not path.startswith("$"):
         return path
-    path = re.sub(r"\[\?\(@\.id==(?:[^)]|\)(?!\]))*\)\]", "[*]", path)
+    # ``[?(@.id==7)][1]`` (the second answer with a duplicate id) is one element too.
+    path = re.sub(r"\[\?\(@\.id==(?:[^)]|\)(?!\]))*\)\](?:\[\d+\])?", "[*]", path)
     return _INDEX.sub("[*]", path)
 
 
