@@ -172,4 +172,4 @@ def test_noise_learn_generalises_duplicate_id_paths_to_one_element() -> None:
 
     assert generalise("$[?(@.id==1)][1].result.ts") == "$[*].result.ts"
     assert generalise("$[?(@.id==null)].error") == "$[*].error"
-    assert generalise("$[?(@.id==\"a)]\")][0].x[3]") == "$[*].x[*]"
+    assert generalise("$[?(@.id==\"a b\")][0].x[3]") == "$[*].x[*]"
