@@ -415,7 +415,7 @@ class Differ:
 
     def __init__(self, config: ComparerConfig) -> None:
         self.config = config
-        self.namer = EndpointNamer(config.routes)
+        self.namer = EndpointNamer(config.routes, config.max_endpoints)
         self._rules: dict[str, Rules] = {}
         self.rules("")  # compile the global patterns now, so bad ones fail at start-up
         for rule in config.endpoints:

@@ -32,9 +32,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from comparer.diff import KINDS, Verdict
+from comparer.endpoints import OVERFLOW
 from shadowreplay.record import ReplayResult
 
-OTHER = "other"
+OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed")
 TARGETS = frozenset({"candidate", "baseline", "secondary"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,7 +53,8 @@ class EndpointLimiter:
         self._known: set[str] = set()
 
     def __call__(self, endpoint: str) -> str:
-        if endpoint in self._known:
+        # OTHER takes no slot: the comparer's namer may already answer it (same bound).
+        if endpoint in self._known or endpoint == OTHER:
             return endpoint
         if len(self._known) < self.max_endpoints:
             self._known.add(endpoint)
