@@ -18,11 +18,12 @@ file as an empty store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS diff_fields (
 );
 CREATE INDEX IF NOT EXISTS diff_fields_div ON diff_fields (divergence_id);
 CREATE INDEX IF NOT EXISTS diff_fields_endpoint ON diff_fields (endpoint, path);
+CREATE INDEX IF NOT EXISTS diff_fields_endpoint_div ON diff_fields (endpoint, divergence_id);
 CREATE TABLE IF NOT EXISTS counts (
     session TEXT NOT NULL,
     endpoint TEXT NOT NULL,
@@ -83,6 +85,7 @@ CREATE TABLE IF NOT EXISTS field_counts (
     noise INTEGER NOT NULL,
     PRIMARY KEY (session, endpoint, path)
 );
+CREATE INDEX IF NOT EXISTS field_counts_endpoint ON field_counts (endpoint, path);
 """
 
 
@@ -346,6 +349,20 @@ class DivergenceStore:
 
 # -- reading ---------------------------------------------------------------------------
 
+#: In lists (samples, the live feed), each divergence carries at most this many diffs
+#: (status first) and says how many it has (``diffs_total``); one divergence has them all.
+LIST_DIFFS = 10
+#: Order of a field list: a status change first, then an error, then the fields with the
+#: most real differences (raw − noise, or stored divergences when more).
+_FIELD_ORDER = "path <> 'status', path <> 'error', MAX(raw - noise, stored) DESC, path"
+
+
+_NO_LIMIT = 2**63 - 1
+
+
+class QueryTimeout(ShadowError):
+    """A read of the store took longer than the reader's ``timeout_seconds`` and was stopped."""
+
 
 @dataclass
 class FieldView:
@@ -361,7 +378,10 @@ class FieldView:
 
 @dataclass
 class EndpointView:
-    """One endpoint as the page, ``diffs --json`` and the report show it."""
+    """One endpoint as the page, ``diffs --json`` and the report show it.
+
+    ``fields`` may be the first of ``fields_total`` fields (a status change first).
+    """
 
     endpoint: str
     compared: int
@@ -369,6 +389,12 @@ class EndpointView:
     noise: int  # compared results in which some difference was cancelled as noise
     stored: int
     fields: list[FieldView]
+    fields_total: int = -1  # -1: len(fields)
+
+    @property
+    def field_count(self) -> int:
+        """How many fields the endpoint has (``fields`` may hold only the first ones)."""
+        return self.fields_total if self.fields_total >= 0 else len(self.fields)
 
     @property
     def rate(self) -> float:
@@ -386,96 +412,179 @@ class EndpointView:
         }
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a list and the length of the whole list."""
+
+    items: list[Any]
+    total: int
+
+
 class StoreReader:
-    """Read-only queries over a store file (a missing file reads as empty)."""
+    """Read-only queries over a store file (a missing file reads as empty).
 
-    def __init__(self, path: str) -> None:
+    Each call opens its own connection, so calls may run in threads at once. With
+    ``timeout_seconds``, a call whose SQL runs longer is stopped with :class:`QueryTimeout`.
+    """
+
+    def __init__(self, path: str, *, timeout_seconds: float | None = None) -> None:
         self.path = path
+        self.timeout_seconds = timeout_seconds
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection | None]:
         if not Path(self.path).exists():
-            return []
+            yield None
+            return
         conn = _connect(self.path, readonly=True)
+        if self.timeout_seconds is not None:
+            deadline = time.monotonic() + self.timeout_seconds
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
         try:
-            return conn.execute(sql, params).fetchall()
+            yield conn
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
+            if "interrupted" in str(exc):
+                raise QueryTimeout(
+                    f"divergence store {self.path}: query stopped after {self.timeout_seconds:g} s"
+                ) from exc
+            raise ShadowError(f"divergence store {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
         finally:
             conn.close()
 
+    @staticmethod
+    def _rows(conn: sqlite3.Connection | None, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store file written by nothing yet
+                return []
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._connection() as conn:
+            return self._rows(conn, sql, params)
+
     def endpoints(self, *, endpoint: str | None = None, since_ns: int | None = None) -> list[EndpointView]:
-        """Endpoints by divergence rate (highest first), each with its diverging fields.
+        """Every endpoint by divergence rate (highest first), each with all its diverging fields.
 
         ``compared``/``diverged``/``raw``/``noise`` are lifetime counters; ``stored`` counts
         stored divergences, only those at or after ``since_ns`` when given.
         """
+        return self.endpoints_page(endpoint=endpoint, since_ns=since_ns).items
+
+    def endpoints_page(
+        self,
+        *,
+        endpoint: str | None = None,
+        since_ns: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        fields_limit: int | None = None,
+    ) -> Page:
+        """:meth:`endpoints`, ``limit`` of them from ``offset`` on, each with its first
+        ``fields_limit`` fields (a status change first); ``Page.total`` counts them all.
+
+        Ordering, paging and the fields of each endpoint are computed in SQL, so the work
+        in Python follows the size of the page, not the number of endpoints or fields.
+        """
         since = since_ns or 0
-        where, params = ("WHERE endpoint = ?", [endpoint]) if endpoint else ("", [])
-        counts = {
-            r["endpoint"]: (int(r["c"]), int(r["d"]), int(r["n"]))
-            for r in self._query(
-                f"SELECT endpoint, SUM(compared) c, SUM(diverged) d, SUM(noisy) n FROM counts {where} GROUP BY endpoint",
-                params,
+        by_name = " AND endpoint = ?" if endpoint else ""
+        named = [endpoint] if endpoint else []
+        paged = limit is not None
+        with self._connection() as conn:
+            # One pass over both tables (UNION ALL + GROUP BY): a join of two grouped
+            # subqueries has no index and goes quadratic in the number of endpoints.
+            rows = self._rows(
+                conn,
+                "WITH u AS (SELECT endpoint, compared, diverged, noisy, 0 stored FROM counts"
+                f"   WHERE 1{by_name}"
+                "   UNION ALL SELECT endpoint, 0, 0, 0, 1 FROM divergences"
+                f"   WHERE ts_ns >= ?{by_name}),"
+                " v AS (SELECT endpoint, SUM(compared) compared, MAX(SUM(diverged), 0) diverged, SUM(noisy) noisy,"
+                "   SUM(stored) stored FROM u GROUP BY endpoint)"
+                " SELECT *, COUNT(*) OVER () total FROM v"
+                " ORDER BY CASE WHEN compared > 0 THEN diverged * 1.0 / compared ELSE 0 END DESC,"
+                " diverged DESC, compared DESC, endpoint LIMIT ? OFFSET ?",
+                [*named, since, *named, limit if paged else -1, offset],
             )
-        }
-        fcounts: dict[tuple[str, str], tuple[int, int]] = {
-            (r["endpoint"], r["path"]): (int(r["raw"]), int(r["noise"]))
-            for r in self._query(
-                f"SELECT endpoint, path, SUM(raw) raw, SUM(noise) noise FROM field_counts {where} GROUP BY endpoint, path",
-                params,
+            if not rows:
+                total = 0
+                if offset:  # past the end: still say how many there are
+                    total = len(self.endpoints_page(endpoint=endpoint, since_ns=since_ns, limit=None).items)
+                return Page([], total)
+            names = [r["endpoint"] for r in rows]
+            fields = self._fields(conn, names if paged or endpoint else None, since, fields_limit)
+        views = []
+        for r in rows:
+            found, total = fields.get(r["endpoint"], ([], 0))
+            views.append(
+                EndpointView(r["endpoint"], r["compared"], r["diverged"], r["noisy"], r["stored"], found, total)
             )
-        }
-        stored = {
-            r["endpoint"]: int(r["n"])
-            for r in self._query(
-                "SELECT endpoint, COUNT(*) n FROM divergences WHERE ts_ns >= ?"
-                + (" AND endpoint = ?" if endpoint else "")
-                + " GROUP BY endpoint",
-                [since, *params],
-            )
-        }
-        sfields: dict[tuple[str, str], tuple[int, set[str]]] = {}
-        for r in self._query(
-            "SELECT f.endpoint, f.path, f.kind, COUNT(DISTINCT f.divergence_id) n FROM diff_fields f"
-            " JOIN divergences d ON d.id = f.divergence_id WHERE d.ts_ns >= ?"
-            + (" AND f.endpoint = ?" if endpoint else "")
-            + " GROUP BY f.endpoint, f.path, f.kind",
-            [since, *params],
-        ):
-            key = (r["endpoint"], r["path"])
-            n, kinds = sfields.get(key, (0, set()))
-            kinds.add(r["kind"])
-            sfields[key] = (n + int(r["n"]), kinds)
-        names = set(counts) | set(stored) | {ep for ep, _ in fcounts} | {ep for ep, _ in sfields}
-        out: list[EndpointView] = []
-        for name in names:
-            compared, diverged, noisy = counts.get(name, (0, 0, 0))
-            paths = {p for ep, p in fcounts if ep == name} | {p for ep, p in sfields if ep == name}
-            fields = []
-            for path in paths:
-                raw, noise = fcounts.get((name, path), (0, 0))
-                n, kinds = sfields.get((name, path), (0, set()))
-                fields.append(FieldView(path, sorted(kinds), max(raw, 0), max(noise, 0), n))
-            fields.sort(key=lambda f: (-max(f.raw - f.noise, f.stored), f.path))
-            out.append(
-                EndpointView(
-                    name, compared, max(diverged, 0), noisy, stored.get(name, 0), fields
-                )
-            )
-        out.sort(key=lambda e: (-e.rate, -e.diverged, -e.compared, e.endpoint))
+        return Page(views, int(rows[0]["total"]))
+
+    def _fields(
+        self, conn: sqlite3.Connection | None, names: list[str] | None, since: int, limit: int | None
+    ) -> dict[str, tuple[list[FieldView], int]]:
+        """Per endpoint (all, or ``names``): its first ``limit`` fields and how many it has."""
+        among = f" AND endpoint IN ({','.join('?' * len(names))})" if names is not None else ""
+        named = names or []
+        params: list[Any] = [*named, *named]
+        in_window = ""
+        if since:
+            in_window = " AND divergence_id IN (SELECT id FROM divergences WHERE ts_ns >= ?)"
+            params.append(since)
+        rows = self._rows(
+            conn,
+            "WITH u AS (SELECT endpoint, path, raw, noise, NULL div, NULL kind FROM field_counts"
+            f"   WHERE 1{among}"
+            "   UNION ALL SELECT endpoint, path, 0, 0, divergence_id, kind FROM diff_fields"
+            f"   WHERE 1{among}{in_window}),"
+            " m AS (SELECT endpoint, path, MAX(SUM(raw), 0) raw, MAX(SUM(noise), 0) noise,"
+            "   COUNT(DISTINCT div) stored, COALESCE(GROUP_CONCAT(DISTINCT kind), '') kinds"
+            "   FROM u GROUP BY endpoint, path),"
+            f" r AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY {_FIELD_ORDER}) rn,"
+            "   COUNT(*) OVER (PARTITION BY endpoint) total FROM m)"
+            " SELECT * FROM r WHERE rn <= ? ORDER BY endpoint, rn",
+            [*params, limit if limit is not None else _NO_LIMIT],
+        )
+        out: dict[str, tuple[list[FieldView], int]] = {}
+        for r in rows:
+            kinds = sorted(k for k in r["kinds"].split(",") if k)
+            entry = out.setdefault(r["endpoint"], ([], int(r["total"])))
+            entry[0].append(FieldView(r["path"], kinds, int(r["raw"]), int(r["noise"]), int(r["stored"])))
         return out
 
     def samples(self, endpoint: str, *, limit: int = 50, path: str | None = None) -> list[dict[str, Any]]:
         """The newest stored divergences of ``endpoint`` (optionally touching ``path``)."""
-        sql = "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs FROM divergences WHERE endpoint = ?"
+        return self.samples_page(endpoint, limit=limit, path=path).items
+
+    def samples_page(
+        self, endpoint: str, *, limit: int = 50, path: str | None = None, before_id: int | None = None
+    ) -> Page:
+        """:meth:`samples` older than ``before_id`` (the next page starts before the last
+        id of this one); ``Page.total`` counts every stored divergence of the endpoint
+        (touching ``path``). Each sample carries its first ``LIST_DIFFS`` diffs."""
+        where = "endpoint = ?"
         params: list[Any] = [endpoint]
         if path:
-            sql += " AND id IN (SELECT divergence_id FROM diff_fields WHERE endpoint = ? AND path = ?)"
+            where += " AND id IN (SELECT divergence_id FROM diff_fields WHERE endpoint = ? AND path = ?)"
             params += [endpoint, path]
-        sql += " ORDER BY id DESC LIMIT ?"
-        return [_sample(r) for r in self._query(sql, [*params, limit])]
+        with self._connection() as conn:
+            total_rows = self._rows(conn, f"SELECT COUNT(*) n FROM divergences WHERE {where}", params)
+            if before_id is not None:
+                where += " AND id < ?"
+                params.append(before_id)
+            rows = self._rows(
+                conn,
+                "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs FROM divergences"
+                f" WHERE {where} ORDER BY id DESC LIMIT ?",
+                [*params, limit],
+            )
+        return Page([_sample(r, LIST_DIFFS) for r in rows], int(total_rows[0]["n"]) if total_rows else 0)
 
     def recent(self, *, after_id: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         """Stored divergences with id > ``after_id``, newest first."""
@@ -484,10 +593,10 @@ class StoreReader:
             " WHERE id > ? ORDER BY id DESC LIMIT ?",
             [after_id, limit],
         )
-        return [_sample(r) for r in rows]
+        return [_sample(r, LIST_DIFFS) for r in rows]
 
     def divergence(self, div_id: int) -> dict[str, Any] | None:
-        """One stored divergence with its diffs and the (capped) result as on the wire."""
+        """One stored divergence with all its diffs and the (capped) result as on the wire."""
         rows = self._query("SELECT * FROM divergences WHERE id = ?", [div_id])
         if not rows:
             return None
@@ -499,8 +608,9 @@ class StoreReader:
         return out
 
     def totals(self) -> dict[str, int]:
-        rows = self._query("SELECT SUM(compared) c, SUM(diverged) d FROM counts")
-        stored = self._query("SELECT COUNT(*) n, MIN(ts_ns) first, MAX(ts_ns) last FROM divergences")
+        with self._connection() as conn:
+            rows = self._rows(conn, "SELECT SUM(compared) c, SUM(diverged) d FROM counts")
+            stored = self._rows(conn, "SELECT COUNT(*) n, MIN(ts_ns) first, MAX(ts_ns) last FROM divergences")
         c = rows[0]["c"] if rows and rows[0]["c"] is not None else 0
         d = rows[0]["d"] if rows and rows[0]["d"] is not None else 0
         s = stored[0] if stored else None
@@ -513,8 +623,13 @@ class StoreReader:
         }
 
 
-def _sample(r: sqlite3.Row) -> dict[str, Any]:
-    diffs = orjson.loads(r["diffs"])
+def status_first(diffs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``diffs`` with a status change, then an error, ahead of the rest (stable otherwise)."""
+    return sorted(diffs, key=lambda d: (d.get("path") != "status", d.get("path") != "error"))
+
+
+def _sample(r: sqlite3.Row, max_diffs: int | None = None) -> dict[str, Any]:
+    diffs = status_first(orjson.loads(r["diffs"]))
     return {
         "id": r["id"],
         "ts_ns": r["ts_ns"],
@@ -523,7 +638,9 @@ def _sample(r: sqlite3.Row) -> dict[str, Any]:
         "method": r["method"],
         "target": r["target"],
         "kinds": [k for k in r["kinds"].split(",") if k],
-        "diffs": diffs,
+        "diffs": diffs if max_diffs is None else diffs[:max_diffs],
+        "diffs_total": len(diffs),
+        "paths": list(dict.fromkeys(d["path"] for d in diffs))[:20],
     }
 
 
