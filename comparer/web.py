@@ -101,7 +101,9 @@ def parse_since(value: str | None, now_ns: int) -> int | None:
     v = value.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     seconds: float | None = None
-    if v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
+    if not v.isascii():  # float() would take other scripts' digits too
+        pass
+    elif v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
         seconds = now_ns / 1e9 - float(v[:-1]) * units[v[-1]]
     else:
         try:
