@@ -8,6 +8,11 @@ endpoint and the time it was stored. Counts of compared/diverged results per end
 kept per comparer *session* (one per process run) as absolute snapshots, so totals (the
 sum over sessions) survive restarts and add up across several comparer processes.
 
+The field index (``diff_fields``: which divergence touched which field) keeps at most
+``MAX_FIELDS_PER_ENDPOINT`` distinct paths per endpoint and pools the rest under
+``(other fields)``, as the comparer's in-memory field stats do, so reads that rank an
+endpoint's fields stay bounded whatever its arrays do; each divergence keeps every path.
+
 Retention: divergences older than ``max_age_seconds`` and all but the newest
 ``max_count`` are pruned every ``prune_interval_seconds``, by id range (index-only).
 
@@ -32,6 +37,7 @@ import orjson
 
 from comparer.diff import FieldDiff, Verdict
 from comparer.loop import Comparer
+from comparer.noise import MAX_FIELDS_PER_ENDPOINT, OTHER_FIELDS
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
 from shadowreplay.record import ReplayResult, Response
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: add() flushes on its own past this many pending divergences (bounded memory).
 MAX_PENDING = 5000
+#: Endpoints whose indexed field paths are kept in memory (then re-read from the file).
+MAX_INDEXED_ENDPOINTS = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -202,6 +210,7 @@ class DivergenceStore:
         self._listeners: list[Listener] = []
         self._last_prune = 0
         self._written: dict[tuple[str, str, str], tuple[int, ...]] = {}
+        self._field_paths: dict[str, set[str]] = {}
         self.stored = 0
         self.pruned = 0
 
@@ -269,7 +278,7 @@ class DivergenceStore:
         div_id = int(cur.lastrowid or 0)
         seen: set[tuple[str, str]] = set()
         for d in verdict.diffs:
-            seen.add((d.path, d.kind))
+            seen.add((self._field_path(verdict.endpoint, d.path), d.kind))
         self._conn.executemany(
             "INSERT INTO diff_fields (divergence_id, endpoint, path, kind) VALUES (?, ?, ?, ?)",
             [(div_id, verdict.endpoint, p, k) for p, k in sorted(seen)],
@@ -284,6 +293,31 @@ class DivergenceStore:
             "kinds": kinds,
             "paths": sorted({d.path for d in verdict.diffs})[:20],
         }
+
+    def _field_path(self, endpoint: str, path: str) -> str:
+        """``path`` as the field index (diff_fields) records it: one of the endpoint's first
+        ``MAX_FIELDS_PER_ENDPOINT`` distinct paths (over the whole file), else ``OTHER_FIELDS``.
+
+        Array indexes can give an endpoint many thousands of paths; pooling the rest keeps
+        the field index, and every read that ranks fields, bounded. The divergence itself
+        keeps every path. The first call per endpoint reads its known paths from the file."""
+        known = self._field_paths.get(endpoint)
+        if known is None:
+            if len(self._field_paths) >= MAX_INDEXED_ENDPOINTS:
+                self._field_paths.clear()  # read again from the file when next needed
+            known = self._field_paths[endpoint] = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT DISTINCT path FROM diff_fields WHERE endpoint = ? LIMIT ?",
+                    (endpoint, MAX_FIELDS_PER_ENDPOINT + 1),
+                )
+            }
+        if path in known:
+            return path
+        if len(known) < MAX_FIELDS_PER_ENDPOINT:
+            known.add(path)
+            return path
+        return OTHER_FIELDS
 
     def _write_counts(self, snapshot: CountsSnapshot, now: int) -> None:
         endpoints = [
@@ -389,12 +423,7 @@ class EndpointView:
     noise: int  # compared results in which some difference was cancelled as noise
     stored: int
     fields: list[FieldView]
-    fields_total: int = -1  # -1: len(fields)
-
-    @property
-    def field_count(self) -> int:
-        """How many fields the endpoint has (``fields`` may hold only the first ones)."""
-        return self.fields_total if self.fields_total >= 0 else len(self.fields)
+    fields_total: int = -1  # how many fields there are; -1: not counted (fields were not asked for)
 
     @property
     def rate(self) -> float:
@@ -514,13 +543,21 @@ class StoreReader:
             if not rows:
                 total = 0
                 if offset:  # past the end: still say how many there are
-                    total = len(self.endpoints_page(endpoint=endpoint, since_ns=since_ns, limit=None).items)
+                    counted = self._rows(
+                        conn,
+                        f"SELECT COUNT(*) n FROM (SELECT endpoint FROM counts WHERE 1{by_name}"
+                        f" UNION SELECT endpoint FROM divergences WHERE ts_ns >= ?{by_name})",
+                        [*named, since, *named],
+                    )
+                    total = int(counted[0]["n"]) if counted else 0
                 return Page([], total)
             names = [r["endpoint"] for r in rows]
-            fields = self._fields(conn, names if paged or endpoint else None, since, fields_limit)
+            fields = {}
+            if fields_limit != 0:
+                fields = self._fields(conn, names if paged or endpoint else None, since, fields_limit)
         views = []
         for r in rows:
-            found, total = fields.get(r["endpoint"], ([], 0))
+            found, total = fields.get(r["endpoint"], ([], -1 if fields_limit == 0 else 0))
             views.append(
                 EndpointView(r["endpoint"], r["compared"], r["diverged"], r["noisy"], r["stored"], found, total)
             )

@@ -487,7 +487,10 @@ class DivergencePage:
             page = self.reader.endpoints_page(
                 endpoint=endpoint, since_ns=since, limit=limit, offset=offset, fields_limit=fields_limit
             )
-            body = [{**v.to_json(), "fields_total": v.field_count} for v in page.items]
+            body = [v.to_json() for v in page.items]
+            if fields_limit:
+                for item, view in zip(body, page.items, strict=True):
+                    item["fields_total"] = view.fields_total
             return page, orjson.dumps(body, default=str)
 
         page, body = await self._query(query)

@@ -259,3 +259,52 @@ def test_cli_diffs_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no divergence store" in capsys.readouterr().err
     assert main(["compare", "--rediff", "--store", str(path)]) == 0
     assert "re-diffed 1 stored divergences" in capsys.readouterr().out
+
+
+def test_endpoint_pages_count_every_endpoint_even_past_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = store_at(path)
+    store.set_counts_source(lambda: CountsSnapshot({f"GET /e{i}": (10, i, 0) for i in range(7)}))
+    for i in range(3):
+        add(store, result(i, "GET /stored-only", resp({"v": i}), resp({"v": -1})))
+    store.close()
+    reader = StoreReader(str(path))
+    first = reader.endpoints_page(limit=3, fields_limit=0)
+    assert first.total == 8 and [v.endpoint for v in first.items] == ["GET /e6", "GET /e5", "GET /e4"]
+    rest = reader.endpoints_page(limit=10, offset=3, fields_limit=0)
+    assert [v.endpoint for v in rest.items] == ["GET /e3", "GET /e2", "GET /e1", "GET /e0", "GET /stored-only"]
+    assert reader.endpoints_page(limit=3, offset=50).total == 8
+    assert [v.endpoint for v in reader.endpoints_page(limit=3).items] == [v.endpoint for v in reader.endpoints()[:3]]
+
+
+def test_the_field_index_pools_paths_past_the_bound_and_the_divergence_keeps_them(tmp_path: Path) -> None:
+    from comparer.diff import FieldDiff, Verdict
+    from comparer.noise import MAX_FIELDS_PER_ENDPOINT, OTHER_FIELDS
+
+    path = tmp_path / "d.db"
+
+    def wide(store: DivergenceStore, i: int) -> None:
+        r = result(i, "GET /wide", resp({"v": 1}), resp({"v": 2}))
+        diffs = tuple(FieldDiff(f"$.items[{i * 100 + k}]", "value", 1, 2) for k in range(100))
+        store.add(r, Verdict("GET /wide", "baseline", (FieldDiff("status", "status", 200, 500), *diffs)))
+
+    store = store_at(path)
+    for i in range(5):
+        wide(store, i)
+    store.close()
+    again = store_at(path)  # a restart reads the paths it already has
+    for i in range(5, 10):
+        wide(again, i)
+    again.close()
+    conn = sqlite3.connect(path)
+    distinct = conn.execute("SELECT COUNT(DISTINCT path) FROM diff_fields WHERE endpoint = 'GET /wide'").fetchone()[0]
+    rows = conn.execute("SELECT COUNT(*) FROM diff_fields WHERE endpoint = 'GET /wide'").fetchone()[0]
+    conn.close()
+    assert distinct == MAX_FIELDS_PER_ENDPOINT + 1 and rows < 2 * MAX_FIELDS_PER_ENDPOINT + 10
+    reader = StoreReader(str(path))
+    (view,) = reader.endpoints()
+    assert view.fields[0].path == "status" and view.fields[0].stored == 10
+    assert {f.path for f in view.fields if f.stored == 8} == {OTHER_FIELDS}  # divergences 2..9 went past the bound
+    assert len(reader.samples("GET /wide", path=OTHER_FIELDS)) == 8
+    newest = reader.divergence(reader.samples("GET /wide", limit=1)[0]["id"])
+    assert newest is not None and len(newest["diffs"]) == 101  # the divergence keeps every path
