@@ -72,7 +72,7 @@ header .sub { font-weight: normal; opacity: .7; }
 .live { padding: .1em .6em; border-radius: 1em; font-size: .85em; background: #5b6b7a; }
 .live.on { background: #2e8b57; }
 /* minmax(0, …): columns shrink and their content wraps instead of overflowing the window */
-main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1.4fr); gap: 1em; padding: 1em 1.2em 0; }
+main { display: grid; grid-template-columns: minmax(0, 1.1fr) minmax(0, 1.3fr); gap: 1em; padding: 1em 1.2em 0; }
 section { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: .6em .9em; min-width: 0; overflow-wrap: anywhere; }
 #detail { margin: 1em 1.2em; }
 .detail-head { display: flex; align-items: baseline; gap: 1em; }
@@ -84,7 +84,7 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th, td { text-align: left; padding: .25em .5em; border-bottom: 1px solid #eceff2; vertical-align: top; overflow-wrap: anywhere; }
 th { font-weight: 600; color: #4a535d; font-size: .9em; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; width: 6.5em; overflow-wrap: normal; }
-th.c-id { width: 4.5em; } th.c-time { width: 11em; } th.c-kind { width: 7em; }
+th.c-id { width: 4.5em; } th.c-time { width: 14em; } th.c-kind { width: 7em; }
 th.c-latency { width: 9em; } th.c-real { width: 4em; }
 tr.click { cursor: pointer; }
 tr.click:hover { background: #eef4fb; }
