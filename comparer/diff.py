@@ -281,7 +281,9 @@ def _diff_views(lb: _Body, rb: _Body, max_diffs: int, options: JsonOptions) -> l
 
 
 def _is_rpc_batch(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "jsonrpc" in value[0]
+    # A batch may open with invalid answers (bare values): look a little past the first
+    # element, but not through every element of a large plain array.
+    return isinstance(value, list) and any(type(x) is dict and "jsonrpc" in x for x in value[:16])
 
 
 def _lines(body: bytes) -> list[str]:
@@ -439,7 +441,7 @@ class Differ:
 
     def __init__(self, config: ComparerConfig) -> None:
         self.config = config
-        self.namer = EndpointNamer(config.routes)
+        self.namer = EndpointNamer(config.routes, config.max_endpoints)
         self._rules: dict[str, Rules] = {}
         self.rules("")  # compile the global patterns now, so bad ones fail at start-up
         for rule in config.endpoints:

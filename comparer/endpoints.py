@@ -13,13 +13,16 @@ Order of precedence, first match wins:
      ``NAME`` may use the groups (``\\1``).
 
 3. the name the replayer stamped on the result, else ``shadowreplay.endpoint``'s
-   ``METHOD /path/{template}``.
+   ``METHOD /path/{template}`` (ids in the path replaced by placeholders).
 
-Names are unbounded here; metric labels go through ``EndpointLimiter``.
+A namer built with ``max_names`` keeps the first that many distinct names and answers
+``other`` for any further one (logged once), so the verdict, the in-memory stats, the
+divergence store and the metric labels all share one bounded set of names.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +30,14 @@ from typing import Any
 
 import orjson
 
-from shadowreplay.endpoint import endpoint_name
+from shadowreplay.endpoint import MAX_NAME_CHARS, endpoint_name
 from shadowreplay.errors import ConfigError
 from shadowreplay.record import RequestRecord
 
-MAX_NAME_CHARS = 120
+log = logging.getLogger(__name__)
+
+#: The name of every endpoint past the bound (also the metrics' overflow label).
+OVERFLOW = "other"
 _SEGMENT = re.compile(r"^\{[^/{}]*\}$|^\*$")
 
 
@@ -110,12 +116,22 @@ def jsonrpc_name(body: bytes | None) -> str | None:
 
 
 class EndpointNamer:
-    """Names requests: JSON-RPC method, then ``routes`` in order, then the path template."""
+    """Names requests: JSON-RPC method, then ``routes`` in order, then the path template.
 
-    def __init__(self, routes: Sequence[str] = ()) -> None:
+    ``max_names`` > 0 bounds the distinct names: the first ``max_names`` seen are kept,
+    any further one is :data:`OVERFLOW`.
+    """
+
+    def __init__(self, routes: Sequence[str] = (), max_names: int = 0) -> None:
         self.routes = tuple(parse_route(r) for r in routes)
+        self.max_names = max_names
+        self._names: set[str] = set()
+        self.overflowed = 0
 
     def name(self, request: RequestRecord, recorded: str = "") -> str:
+        return self._bounded(self._name(request, recorded))
+
+    def _name(self, request: RequestRecord, recorded: str) -> str:
         rpc = jsonrpc_name(request.body)
         if rpc is not None:
             return rpc
@@ -125,4 +141,21 @@ class EndpointNamer:
                 found = route.match(method, path)
                 if found is not None:
                     return found[:MAX_NAME_CHARS]
-        return recorded or endpoint_name(request.method, request.target)
+        return recorded[:MAX_NAME_CHARS] or endpoint_name(request.method, request.target)
+
+    def _bounded(self, name: str) -> str:
+        if not self.max_names or name in self._names or name == OVERFLOW:
+            return name
+        if len(self._names) < self.max_names:
+            self._names.add(name)
+            return name
+        self.overflowed += 1
+        if self.overflowed == 1:
+            log.warning(
+                "more than %d endpoint names (comparer.max_endpoints): %r and any further new one are "
+                "counted as %r; name routes with comparer.routes, or raise the bound",
+                self.max_names,
+                name,
+                OVERFLOW,
+            )
+        return OVERFLOW

@@ -86,9 +86,19 @@ def diff_jsonrpc(
 ) -> list[FieldDiff]:
     """JSON-RPC 2.0 responses: batches matched by ``id``, never by position.
 
-    A batch element is addressed ``$[?(@.id==7)]``; an id answered on one side only is
-    ``missing``/``extra``. Elements without an id (or with ``null``) pair up in order.
-    Anything that is not a batch on both sides is compared as plain JSON.
+    Answers are grouped by id on each side (``1`` and ``1.0`` are one id; ``null`` is an
+    id too: servers answer unparseable calls with it). Within a group, identical answers
+    pair up first whatever their order, the rest pair in order, and what is left over is
+    ``missing``/``extra``. So a batch answered in another order, with duplicate ids or
+    with several ``null`` answers, differs only where an answer does.
+
+    Paths: ``$[?(@.id==7)]`` when each side has at most one answer with id 7, else
+    ``$[?(@.id==7)][k]``, the k-th answer with that id on its side (the reference's for
+    a pair and a ``missing`` one, the candidate's for an ``extra`` one). Elements that are
+    not objects with an ``id`` (invalid answers) pair the same way among themselves and
+    are addressed by their position in their batch, ``$[3]``. Notifications are never
+    answered, so they take no part. Anything that is not a batch on both sides (a single
+    call, or a batch answered by one object) is compared as plain JSON.
     """
     if not (isinstance(left, list) and isinstance(right, list)):
         return diff_json(left, right, max_diffs=max_diffs, options=options)
@@ -96,43 +106,73 @@ def diff_jsonrpc(
     if max_diffs <= 0 or _same(left, right):
         return out
     walker = _Walker(out, max_diffs, options)
-    lmap, lanon = _by_id(left)
-    rmap, ranon = _by_id(right)
-    for key, lv in lmap.items():
-        if len(out) >= max_diffs:
-            break
-        path = f"$[?(@.id=={key})]"
-        if path in options.ignore:
-            continue
-        rv = rmap.get(key, _ABSENT)
-        if rv is _ABSENT:
-            out.append(FieldDiff(path, "missing", _clip(lv), None))
-        elif not _same(lv, rv):
-            walker.diff(lv, rv, path)
-    for key, rv in rmap.items():
-        if len(out) < max_diffs and key not in lmap:
-            path = f"$[?(@.id=={key})]"
-            if path not in options.ignore:
-                out.append(FieldDiff(path, "extra", None, _clip(rv)))
-    if lanon or ranon:
-        walker.array(lanon, ranon, "$[?(@.id==null)]")
+    lgroups, rgroups = _rpc_groups(left), _rpc_groups(right)
+    for key, lidx in lgroups.items():
+        _rpc_group(walker, key, left, lidx, right, rgroups.get(key, []))
+    for key, ridx in rgroups.items():
+        if key not in lgroups:
+            _rpc_group(walker, key, left, [], right, ridx)
     return out[:max_diffs]
 
 
-_ABSENT = object()
+#: Group key of batch elements that are not objects holding an ``id`` member.
+_NO_ID = b""
 
 
-def _by_id(batch: list[Any]) -> tuple[dict[str, Any], list[Any]]:
-    keyed: dict[str, Any] = {}
-    anon: list[Any] = []
-    for item in batch:
-        ident = item.get("id") if isinstance(item, dict) else None
-        key = _canon(ident) if ident is not None else None
-        if key is None or key.decode() in keyed:
-            anon.append(item)
+def _rpc_groups(batch: list[Any]) -> dict[bytes, list[int]]:
+    """Positions of the batch's elements by canonical id (``_NO_ID`` for those without one)."""
+    groups: dict[bytes, list[int]] = {}
+    for i, item in enumerate(batch):
+        key = _NO_ID
+        if isinstance(item, dict) and "id" in item:
+            ident = item["id"]
+            if type(ident) is float and ident.is_integer():
+                ident = int(ident)
+            key = _canon(ident) or repr(ident).encode()
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _rpc_group(walker: _Walker, key: bytes, left: list[Any], lidx: list[int], right: list[Any], ridx: list[int]) -> None:
+    """Diff the answers of one id: identical ones pair first, then the rest in order."""
+    out, limit = walker.out, walker.limit
+    if len(out) >= limit:
+        return
+    pool: defaultdict[bytes | None, list[int]] = defaultdict(list)
+    for j in ridx:
+        pool[_canon(right[j])].append(j)
+    lrest: list[int] = []
+    for i in lidx:
+        canon = _canon(left[i])
+        matches = pool.get(canon) if canon is not None else None
+        if matches:
+            matches.pop(0)
         else:
-            keyed[key.decode()] = item
-    return keyed, anon
+            lrest.append(i)
+    rrest = sorted(j for js in pool.values() for j in js)
+    if not lrest and not rrest:
+        return
+    multi = len(lidx) > 1 or len(ridx) > 1
+    lpos, rpos = {i: k for k, i in enumerate(lidx)}, {j: k for k, j in enumerate(ridx)}
+
+    def path(batch_index: int, group_pos: int) -> str:
+        if key == _NO_ID:
+            return f"$[{batch_index}]"
+        base = f"$[?(@.id=={key.decode('utf-8', 'replace')})]"
+        return f"{base}[{group_pos}]" if multi else base
+
+    for i, j in zip(lrest, rrest, strict=False):
+        if len(out) >= limit:
+            return
+        walker._child(left[i], right[j], path(i, lpos[i]))
+    for i in lrest[len(rrest) :]:
+        if len(out) >= limit:
+            return
+        walker._record(path(i, lpos[i]), "missing", _clip(left[i]), None)
+    for j in rrest[len(lrest) :]:
+        if len(out) >= limit:
+            return
+        walker._record(path(j, rpos[j]), "extra", None, _clip(right[j]))
 
 
 # -- equality fast paths ---------------------------------------------------------------

@@ -50,9 +50,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from comparer.diff import KINDS, PROBE, UNREACHED_KINDS, FieldDiff, Verdict
+from comparer.endpoints import OVERFLOW
 from shadowreplay.record import ReplayResult
 
-OTHER = "other"
+OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed", "not_reached")
 TARGETS = frozenset({"candidate", "baseline", "secondary", PROBE})
 # Fine enough at the bottom for loopback and cache hits (no floor at 5 ms), wide enough
@@ -77,7 +78,8 @@ class EndpointLimiter:
         self._known: set[str] = set()
 
     def __call__(self, endpoint: str) -> str:
-        if endpoint in self._known:
+        # OTHER takes no slot: the comparer's namer may already answer it (same bound).
+        if endpoint in self._known or endpoint == OTHER:
             return endpoint
         if len(self._known) < self.max_endpoints:
             self._known.add(endpoint)

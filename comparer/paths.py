@@ -87,7 +87,8 @@ def is_within(path: str, ancestor: str) -> bool:
     return not rest or (ancestor.startswith("$") and rest[0] in ".[")
 
 
-_RPC_ID = re.compile(r"\[\?\(@\.id==(?:[^)]|\)(?!\]))*\)\]")
+# ``[?(@.id==7)][1]`` (the second answer with a duplicate id) is one element too.
+_RPC_ID = re.compile(r"\[\?\(@\.id==(?:[^)]|\)(?!\]))*\)\](?:\[\d+\])?")
 _INDEX = re.compile(r"\[\d+\]")
 
 

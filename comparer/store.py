@@ -15,6 +15,11 @@ by target and reason — as absolute snapshots, so totals (the sum over sessions
 restarts and add up across several comparer processes. It also keeps the verdict
 thresholds the comparer ran with (``meta``), so every reader judges alike.
 
+The field index (``diff_fields``: which divergence touched which field) keeps at most
+``MAX_FIELDS_PER_ENDPOINT`` distinct paths per endpoint and pools the rest under
+``(other fields)``, as the comparer's in-memory field stats do, so reads that rank an
+endpoint's fields stay bounded whatever its arrays do; each divergence keeps every path.
+
 Retention: divergences older than ``max_age_seconds`` and all but the newest
 ``max_count`` are pruned every ``prune_interval_seconds``, by id range (index-only);
 so are stored divergences whose every field is judged noise by then.
@@ -27,11 +32,12 @@ each read — stored divergences are re-judged as the verdict of their fields ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,16 @@ from comparer.diff import FieldDiff, Verdict
 from comparer.latency import LatencyVerdict, LogSketch
 from comparer.noise import NOISE
 from comparer.paths import field_key
-from comparer.verdict import EndpointJudgement, EndpointTally, FieldTally, VerdictRules, judge, status_first
+from comparer.verdict import (
+    MAX_FIELDS_PER_ENDPOINT,
+    OTHER_FIELDS,
+    EndpointJudgement,
+    EndpointTally,
+    FieldTally,
+    VerdictRules,
+    judge,
+    status_first,
+)
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
 from shadowreplay.record import ReplayResult, Response
@@ -52,6 +67,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 #: add() flushes on its own past this many pending divergences (bounded memory).
 MAX_PENDING = 5000
+#: Endpoints whose indexed field paths are kept in memory (then re-read from the file).
+MAX_INDEXED_ENDPOINTS = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +95,7 @@ CREATE TABLE IF NOT EXISTS diff_fields (
 );
 CREATE INDEX IF NOT EXISTS diff_fields_div ON diff_fields (divergence_id);
 CREATE INDEX IF NOT EXISTS diff_fields_endpoint ON diff_fields (endpoint, path);
+CREATE INDEX IF NOT EXISTS diff_fields_endpoint_div ON diff_fields (endpoint, divergence_id);
 CREATE TABLE IF NOT EXISTS counts (
     session TEXT NOT NULL,
     endpoint TEXT NOT NULL,
@@ -118,6 +136,7 @@ CREATE TABLE IF NOT EXISTS not_compared (
     count INTEGER NOT NULL,
     PRIMARY KEY (session, endpoint, target, reason)
 );
+CREATE INDEX IF NOT EXISTS field_counts_endpoint ON field_counts (endpoint, path);
 """
 # Columns added by schema 2 to tables of schema 1 (table, column, definition).
 _ADDED_COLUMNS = (
@@ -261,6 +280,7 @@ class DivergenceStore:
         self._last_prune = 0
         self._written: dict[str, tuple[int, int, int]] = {}
         self._overflow_written: dict[str, str] = {}
+        self._field_paths: dict[str, set[str]] = {}
         self.stored = 0
         self.pruned = 0
 
@@ -333,7 +353,7 @@ class DivergenceStore:
         div_id = int(cur.lastrowid or 0)
         seen: set[tuple[str, str]] = set()
         for d in verdict.diffs:
-            seen.add((d.path, d.kind))
+            seen.add((self._field_path(verdict.endpoint, d.path), d.kind))
         self._conn.executemany(
             "INSERT INTO diff_fields (divergence_id, endpoint, path, kind) VALUES (?, ?, ?, ?)",
             [(div_id, verdict.endpoint, p, k) for p, k in sorted(seen)],
@@ -348,6 +368,31 @@ class DivergenceStore:
             "kinds": kinds,
             "paths": sorted({d.path for d in verdict.diffs}, key=lambda p: (p not in ("status", "error"), p))[:20],
         }
+
+    def _field_path(self, endpoint: str, path: str) -> str:
+        """``path`` as the field index (diff_fields) records it: one of the endpoint's first
+        ``MAX_FIELDS_PER_ENDPOINT`` distinct paths (over the whole file), else ``OTHER_FIELDS``.
+
+        Array indexes can give an endpoint many thousands of paths; pooling the rest keeps
+        the field index, and every read that ranks fields, bounded. The divergence itself
+        keeps every path. The first call per endpoint reads its known paths from the file."""
+        known = self._field_paths.get(endpoint)
+        if known is None:
+            if len(self._field_paths) >= MAX_INDEXED_ENDPOINTS:
+                self._field_paths.clear()  # read again from the file when next needed
+            known = self._field_paths[endpoint] = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT DISTINCT path FROM diff_fields WHERE endpoint = ? LIMIT ?",
+                    (endpoint, MAX_FIELDS_PER_ENDPOINT + 1),
+                )
+            }
+        if path in known:
+            return path
+        if len(known) < MAX_FIELDS_PER_ENDPOINT:
+            known.add(path)
+            return path
+        return OTHER_FIELDS
 
     def _write_tallies(self, tallies: Mapping[str, EndpointTally], now: int) -> None:
         s = self.session
@@ -450,6 +495,14 @@ class DivergenceStore:
 
 # -- reading ---------------------------------------------------------------------------
 
+#: In lists (samples, the live feed), each divergence carries at most this many diffs
+#: (status first) and says how many it has (``diffs_total``); one divergence has them all.
+LIST_DIFFS = 10
+
+
+class QueryTimeout(ShadowError):
+    """A read of the store took longer than the reader's ``timeout_seconds`` and was stopped."""
+
 
 @dataclass
 class FieldView:
@@ -485,7 +538,10 @@ class FieldView:
 
 @dataclass
 class EndpointView:
-    """One endpoint as the page, ``diffs --json``, the report and the gate show it."""
+    """One endpoint as the page, ``diffs --json``, the report and the gate show it.
+
+    ``fields`` may be the first of ``fields_total`` fields (a status change first).
+    """
 
     endpoint: str
     compared: int
@@ -496,6 +552,7 @@ class EndpointView:
     paired: int = 0
     latency: LatencyVerdict = field(default_factory=LatencyVerdict)
     not_compared: dict[str, dict[str, int]] = field(default_factory=dict)
+    fields_total: int = -1  # how many fields there are; -1: not counted (fields were not asked for)
 
     @property
     def rate(self) -> float:
@@ -520,27 +577,64 @@ class EndpointView:
         }
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a list and the length of the whole list."""
+
+    items: list[Any]
+    total: int
+
+
 class StoreReader:
     """Read-only queries over a store file (a missing file reads as empty). Every read
     judges the tallies of all sessions merged, with the thresholds recorded in the store
-    (``rules`` overrides them)."""
+    (``rules`` overrides them).
 
-    def __init__(self, path: str, rules: VerdictRules | None = None) -> None:
+    Each call opens its own connection, so calls may run in threads at once. With
+    ``timeout_seconds``, a call whose SQL runs longer is stopped with :class:`QueryTimeout`.
+    """
+
+    def __init__(self, path: str, rules: VerdictRules | None = None, *, timeout_seconds: float | None = None) -> None:
         self.path = path
         self._rules = rules
+        self.timeout_seconds = timeout_seconds
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection | None]:
         if not Path(self.path).exists():
-            return []
+            yield None
+            return
         conn = _connect(self.path, readonly=True)
+        if self.timeout_seconds is not None:
+            deadline = time.monotonic() + self.timeout_seconds
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
         try:
-            return conn.execute(sql, params).fetchall()
+            yield conn
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc) or "no such column" in str(exc):
-                return []
+            if "interrupted" in str(exc):
+                raise QueryTimeout(
+                    f"divergence store {self.path}: query stopped after {self.timeout_seconds:g} s"
+                ) from exc
+            raise ShadowError(f"divergence store {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
             raise ShadowError(f"divergence store {self.path}: {exc}") from exc
         finally:
             conn.close()
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection | None, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc) or "no such column" in str(exc):  # a file written by nothing yet, or by schema 1
+                return []
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._connection() as conn:
+            return self._rows(conn, sql, params)
 
     def rules(self) -> VerdictRules:
         """The thresholds to judge with: given, else those the comparer recorded, else the defaults."""
@@ -649,6 +743,32 @@ class StoreReader:
         out.sort(key=lambda e: (-e.rate, not e.latency.regression, -e.diverged, -e.compared, e.endpoint))
         return out
 
+    def endpoints_page(
+        self,
+        *,
+        endpoint: str | None = None,
+        since_ns: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        fields_limit: int | None = None,
+    ) -> Page:
+        """:meth:`endpoints`, ``limit`` of them from ``offset`` on, each with its first
+        ``fields_limit`` fields (a status change first); ``Page.total`` counts them all.
+
+        Every endpoint is judged on each call (the verdict needs the merged tallies); the
+        work is bounded by the comparer's ``max_endpoints`` and the field and signature
+        bounds of each tally, and what is handed back follows the size of the page.
+        """
+        views = self.endpoints(endpoint=endpoint, since_ns=since_ns)
+        page = views[offset : offset + limit] if limit is not None else views[offset:]
+        for view in page:
+            if fields_limit is not None:
+                view.fields_total = len(view.fields)
+                view.fields = view.fields[:fields_limit]
+                if fields_limit == 0:
+                    view.fields_total = -1
+        return Page(page, len(views))
+
     def noise_only_ids(self) -> list[int]:
         """Stored divergences whose every field is judged noise (not real, not undecided)."""
         judged = self.judgements()
@@ -662,10 +782,20 @@ class StoreReader:
                 out.append(div_id)
         return out
 
-    def _real_rows(self, sql: str, params: list[Any], limit: int, path: str | None = None) -> list[dict[str, Any]]:
+    def _real_rows(
+        self,
+        sql: str,
+        params: list[Any],
+        limit: int,
+        path: str | None = None,
+        *,
+        endpoint: str | None = None,
+        max_diffs: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Rows of ``sql`` (newest first, ``LIMIT ? OFFSET ?`` appended) that hold a real
-        field (and ``path``, a field or an exact path, when given), at most ``limit``."""
-        judged = self.judgements()
+        field (and ``path``, a field or an exact path, when given), at most ``limit``,
+        each with at most ``max_diffs`` diffs. ``endpoint``: the rows are all of it."""
+        judged = self.judgements(endpoint)
         out: list[dict[str, Any]] = []
         offset, chunk = 0, max(limit, 200)
         while len(out) < limit:
@@ -676,8 +806,8 @@ class StoreReader:
                 keys = _row_keys(r)
                 if not any(k in real for k in keys):
                     continue
-                sample = _sample(r, real)
-                if path and path not in keys and all(d["path"] != path for d in sample["diffs"]):
+                sample = _sample(r, real, max_diffs)
+                if path and not _touches(r, keys, path):
                     continue
                 out.append(sample)
                 if len(out) >= limit:
@@ -690,11 +820,31 @@ class StoreReader:
     def samples(self, endpoint: str, *, limit: int = 50, path: str | None = None) -> list[dict[str, Any]]:
         """The newest stored divergences of ``endpoint`` with a real field (optionally
         touching ``path``: a field such as ``$.items[*].price`` or an exact diff path)."""
+        return self.samples_page(endpoint, limit=limit, path=path).items
+
+    def samples_page(
+        self, endpoint: str, *, limit: int = 50, path: str | None = None, before_id: int | None = None
+    ) -> Page:
+        """:meth:`samples` older than ``before_id`` (the next page starts before the last
+        id of this one); ``Page.total`` counts every stored divergence of the endpoint with
+        a real field (touching ``path``). Each sample carries its first ``LIST_DIFFS`` diffs."""
+        judged = self.judgements(endpoint).get(endpoint)
+        real = judged.real_fields if judged is not None else frozenset()
+        total = 0
+        for r in self._query("SELECT keys, diffs FROM divergences WHERE endpoint = ?", [endpoint]):
+            keys = _row_keys(r)
+            if any(k in real for k in keys) and (not path or _touches(r, keys, path)):
+                total += 1
+        where = "endpoint = ?"
+        params: list[Any] = [endpoint]
+        if before_id is not None:
+            where += " AND id < ?"
+            params.append(before_id)
         sql = (
             "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs, keys FROM divergences"
-            " WHERE endpoint = ? ORDER BY id DESC"
+            f" WHERE {where} ORDER BY id DESC"
         )
-        return self._real_rows(sql, [endpoint], limit, path)
+        return Page(self._real_rows(sql, params, limit, path, endpoint=endpoint, max_diffs=LIST_DIFFS), total)
 
     def recent(self, *, after_id: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         """Stored divergences with a real field and id > ``after_id``, newest first."""
@@ -702,7 +852,7 @@ class StoreReader:
             "SELECT id, ts_ns, endpoint, result_id, method, target, kinds, diffs, keys FROM divergences"
             " WHERE id > ? ORDER BY id DESC"
         )
-        return self._real_rows(sql, [after_id], limit)
+        return self._real_rows(sql, [after_id], limit, max_diffs=LIST_DIFFS)
 
     def divergence(self, div_id: int) -> dict[str, Any] | None:
         """One stored divergence with its diffs (each with ``real``), and the (capped)
@@ -747,7 +897,12 @@ def _row_keys(r: sqlite3.Row) -> list[str]:
     return sorted({field_key(d["path"]) for d in orjson.loads(r["diffs"])})  # stored by schema 1
 
 
-def _sample(r: sqlite3.Row, real: frozenset[str]) -> dict[str, Any]:
+def _touches(r: sqlite3.Row, keys: list[str], path: str) -> bool:
+    """Whether a stored divergence touches ``path``: a field (``$.items[*].price``) or an exact diff path."""
+    return path in keys or any(d["path"] == path for d in orjson.loads(r["diffs"]))
+
+
+def _sample(r: sqlite3.Row, real: frozenset[str], max_diffs: int | None = None) -> dict[str, Any]:
     diffs = [{**d, "real": field_key(d["path"]) in real} for d in status_first(orjson.loads(r["diffs"]))]
     return {
         "id": r["id"],
@@ -757,5 +912,7 @@ def _sample(r: sqlite3.Row, real: frozenset[str]) -> dict[str, Any]:
         "method": r["method"],
         "target": r["target"],
         "kinds": [k for k in r["kinds"].split(",") if k],
-        "diffs": diffs,
+        "diffs": diffs if max_diffs is None else diffs[:max_diffs],
+        "diffs_total": len(diffs),
+        "paths": list(dict.fromkeys(d["path"] for d in diffs))[:20],
     }

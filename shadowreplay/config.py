@@ -245,12 +245,31 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """``[comparer.web]``: the divergence page, its JSON API and live feed."""
+    """``[comparer.web]``: the divergence page, its JSON API and live feed.
+
+    Private by default: without a credential the page answers loopback clients only and
+    ``listen`` must be a loopback address. A credential (a bearer token, or ``user:password``
+    for basic auth, from a file or an environment variable) is then required on every page
+    and API request. ``/metrics``, ``/healthz`` and ``/readyz`` stay open.
+    """
 
     enabled: bool = True
     # Empty: served on the metrics listener (metrics.listen); else its own HOST:PORT.
     listen: str = ""
     heartbeat_seconds: float = 15.0
+    bearer_token_file: str = ""
+    bearer_token_env: str = ""
+    basic_auth_file: str = ""  # the file holds "user:password"
+    basic_auth_env: str = ""
+    # Host names the page may be reached by, besides IP addresses and localhost (a Host
+    # header naming anything else is refused: DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # A store query of the page running longer than this is stopped (503).
+    query_timeout_seconds: float = 10.0
+
+    @property
+    def has_credential(self) -> bool:
+        return bool(self.bearer_token_file or self.bearer_token_env or self.basic_auth_file or self.basic_auth_env)
 
 
 @dataclass(frozen=True)
@@ -559,10 +578,45 @@ def _validate_comparer(c: ComparerConfig) -> None:
         raise ConfigError("comparer.store.max_body_bytes: must be >= 0")
     if c.store.prune_interval_seconds <= 0:
         raise ConfigError("comparer.store.prune_interval_seconds: must be > 0")
-    if c.web.listen:
-        parse_hostport(c.web.listen, "comparer.web.listen")
-    if c.web.heartbeat_seconds <= 0:
-        raise ConfigError("comparer.web.heartbeat_seconds: must be > 0")
+    _validate_web(c.web)
+
+
+def _validate_web(w: WebConfig) -> None:
+    key = "comparer.web"
+    if w.heartbeat_seconds <= 0:
+        raise ConfigError(f"{key}.heartbeat_seconds: must be > 0")
+    if not w.query_timeout_seconds > 0:
+        raise ConfigError(f"{key}.query_timeout_seconds: must be > 0")
+    for kind in ("bearer_token", "basic_auth"):
+        file, env = getattr(w, f"{kind}_file"), getattr(w, f"{kind}_env")
+        if file and env:
+            raise ConfigError(f"{key}.{kind}_file: set {kind}_file or {kind}_env, not both")
+        if env and not env.replace("_", "a").isalnum():
+            raise ConfigError(f"{key}.{kind}_env: not an environment variable name: {env!r}")
+        if file and not Path(file).is_file():
+            raise ConfigError(f"{key}.{kind}_file: no such file: {file!r}")
+    for i, host in enumerate(w.allowed_hosts):
+        if not host or any(c in host for c in "/@ \t") or host.startswith("["):
+            raise ConfigError(f"{key}.allowed_hosts[{i}]: expected a host name such as diffs.example.com, got {host!r}")
+    if w.listen:
+        host, _ = parse_hostport(w.listen, f"{key}.listen")
+        if not w.has_credential and not is_loopback_host(host):
+            raise ConfigError(
+                f"{key}.listen: {w.listen} is not a loopback address and no credential is configured, so anyone "
+                f"who can reach it would read every stored request and response; set {key}.bearer_token_file "
+                f"(or _env) or {key}.basic_auth_file (or _env), or listen on 127.0.0.1"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``); ``0.0.0.0`` is not."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _validate_verdict_rules(c: ComparerConfig) -> None:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the integration tests start as real peers: Chromium (the web page is
-# tested headless) and Prometheus + promtool (dashboards and rules are checked against a
-# real server), and unshare + ip (README's multi-process example runs as written in a
-# private network namespace). Installs only what is missing; needs root or sudo for apt-get.
+# tested headless), curl (the page's curl commands are run for real), Prometheus +
+# promtool (dashboards and rules are checked against a real server), and unshare + ip
+# (README's multi-process example runs as written in a private network namespace).
+# Installs only what is missing; needs root or sudo for apt-get.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)

@@ -12,18 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import itertools
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from browser import chromium, open_page
 
 from prometheus_client import CollectorRegistry
 
@@ -37,99 +32,14 @@ from shadowreplay.demo.backends import Backend
 from shadowreplay.record import ReplayResult, RequestRecord, Response, encode_request, encode_result
 
 pytestmark = pytest.mark.integration
+__all__ = ["chromium"]  # the fixture, imported for pytest
 
-CHROMIUM_HINT = "install chromium (make test installs it via tests/system-deps.sh)"
 BASE_NS = 1_795_600_800_000_000_000
 PRODUCTS = 64  # every 4th id diverges on $.price (enough requests for a confident verdict)
 CARTS = 12  # every cart diverges on status
 HOSTILE = "GET /hostile"
 SCRIPT = "<script>window.__pwned = 1</script>"
 IMG = "<img src=x onerror=\"window.__pwned = 2\">"
-
-
-def chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(CHROMIUM_HINT)
-
-
-class Browser:
-    """One headless Chromium, driven over the DevTools protocol (one page target)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        msg_id = next(self._ids)
-        await self.ws.send_str(orjson.dumps({"id": msg_id, "method": method, "params": params}).decode())
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            msg = await self.ws.receive(timeout=20)
-            assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
-            data = orjson.loads(msg.data)
-            if data.get("id") == msg_id:
-                assert "error" not in data, data
-                return data["result"]  # type: ignore[no-any-return]
-        raise AssertionError(f"no answer to {method}")
-
-    async def js(self, expression: str) -> Any:
-        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        assert "exceptionDetails" not in res, res
-        return res["result"].get("value")
-
-    async def wait_for(self, expression: str, seconds: float = 15.0) -> Any:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            value = await self.js(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for: {expression}")
-
-
-@pytest.fixture
-async def chromium(tmp_path: Path) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    """Start headless Chromium on about:blank; yields the DevTools HTTP base URL."""
-    binary = chromium_binary()
-    profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
-    proc = subprocess.Popen(
-        [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-            "--remote-debugging-address=127.0.0.1", "--window-size=1400,1000", "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None, f"chromium exited with {proc.returncode}: {CHROMIUM_HINT}"
-            assert time.monotonic() < deadline, "chromium did not write DevToolsActivePort within 30 s"
-            await asyncio.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as session:
-            yield f"http://127.0.0.1:{port}", session
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-async def open_page(devtools: str, session: aiohttp.ClientSession) -> tuple[Browser, aiohttp.ClientWebSocketResponse]:
-    async with session.get(f"{devtools}/json/list") as r:
-        targets = await r.json()
-    page = next(t for t in targets if t["type"] == "page")
-    ws = await session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024)
-    return Browser(ws), ws
 
 
 def hostile_result(i: int) -> ReplayResult:

@@ -91,3 +91,31 @@ def test_is_within() -> None:
     assert is_within("$.a", "$.a") and is_within("$.a.b", "$.a") and is_within("$.a[1]", "$.a")
     assert not is_within("$.ab", "$.a") and not is_within("header:ab", "header:a")
     assert is_within("$.x", "$") and not is_within("status", "$")
+
+
+def test_namer_bounds_names_with_an_overflow_bucket(caplog: pytest.LogCaptureFixture) -> None:
+    namer = EndpointNamer(max_names=2)
+    got = [namer.name(req("GET", t)) for t in ("/a", "/b/1", "/c", "/a", "/b/2", "/d", "/other")]
+    assert got == ["GET /a", "GET /b/{id}", "other", "GET /a", "GET /b/{id}", "other", "other"]
+    assert sum("comparer.max_endpoints" in r.message for r in caplog.records) == 1  # told once
+    assert EndpointNamer().name(req("GET", "/z")) == "GET /z"  # 0: unbounded
+
+
+def test_verdicts_of_many_raw_paths_carry_a_bounded_set_of_templates() -> None:
+    from comparer.diff import Differ
+    from shadowreplay.config import ComparerConfig
+    from shadowreplay.record import ReplayResult, Response
+
+    differ = Differ(ComparerConfig(max_endpoints=5))
+    names = set()
+    for i in range(2000):
+        r = req("GET", f"/api/items/{i}/o{i:04x}?q={i}")
+        names.add(differ.endpoint(ReplayResult(id="r", request=r, endpoint="", scheduled=1, sent=1,
+                                               responses={"candidate": Response(status=200)})))
+        names.add(differ.endpoint(ReplayResult(id="r", request=req("GET", f"/slug-{chr(97 + i % 26)}{i // 26}"),
+                                               endpoint="", scheduled=1, sent=1, responses={})))
+    assert names == {"GET /api/items/{id}/{id}", "GET /{id}"}
+    for i in range(100):  # slugs without digits: the first five names, then the overflow bucket
+        names.add(differ.endpoint(ReplayResult(id="r", request=req("GET", "/p/" + "".join(chr(97 + (i >> k) % 26) for k in (0, 5))),
+                                               endpoint="", scheduled=1, sent=1, responses={})))
+    assert len(names) == 6 and "other" in names

@@ -10,14 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from prometheus_client import CollectorRegistry
 
-from comparer.loop import Comparer
-from comparer.metrics import ComparerMetrics
+from comparer_session import ComparerSession
 from comparer.rediff import make_differ, rediff
 from comparer.report import render_html, render_markdown, render_terminal
 from comparer.store import DivergenceStore, StoreReader, resolve_store_path
-from comparer.verdict import verdict_rules
 from comparer.web import parse_since
 from shadowreplay.cli import main
 from shadowreplay.config import ComparerConfig, StoreConfig
@@ -65,24 +62,9 @@ def add(store: DivergenceStore, r: ReplayResult, differ: Any = DIFFER) -> bool:
     return bool(verdict.diverged)
 
 
-class Session:
-    """A real comparer (no bus) feeding a store: what one comparer process writes."""
-
+class Session(ComparerSession):
     def __init__(self, path: Path, config: ComparerConfig | None = None, clock: Clock | None = None, **store: Any):
-        config = config or ComparerConfig()
-        self.store = DivergenceStore(
-            str(path), dataclasses.replace(StoreConfig(), **store), rules=verdict_rules(config), clock=clock or Clock()
-        )
-        self.comparer = Comparer(config, None, ComparerMetrics(CollectorRegistry()), store=self.store)  # type: ignore[arg-type]
-        self.store.set_tallies_source(lambda: self.comparer.tallies)
-
-    def feed(self, *results: ReplayResult) -> None:
-        for r in results:
-            self.comparer.handle_result(r)
-        self.store.flush()
-
-    def close(self) -> None:
-        self.store.close()
+        super().__init__(path, config, clock or Clock(), **store)
 
 
 def product(i: int, price: float) -> dict[str, Any]:
@@ -369,3 +351,54 @@ def test_gate_exit_codes_and_reasons(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["gate", "--store", str(down)]) == 2
     out = capsys.readouterr().out
     assert "50 of 100 results (50.00%) not compared" in out and "not compared: candidate connect 50" in out
+
+
+def test_endpoint_pages_count_every_endpoint_even_past_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    session = Session(path)
+    for e in range(7):  # GET /e{e}: 40 compared, 4 * e of them with a changed price
+        session.feed(
+            *(
+                result(100 * e + i, f"GET /e{e}", resp(product(i, 2.0 if i < 4 * e else 1.0)), resp(product(i, 1.0)))
+                for i in range(40)
+            )
+        )
+    session.close()
+    reader = StoreReader(str(path))
+    first = reader.endpoints_page(limit=3, fields_limit=0)
+    assert first.total == 7 and [v.endpoint for v in first.items] == ["GET /e6", "GET /e5", "GET /e4"]
+    assert all(v.fields == [] and v.fields_total == -1 for v in first.items)
+    rest = reader.endpoints_page(limit=10, offset=3, fields_limit=1)
+    assert [v.endpoint for v in rest.items] == ["GET /e3", "GET /e2", "GET /e1", "GET /e0"]
+    assert [(len(v.fields), v.fields_total) for v in rest.items] == [(1, 1), (1, 1), (1, 1), (0, 0)]
+    assert reader.endpoints_page(limit=3, offset=50).total == 7
+    assert [v.endpoint for v in reader.endpoints_page(limit=3).items] == [v.endpoint for v in reader.endpoints()[:3]]
+
+
+def test_the_field_index_pools_paths_past_the_bound_and_the_divergence_keeps_them(tmp_path: Path) -> None:
+    from comparer.diff import FieldDiff, Verdict
+    from comparer.verdict import MAX_FIELDS_PER_ENDPOINT
+
+    path = tmp_path / "d.db"
+
+    def wide(store: DivergenceStore, i: int) -> None:
+        r = result(i, "GET /wide", resp({"v": 1}), resp({"v": 2}))
+        diffs = tuple(FieldDiff(f"$.items[{i * 100 + k}]", "value", 1, 2) for k in range(100))
+        store.add(r, Verdict("GET /wide", "baseline", (FieldDiff("status", "status", 200, 500), *diffs)))
+
+    store = store_at(path)
+    for i in range(5):
+        wide(store, i)
+    store.close()
+    again = store_at(path)  # a restart reads the paths it already has
+    for i in range(5, 10):
+        wide(again, i)
+    again.close()
+    conn = sqlite3.connect(path)
+    distinct = conn.execute("SELECT COUNT(DISTINCT path) FROM diff_fields WHERE endpoint = 'GET /wide'").fetchone()[0]
+    rows = conn.execute("SELECT COUNT(*) FROM diff_fields WHERE endpoint = 'GET /wide'").fetchone()[0]
+    conn.close()
+    assert distinct == MAX_FIELDS_PER_ENDPOINT + 1 and rows < 2 * MAX_FIELDS_PER_ENDPOINT + 10
+    reader = StoreReader(str(path))
+    newest = reader.divergence(10)
+    assert newest is not None and len(newest["diffs"]) == 101  # the divergence keeps every path
