@@ -305,6 +305,10 @@ def test_combined_garbage_and_bad_request_lines() -> None:
     bad = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01" 400 0 "-" "-"'
     with pytest.raises(DecodeError) as exc:
         fmt.to_request("t", TS, {"log": bad})
+    assert exc.value.reason == "bad_request_line"  # a TLS ClientHello on port 80 is no request
+    empty = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "-" 400 0 "-" "-"'  # nginx: connection closed early
+    with pytest.raises(DecodeError) as exc:
+        fmt.to_request("t", TS, {"log": empty})
     assert exc.value.reason == "missing_method"
 
 

@@ -446,7 +446,7 @@ def test_fast_path_frames_across_reads() -> None:
 
 
 def test_normalise_maps_log_events_and_skips_the_refused() -> None:
-    def normalise(tag: str, time_ns: int, rec: dict[str, object]) -> tuple[str, int, object]:
+    def normalise(tag: str, time_ns: int, rec: dict[str, object], frame: bytes, index: int) -> tuple[str, int, object]:
         if rec.get("i") == 1:
             raise DecodeError("no", reason="missing_method", fatal=False)
         if rec.get("i") == 2:
