@@ -145,6 +145,7 @@ class TargetClient:
         self._keep_host = keep_host
         self._session: aiohttp.ClientSession | None = None
         self._pool: ConnectionPool | None = None
+        self._told_raw_bytes = False
 
     async def start(self) -> None:
         if self.http_client == "builtin":
@@ -188,6 +189,8 @@ class TargetClient:
             return await self._send_builtin(record, self._pool)
         if self._session is None:
             raise RuntimeError(f"target {self.name!r}: send() before start()")
+        if record.has_raw_bytes():
+            return self._refuse_raw_bytes(record)
         ttfb: float | None = None
         t0 = time.perf_counter()
         try:
@@ -219,6 +222,20 @@ class TargetClient:
             log.debug("target %s: %s %s failed: %s: %r",
                       self.name, record.method, record.id, kind, exc)
             return Response(status=None, latency=time.perf_counter() - t0, ttfb=ttfb, error=kind)
+
+    def _refuse_raw_bytes(self, record: RequestRecord) -> Response:
+        # aiohttp writes the request line and headers as UTF-8 and silently drops
+        # surrogate-escaped bytes: refuse such a request rather than send it altered (the
+        # built-in client sends the logged bytes as they are).
+        if not self._told_raw_bytes:
+            self._told_raw_bytes = True
+            log.warning(
+                "target %s: request %s has a target or header value that is not UTF-8, which the aiohttp "
+                "client cannot send unaltered; such requests fail with error 'request' "
+                "(http_client = \"builtin\" sends them byte for byte)",
+                self.name, record.id,
+            )
+        return Response(status=None, latency=0.0, error="request")
 
     async def _send_builtin(self, record: RequestRecord, pool: ConnectionPool) -> Response:
         t0 = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from shadowreplay.record import readable
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
 _NUM = re.compile(r"^-?\d+(\.\d+)?$")
@@ -37,4 +39,6 @@ def endpoint_name(method: str, target: str) -> str:
 
 @lru_cache(maxsize=16_384)  # paths repeat: a hit costs a dict lookup, a template ~1 µs
 def _named(method: str, path: str) -> str:
-    return f"{method.upper()} {path_template(path)}"
+    # A path holding bytes that are not UTF-8 is named by its readable form (U+FFFD):
+    # names become metric labels and JSON, which take text only.
+    return f"{method.upper()} {path_template(readable(path))}"

@@ -115,6 +115,11 @@ class RequestRecord:
                 return v
         return None
 
+    def has_raw_bytes(self) -> bool:
+        """Whether the target, host or a header value holds bytes that are not UTF-8
+        (surrogate-escaped; see the module docstring)."""
+        return not (is_text(self.target) and is_text(self.host) and all(is_text(v) for _, v in self.headers))
+
     def partition_key(self) -> bytes:
         """Default partition key: the trusted client address, else the id."""
         return (self.client or self.id).encode("utf-8", "surrogateescape")
@@ -134,7 +139,7 @@ class RequestRecord:
             "client": self.client,
             "origin": self.origin.to_wire() if self.origin is not None else None,
         }
-        if not (is_text(self.target) and is_text(self.host) and all(is_text(v) for _, v in self.headers)):
+        if self.has_raw_bytes():
             add_raw(wire)
         return wire
 
