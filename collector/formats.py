@@ -231,6 +231,7 @@ class AccessLogFormat:
             self._keys
         )
         get = rec.get
+        line_id = get(LINE_ID_FIELD)
         method = get(method_key)
         target = get(target_key)
         if type(method) is not str or method in _ABSENT or type(target) is not str or target in _ABSENT:
@@ -274,7 +275,7 @@ class AccessLogFormat:
             target = self._redactor.target(target)
         rid = get(id_key)
         if type(rid) is not str or rid in _ABSENT or not is_text(rid):
-            rid = _line_id(get(LINE_ID_FIELD)) or _fallback_id(
+            rid = _line_id(line_id) or _fallback_id(
                 tag, time_ns, client, method, host, target, status, sent, frame, index
             )
 

@@ -105,7 +105,10 @@ ESCAPES_DECODE = "decode"
 ESCAPES_KEEP = "keep"
 ESCAPES = (ESCAPES_DECODE, ESCAPES_KEEP)
 
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}(?:\\u[0-9A-Fa-f]{4})?|.)", re.DOTALL)
+# \uXXXX, or a surrogate pair \uD8XX\uDCXX as one; \xHH; any other escaped character.
+_ESCAPE = re.compile(
+    r"\\(x[0-9A-Fa-f]{2}|u[dD][89abAB][0-9A-Fa-f]{2}\\u[dD][c-fC-F][0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|.)", re.DOTALL
+)
 _SIMPLE_ESCAPES = {
     '"': b'"', "\\": b"\\", "/": b"/", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v",
 }
@@ -134,15 +137,15 @@ def unescape(value: str) -> str:
 
 
 def _json_unicode(code: str) -> bytes:
-    r"""``u00e9`` → its UTF-8 bytes. The pattern takes a following ``\uYYYY`` along so a
-    surrogate pair (``ud83d\ude00``) becomes one character; a lone surrogate stands
-    for no character and is kept as written."""
+    r"""``u00e9`` or a surrogate pair ``ud83d\ude00`` → its UTF-8 bytes; a lone surrogate
+    stands for no character and is kept as written."""
     first = int(code[1:5], 16)
-    second = int(code[7:11], 16) if len(code) == 11 else None
-    if second is not None and 0xD800 <= first < 0xDC00 and 0xDC00 <= second < 0xE000:
+    if len(code) == 11:
+        second = int(code[7:11], 16)
         return chr(0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)).encode("utf-8")
-    head = b"\\" + code[:5].encode("ascii") if 0xD800 <= first < 0xE000 else chr(first).encode("utf-8")
-    return head if second is None else head + _json_unicode(code[6:])
+    if 0xD800 <= first < 0xE000:
+        return b"\\" + code.encode("ascii")
+    return chr(first).encode("utf-8")
 
 
 def parse_ltsv_line(line: str, escapes: str = ESCAPES_DECODE) -> dict[str, Any]:

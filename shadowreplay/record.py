@@ -315,13 +315,13 @@ def add_raw(wire: dict[str, Any]) -> None:
             raw[key] = _b64(to_bytes(value))
             wire[key] = readable(value)
     pairs = []
-    for i, pair in enumerate(wire.get("headers") or ()):
-        name, value = pair
+    headers = []
+    for i, (name, value) in enumerate(wire.get("headers") or ()):
         if not is_text(value):
             pairs.append([i, _b64(to_bytes(value))])
-            pair[1] = readable(value)
-        if not is_text(name):
-            pair[0] = readable(name)  # a name that is no token cannot be sent anyway
+            value = readable(value)
+        headers.append([readable(name), value])  # a name that is no text cannot be sent anyway
+    wire["headers"] = headers
     if pairs:
         raw["headers"] = pairs
     for key in ("id", "tag", "method", "scheme", "client"):  # text by construction; never fail on it
