@@ -249,3 +249,60 @@ async def test_collector_rejects_are_reported_to_tail_never_shipped(tmp_path: Pa
         "2 lines shipped in 1 chunks, 6 rejected (bad_json: 1, bad_method: 1, bad_request_line: 1, "
         "bad_time: 1, missing_method: 1, missing_time: 1)"
     )
+
+
+# -- ids survive a re-ship; both HTTP clients are honest about bytes --------------------------
+
+
+async def test_reshipping_a_log_gives_the_same_ids(tmp_path: Path) -> None:
+    # At-least-once: a tail that lost its state ships the file again, chunked differently
+    # (another batch size). Every line must come back with the id it had, identical lines
+    # included, so the duplicates are detectable as such.
+    lines = [line for line in FIXTURE.read_bytes().splitlines() if line and not line.startswith(b"#")]
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    ids: list[list[str]] = []
+    async with collectors(tmp_path) as start:
+        for run, batch in enumerate((7, 10)):
+            collector = await start(format="combined")
+            tail = TailThread(tail_options([log], collector.port, "combined", tmp_path / f"state{run}", batch_lines=batch))
+            try:
+                await tail.until(lambda t: t.stats.lines + t.stats.rejected_total == len(lines), "every line counted")
+            finally:
+                await tail.stop()
+            got = await read_messages(collector.bus, tail.tail.stats.lines, "check", 10.0, settle=0.2)
+            ids.append(sorted(r.id for r, _ in got))
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(ids[0])
+
+
+async def test_builtin_client_sends_the_bytes_and_aiohttp_refuses_rather_than_alter() -> None:
+    from replayer.client import TargetClient
+
+    backend = await RawBackend().start()
+    record = RequestRecord(
+        id="r1", ts=1, method="GET", target="/caf\udce9?q=\udcff", headers=(("User-Agent", "M\udce4rz"),)
+    )
+    plain = RequestRecord(id="r2", ts=1, method="GET", target="/café", headers=(("User-Agent", "März"),))
+    try:
+        for kind in ("builtin", "aiohttp"):
+            client = TargetClient("candidate", backend.url, timeout_seconds=5, max_body_bytes=1024, concurrency=1,
+                                  http_client=kind)
+            await client.start()
+            try:
+                answer = await client.send(record)
+                other = await client.send(plain)
+            finally:
+                await client.close()
+            assert other.status == 200, kind  # valid UTF-8: both clients send it as is
+            if kind == "builtin":
+                assert answer.status == 200
+            else:  # aiohttp would drop the bytes: refused, told, nothing sent
+                assert answer.status is None and answer.error == "request"
+    finally:
+        await backend.close()
+    lines = [(r.request_line, r.header(b"User-Agent")) for r in backend.received]
+    assert lines == [
+        (b"GET /caf\xe9?q=\xff HTTP/1.1", b"M\xe4rz"),
+        (b"GET /caf\xc3\xa9 HTTP/1.1", b"M\xc3\xa4rz"),
+        (b"GET /caf\xc3\xa9 HTTP/1.1", b"M\xc3\xa4rz"),
+    ]

@@ -116,6 +116,13 @@ def test_json_keeps_every_other_byte() -> None:
     assert R.body(b'{"a": "no secrets"}') == b'{"a": "no secrets"}'
 
 
+def test_json_that_is_not_utf8_is_redacted_too() -> None:
+    # Bytes that are not UTF-8 (a latin-1 client) do not make a body skip redaction.
+    body = b'{"name": "M\xfcller", "token": "t\xff", "n": 1}'
+    assert R.body(body) == b'{"name": "M\xfcller", "token": "' + x(b"t\xff") + b'", "n": 1}'
+    assert R.body(b"user=M%FCller&password=p%FF") == b"user=M%FCller&password=" + x(b"p\xff")
+
+
 def test_json_key_names_are_unescaped_and_nested_names_match() -> None:
     assert R.body(b'{"pass\\u0077ord": "p"}') == b'{"pass\\u0077ord": "' + x(b"p") + b'"}'
     assert R.body(b'{"user[password]": "p", "auth.token": 1}') == (
