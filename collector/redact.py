@@ -74,17 +74,30 @@ def _random_process_key(env_name: str) -> bytes:
 
 class _Names:
     """One list of secret names: matching (exact, or any segment of a nested name) and
-    a quick test of whether a text may hold one at all."""
+    quick tests of whether a text may hold one at all."""
 
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
+        needles = {n.encode("utf-8") for n in names}
+        # For the quick test a name that contains another listed name adds nothing.
+        self._needles = tuple(sorted(n for n in needles if not any(m != n and m in n for m in needles)))
         self._memo: dict[str, bool] = {}
+        self._raw_memo: dict[str, bool] = {}
         if names:
-            alternatives = b"|".join(re.escape(n.encode("utf-8")) for n in sorted(names, key=len, reverse=True))
-            self.anywhere: re.Pattern[bytes] | None = re.compile(rb"(?i)" + alternatives)
-            self.word: re.Pattern[bytes] | None = re.compile(rb"(?i)(?<![A-Za-z0-9_])(?:" + alternatives + rb")(?![A-Za-z0-9_])")
+            alternatives = b"|".join(re.escape(n) for n in sorted(self._needles, key=len, reverse=True))
+            self.word: re.Pattern[bytes] | None = re.compile(
+                rb"(?i)(?<![A-Za-z0-9_])(?:" + alternatives + rb")(?![A-Za-z0-9_])"
+            )
         else:
-            self.anywhere = self.word = None
+            self.word = None
+
+    def anywhere(self, data: bytes) -> bool:
+        """Whether a name occurs in ``data`` at all (any case; a few substring searches)."""
+        lower = data.lower()
+        for needle in self._needles:
+            if needle in lower:
+                return True
+        return False
 
     def match(self, name: str) -> bool:
         hit = self._memo.get(name)
@@ -95,6 +108,15 @@ class _Names:
             )
             if len(self._memo) < _MEMO_MAX:
                 self._memo[name] = hit
+        return hit
+
+    def match_encoded(self, name: str) -> bool:
+        """``match`` for a name as written in a query or form (``pass%77ord``, ``a+b``)."""
+        hit = self._raw_memo.get(name)
+        if hit is None:
+            hit = self.match(_form_decode(name.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape"))
+            if len(self._raw_memo) < _MEMO_MAX:
+                self._raw_memo[name] = hit
         return hit
 
 
@@ -152,10 +174,14 @@ class Redactor:
         """``target`` with the values of listed query parameters redacted; every other byte
         as it was. Text holding surrogate-escaped bytes keeps them."""
         q = target.find("?")
-        if q < 0 or self._query.anywhere is None:
+        if q < 0 or not self._query.names:
             return target
-        query = target[q + 1 :]
-        if "%" not in query and self._query.anywhere.search(query.encode("utf-8", "surrogateescape")) is None:
+        match = self._query.match_encoded
+        # The common case: a few parameters, none listed (names are memoized).
+        for pair in target[q + 1 :].split("&"):
+            if match(pair.partition("=")[0].partition("#")[0]):
+                break
+        else:
             return target
         data = target.encode("utf-8", "surrogateescape")
         end = data.find(b"#", q + 1)
@@ -191,9 +217,7 @@ class Redactor:
         """``body`` with the values of listed fields redacted (JSON or form), unchanged
         when it holds none, or None when it cannot be parsed yet may hold one (dropped)."""
         fields = self._fields
-        if fields.anywhere is None or (
-            fields.anywhere.search(body) is None and b"%" not in body and b"\\u" not in body
-        ):
+        if not fields.names or (not fields.anywhere(body) and b"%" not in body and b"\\u" not in body):
             return body
         stripped = body.lstrip()
         if stripped[:1] in (b"{", b"["):
@@ -204,7 +228,7 @@ class Redactor:
             spans = self._pairs(body, 0, len(body), fields)
             return _splice(body, spans) if spans else body
         if fields.word is None or fields.word.search(body) is None:
-            return body
+            return body  # may mention a name, but not as a field name
         self._drop(UNPARSEABLE_SECRET)
         return None
 
