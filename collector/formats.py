@@ -234,6 +234,8 @@ class AccessLogFormat:
         line_id = get(LINE_ID_FIELD)
         method = get(method_key)
         target = get(target_key)
+        if type(target) is bytes:  # msgpack bin (the WSGI/ASGI middleware sends such a target so)
+            target = target.decode("utf-8", "surrogateescape")
         if type(method) is not str or method in _ABSENT or type(target) is not str or target in _ABSENT:
             rec, method, target = self._request_of(rec)
             get = rec.get
@@ -289,7 +291,9 @@ class AccessLogFormat:
             if type(value) is not str:
                 if value is None or type(value) is dict or type(value) is list:
                     continue
-                value = str(value)
+                value = _value_text(value)
+                if value in _ABSENT:
+                    continue
             elif value in _ABSENT:
                 continue
             if mode == _SECRET:
@@ -396,10 +400,19 @@ def _encode(wire: dict[str, Any]) -> bytes:
 
 
 def _text(value: Any) -> str | None:
+    if type(value) is bytes:  # msgpack bin: text whose bytes are kept (surrogate-escaped)
+        value = value.decode("utf-8", "surrogateescape")
     if type(value) is str:
         return None if value in _ABSENT else value
     if value is None or type(value) is dict or type(value) is list or type(value) is bool:
         return None
+    return str(value)
+
+
+def _value_text(value: Any) -> str:
+    """A header value that arrived as another type than str: bin keeps its bytes."""
+    if type(value) is bytes:
+        return value.decode("utf-8", "surrogateescape")
     return str(value)
 
 
@@ -541,8 +554,9 @@ def _compile_layout(
         add("        if v and v != '-':")
         add(f"            append(({name!r}, {value}))")
         add("    elif v is not None and v.__class__ is not dict and v.__class__ is not list:")
-        add("        v = str(v)")
-        add(f"        append(({name!r}, {value}))")
+        add("        v = value_text(v)")
+        add("        if v and v != '-':")
+        add(f"            append(({name!r}, {value}))")
     add("    return (client or rid).encode('utf-8', 'surrogateescape'), encode({")
     add("        'v': V, 'id': rid, 'ts': time_ns, 'tag': tag, 'method': method, 'scheme': scheme,")
     add("        'host': host, 'target': target, 'headers': headers, 'body': body, 'client': client,")
@@ -561,6 +575,7 @@ def _compile_layout(
         "is_text": is_text,
         "readable": readable,
         "text": _text,
+        "value_text": _value_text,
         "to_int": _int,
         "to_float": _float,
         "parse_time": fmt._parse_time,

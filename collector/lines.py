@@ -333,11 +333,24 @@ def parse_time_auto(value: Any) -> int:
     return parse_msec(value)
 
 
+MAX_NS = 2**63 - 1  # a record's ts is a signed 64-bit integer (as on Kafka)
+
+
+def _in_range(parse: Callable[[Any], int]) -> Callable[[Any], int]:
+    def parse_in_range(value: Any) -> int:
+        ns = parse(value)
+        if not 0 <= ns <= MAX_NS:
+            raise _bad_time(value)
+        return ns
+
+    return parse_in_range
+
+
 TIME_PARSERS: dict[str, Callable[[Any], int]] = {
-    "auto": parse_time_auto,
-    "msec": parse_msec,
-    "clf": parse_clf,
-    "iso8601": parse_iso8601,
+    "auto": _in_range(parse_time_auto),
+    "msec": _in_range(parse_msec),
+    "clf": _in_range(parse_clf),
+    "iso8601": _in_range(parse_iso8601),
 }
 # Field names whose format is known without looking at the value.
 TIME_FIELD_FORMATS = {"msec": "msec", "time_local": "clf", "time_iso8601": "iso8601"}
