@@ -487,9 +487,9 @@ def _compile_layout(
             add(f"    {var} = rec[{key!r}]")
             add(f"    if {var}.__class__ is not str or not {var} or {var} == '-':")
             add(f"        {var} = text({var})" + ("" if default == "None" else f" or {default}"))
-            if var != "host":  # host may hold any bytes (record.py "raw"); these must be text
-                add(f"    if {var} is not None and not {var}.isascii():")
-                add(f"        {var} = readable({var})")
+            if var == "client":  # the partition key: the readable text, as to_request has it
+                add("    if client is not None and not client.isascii():")
+                add("        client = readable(client)")
         else:
             add(f"    {var} = {default}")
     # Numbers arrive as text; the few distinct values (statuses, durations, sizes) are
@@ -532,8 +532,13 @@ def _compile_layout(
     else:
         add("    body = None")
     if fmt._redact_query:
-        add("    if '?' in target:")
-        add("        target = redact_target(target)")
+        # Redactor.target's quick test, unrolled: most queries hold no listed name.
+        quick = " or ".join(f"{needle!r} in query" for needle in fmt._redactor.query_needles)
+        add("    q = target.find('?')")
+        add("    if q >= 0:")
+        add("        query = target[q + 1:].lower()")
+        add(f"        if '%' in query or {quick}:")
+        add("            target = redact_target(target)")
     fallback = "fallback_id(tag, time_ns, client, method, host, target, status, sent, frame, index)"
     if LINE_ID_FIELD in present:
         line_id = f"line_id(rec[{LINE_ID_FIELD!r}]) or {fallback}"
@@ -548,7 +553,7 @@ def _compile_layout(
     add("    headers = []")
     add("    append = headers.append")
     for key, name, mode in fmt._plan(layout):
-        value = "redact(v)" if mode == _SECRET else "redact_url(v)" if mode == _URL else "v"
+        value = "redact(v)" if mode == _SECRET else "(redact_url(v) if '?' in v else v)" if mode == _URL else "v"
         add(f"    v = rec[{key!r}]")
         add("    if v.__class__ is str:")
         add("        if v and v != '-':")
@@ -557,12 +562,17 @@ def _compile_layout(
         add("        v = value_text(v)")
         add("        if v and v != '-':")
         add(f"            append(({name!r}, {value}))")
-    add("    return (client or rid).encode('utf-8', 'surrogateescape'), encode({")
+    add("    wire = {")
     add("        'v': V, 'id': rid, 'ts': time_ns, 'tag': tag, 'method': method, 'scheme': scheme,")
     add("        'host': host, 'target': target, 'headers': headers, 'body': body, 'client': client,")
     add("        'origin': None if status is None and sent is None and duration is None")
     add("        else {'status': status, 'bytes': sent, 'duration': duration},")
-    add("    }), time_ns")
+    add("    }")
+    add("    try:")
+    add("        data = dumps(wire)")
+    add("    except TypeError:")  # text holding bytes that are not UTF-8: see _encode
+    add("        data = encode(wire)")
+    add("    return (client or rid).encode('utf-8', 'surrogateescape'), data, time_ns")
     namespace: dict[str, Any] = {
         "ABSENT": _ABSENT,
         "HUGE": _HUGE,
@@ -570,6 +580,7 @@ def _compile_layout(
         "LineError": LineError,
         "b64": b2a_base64,
         "encode": _encode,
+        "dumps": _dumps,
         "fallback_id": _fallback_id,
         "line_id": _line_id,
         "is_text": is_text,

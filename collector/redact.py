@@ -81,8 +81,8 @@ class _Names:
         needles = {n.encode("utf-8") for n in names}
         # For the quick test a name that contains another listed name adds nothing.
         self._needles = tuple(sorted(n for n in needles if not any(m != n and m in n for m in needles)))
+        self.text_needles = tuple(n.decode("utf-8") for n in self._needles)
         self._memo: dict[str, bool] = {}
-        self._raw_memo: dict[str, bool] = {}
         if names:
             alternatives = b"|".join(re.escape(n) for n in sorted(self._needles, key=len, reverse=True))
             self.word: re.Pattern[bytes] | None = re.compile(
@@ -108,15 +108,6 @@ class _Names:
             )
             if len(self._memo) < _MEMO_MAX:
                 self._memo[name] = hit
-        return hit
-
-    def match_encoded(self, name: str) -> bool:
-        """``match`` for a name as written in a query or form (``pass%77ord``, ``a+b``)."""
-        hit = self._raw_memo.get(name)
-        if hit is None:
-            hit = self.match(_form_decode(name.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape"))
-            if len(self._raw_memo) < _MEMO_MAX:
-                self._raw_memo[name] = hit
         return hit
 
 
@@ -153,6 +144,11 @@ class Redactor:
     def scans_queries(self) -> bool:
         return bool(self._query.names)
 
+    @property
+    def query_needles(self) -> tuple[str, ...]:
+        """Lowercase texts one of which a query holding a listed name contains (or a ``%``)."""
+        return self._query.text_needles
+
     def value(self, text: str | bytes) -> str:
         """The redacted form of one secret."""
         data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
@@ -176,13 +172,14 @@ class Redactor:
         q = target.find("?")
         if q < 0 or not self._query.names:
             return target
-        match = self._query.match_encoded
-        # The common case: a few parameters, none listed (names are memoized).
-        for pair in target[q + 1 :].split("&"):
-            if match(pair.partition("=")[0].partition("#")[0]):
-                break
-        else:
-            return target
+        # The common case: no listed name in the query at all (percent-escapes may hide one).
+        query = target[q + 1 :].lower()
+        if "%" not in query:
+            for needle in self._query.text_needles:
+                if needle in query:
+                    break
+            else:
+                return target
         data = target.encode("utf-8", "surrogateescape")
         end = data.find(b"#", q + 1)
         spans = self._pairs(data, q + 1, len(data) if end < 0 else end, self._query)
