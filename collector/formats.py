@@ -12,27 +12,44 @@ Two outputs per record: ``to_request`` (a RequestRecord) and the fast path ``to_
 agree exactly: ``decode_request(to_bus(...)[1]) == to_request(...)``. Secrets are
 redacted (``collector/redact.py``) in both. This runs once per logged request, so the
 hot path avoids regexes and caches what it learns about a record layout.
+
+Ids: the logged request id (``fields.request_id``) when the record has one; else the
+line id ``shadowreplay tail`` puts in ``LINE_ID_FIELD`` (file and offset of the line);
+else one derived from where the record sits in what the client sent: the chunk id and
+the entry's index in the chunk (the decoder passes them), so two identical lines get two
+ids while a re-sent chunk gives the same ids again; a frame without a chunk id (sent
+without acks, never re-sent by the protocol) gets a per-connection frame number instead.
+
+Text that is not UTF-8 (bytes the decoder or the line parser surrogate-escaped) is kept:
+a target, Host or header value holding such bytes goes on the bus with its exact bytes
+(``shadowreplay/record.py``: ``raw``, version 2). Only a record that cannot be a request
+is refused: no method or target (``missing_method``, ``missing_target``), a request line
+that is not one (``bad_request_line``), a method that is not ASCII (``bad_method``), an
+unreadable time field (``bad_time_field``).
 """
 
 from __future__ import annotations
 
 from binascii import b2a_base64
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import Any, Protocol
 
 import orjson
 
 from collector.lines import (
-    LINE_PARSERS,
+    ESCAPES_DECODE,
+    LINE_ID_FIELD,
     TIME_FIELD_FORMATS,
     TIME_PARSERS,
     LineError,
+    line_parser,
     split_request_line,
 )
 from collector.redact import Redactor
 from shadowreplay.config import FieldMap, RedactConfig
 from shadowreplay.errors import ConfigError, DecodeError
-from shadowreplay.record import SCHEMA_VERSION, Origin, RequestRecord, stable_id
+from shadowreplay.record import SCHEMA_VERSION, Origin, RequestRecord, add_raw, is_text, readable, stable_id
 
 _ABSENT = ("", "-")
 _HUGE = float("inf")
@@ -44,26 +61,50 @@ _MISS = object()
 _dumps = orjson.dumps
 
 BusItem = tuple[bytes, bytes, int]
-# (key, header name, redact?) for each header-carrying key of one record layout.
-_Plan = tuple[tuple[Any, str, bool], ...]
+# How a header value goes on the bus: as is, redacted whole, or a URL whose query is redacted.
+_KEEP, _SECRET, _URL = 0, 1, 2
+# (key, header name, one of the above) for each header-carrying key of one record layout.
+_Plan = tuple[tuple[Any, str, int], ...]
 
 
 class LogFormat(Protocol):
-    def to_request(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> RequestRecord:
-        """The request ``rec`` logs; DecodeError(fatal=False) when it logs none."""
+    def to_request(
+        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
+    ) -> RequestRecord:
+        """The request ``rec`` logs; DecodeError(fatal=False) when it logs none.
+        ``frame`` and ``index`` say where the record came from (see ``entry_id``)."""
 
-    def to_bus(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> BusItem:
+    def to_bus(
+        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
+    ) -> BusItem:
         """(partition key, encoded RequestRecord, ts ns) — ``to_request`` without the
-        dataclass; same DecodeError. orjson raises TypeError on text that is not UTF-8."""
+        dataclass; same DecodeError."""
 
 
-def make_format(name: str, fields: FieldMap, redact: RedactConfig | None = None) -> LogFormat:
-    """The log format called ``name`` (``collector.format``), mapping ``fields`` and
-    redacting per ``redact`` (default: ``RedactConfig()``, i.e. Authorization, Cookie, ...)."""
+def make_format(
+    name: str,
+    fields: FieldMap,
+    redact: RedactConfig | None = None,
+    *,
+    escapes: str = ESCAPES_DECODE,
+    on_body_dropped: Callable[[str], None] | None = None,
+) -> LogFormat:
+    """The log format called ``name`` (``collector.format``), mapping ``fields``, reading
+    raw lines with ``escapes`` (``collector.escapes``) and redacting per ``redact``
+    (default: ``RedactConfig()``); ``on_body_dropped(reason)`` counts dropped bodies."""
     factory = _FORMATS.get(name)
     if factory is None:
         raise ConfigError(f"collector.format: unknown format {name!r} (known: {', '.join(sorted(_FORMATS))})")
-    return factory(fields, redact)
+    return factory(fields, redact, escapes=escapes, on_body_dropped=on_body_dropped)
+
+
+def entry_id(tag: str, frame: bytes, index: int) -> str:
+    """The id of the ``index``-th entry of the frame identified by ``frame`` (see the
+    module docstring): 24 hex digits, like ``stable_id``."""
+    h = blake2b(frame, digest_size=12)
+    h.update(b"\x00%d\x00" % index)
+    h.update(tag.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 class AccessLogFormat:
@@ -74,10 +115,17 @@ class AccessLogFormat:
     configured field only, never X-Forwarded-For. ``"-"`` and ``""`` mean absent.
     """
 
-    name = ""
-    line_parser: Callable[[str], dict[str, Any]] = staticmethod(LINE_PARSERS["nginx_json"])
+    name = "nginx_json"
 
-    def __init__(self, fields: FieldMap, redact: RedactConfig | None = None) -> None:
+    def __init__(
+        self,
+        fields: FieldMap,
+        redact: RedactConfig | None = None,
+        *,
+        escapes: str = ESCAPES_DECODE,
+        on_body_dropped: Callable[[str], None] | None = None,
+    ) -> None:
+        self._parse_line = line_parser(self.name, escapes)
         self._keys = (
             fields.method,
             fields.target,
@@ -100,11 +148,12 @@ class AccessLogFormat:
             hname, _sep, src = entry.partition("=")
             explicit[src.strip()] = hname.strip()
         self._explicit = explicit
-        self._redactor = Redactor(redact if redact is not None else RedactConfig())
-        self._redact_body = bool(self._redactor._needles)
+        self._redactor = Redactor(redact if redact is not None else RedactConfig(), on_drop=on_body_dropped)
+        self._redact_body = self._redactor.scans_bodies
+        self._redact_query = self._redactor.scans_queries
         # record layout (its keys in order) -> header plan.
         self._plans: dict[tuple[Any, ...], _Plan] = {}
-        self._compiled: dict[tuple[Any, ...], Callable[[str, int, dict[Any, Any]], BusItem]] = {}
+        self._compiled: dict[tuple[Any, ...], Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]] = {}
         self._int_memo: dict[str, int | None] = {}
         self._float_memo: dict[str, float | None] = {}
         self._time_field = fields.time
@@ -115,16 +164,20 @@ class AccessLogFormat:
 
     # -- the two outputs ---------------------------------------------------------------
 
-    def to_request(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> RequestRecord:
+    def to_request(
+        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
+    ) -> RequestRecord:
         rid, ts, method, target, scheme, host, headers, body, client, status, sent, duration = self._parts(
-            tag, time_ns, rec
+            tag, time_ns, rec, frame, index
         )
         origin = None
         if status is not None or sent is not None or duration is not None:
             origin = Origin(status, sent, duration)
         return RequestRecord(rid, ts, method, target, tag, scheme, host, tuple(headers), body, client, origin)
 
-    def to_bus(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> BusItem:
+    def to_bus(
+        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
+    ) -> BusItem:
         # One function compiled per record layout (its keys in order; the records of one
         # log_format share it): the field lookups, conversions and headers unrolled for
         # exactly the keys present. This runs once per request and is most of the
@@ -133,12 +186,14 @@ class AccessLogFormat:
         fn = self._compiled.get(layout)
         if fn is None:
             fn = self._compile(layout)
-        return fn(tag, time_ns, rec)
+        return fn(tag, time_ns, rec, frame, index)
 
-    def _bus_from_parts(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> BusItem:
+    def _bus_from_parts(
+        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
+    ) -> BusItem:
         """to_bus the slow, general way (odd records, and layouts past the cache)."""
         rid, ts, method, target, scheme, host, headers, body, client, status, sent, duration = self._parts(
-            tag, time_ns, rec
+            tag, time_ns, rec, frame, index
         )
         wire = {
             "v": SCHEMA_VERSION,
@@ -158,9 +213,9 @@ class AccessLogFormat:
                 else {"status": status, "bytes": sent, "duration": duration}
             ),
         }
-        return (client or rid).encode("utf-8", "surrogateescape"), _dumps(wire), ts
+        return (client or rid).encode("utf-8", "surrogateescape"), _encode(wire), ts
 
-    def _compile(self, layout: tuple[Any, ...]) -> Callable[[str, int, dict[Any, Any]], BusItem]:
+    def _compile(self, layout: tuple[Any, ...]) -> Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]:
         if len(self._compiled) >= _MAX_LAYOUTS or len(layout) > _MAX_KEYS or any(
             type(k) is str and len(k) > _MAX_KEY_CHARS for k in layout
         ):
@@ -171,16 +226,21 @@ class AccessLogFormat:
 
     # -- mapping -----------------------------------------------------------------------
 
-    def _parts(self, tag: str, time_ns: int, rec: dict[Any, Any]) -> tuple[Any, ...]:
+    def _parts(self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None, index: int) -> tuple[Any, ...]:
         method_key, target_key, client_key, host_key, scheme_key, status_key, bytes_key, duration_key, body_key, id_key = (
             self._keys
         )
         get = rec.get
+        line_id = get(LINE_ID_FIELD)
         method = get(method_key)
         target = get(target_key)
+        if type(target) is bytes:  # msgpack bin (the WSGI/ASGI middleware sends such a target so)
+            target = target.decode("utf-8", "surrogateescape")
         if type(method) is not str or method in _ABSENT or type(target) is not str or target in _ABSENT:
             rec, method, target = self._request_of(rec)
             get = rec.get
+        if not method.isascii():
+            raise DecodeError(f"request method {method[:32]!r} is not ASCII", reason="bad_method", fatal=False)
         if self._time_field:
             try:
                 time_ns = self._parse_time(get(self._time_field))
@@ -189,12 +249,16 @@ class AccessLogFormat:
         client = get(client_key)
         if type(client) is not str or client in _ABSENT:
             client = _text(client)
+        if client is not None and not client.isascii():
+            client = readable(client)
         host = get(host_key)
         if type(host) is not str or host in _ABSENT:
             host = _text(host) or ""
         scheme = get(scheme_key)
         if type(scheme) is not str or scheme in _ABSENT:
             scheme = _text(scheme) or "http"
+        if not scheme.isascii():
+            scheme = readable(scheme)
         status = get(status_key)
         if type(status) is not int:
             status = _int(status)
@@ -209,25 +273,33 @@ class AccessLogFormat:
             body = None
         if body is not None and self._redact_body:
             body = self._redactor.body(body)
+        if self._redact_query:
+            target = self._redactor.target(target)
         rid = get(id_key)
-        if type(rid) is not str or rid in _ABSENT:
-            rid = stable_id(time_ns, tag, client, method, host, target, status, sent)
+        if type(rid) is not str or rid in _ABSENT or not is_text(rid):
+            rid = _line_id(line_id) or _fallback_id(
+                tag, time_ns, client, method, host, target, status, sent, frame, index
+            )
 
         layout = tuple(rec)
         plan = self._plans.get(layout)
         if plan is None:
             plan = self._plan(layout)
         headers = []
-        for key, name, secret in plan:
+        for key, name, mode in plan:
             value = rec[key]
             if type(value) is not str:
                 if value is None or type(value) is dict or type(value) is list:
                     continue
-                value = str(value)
+                value = _value_text(value)
+                if value in _ABSENT:
+                    continue
             elif value in _ABSENT:
                 continue
-            if secret:
+            if mode == _SECRET:
                 value = self._redactor.value(value)
+            elif mode == _URL:
+                value = self._redactor.target(value)
             headers.append((name, value))
         return rid, time_ns, method, target, scheme, host, headers, body, client, status, sent, duration
 
@@ -240,11 +312,14 @@ class AccessLogFormat:
         method = method if type(method) is str and method not in _ABSENT else None
         target = target if type(target) is str and target not in _ABSENT else None
         line = get(self._request)
-        if (method is None or target is None) and type(line) is str:
+        bad_line = ""
+        if (method is None or target is None) and type(line) is str and line not in _ABSENT:
             split = split_request_line(line)
             if split is not None:
                 method = method or split[0]
                 target = target or split[1]
+            else:
+                bad_line = line
         if method is not None and target is not None:
             return rec, method, target
         if parse_line:
@@ -252,10 +327,12 @@ class AccessLogFormat:
                 raw = get(key)
                 if type(raw) is str and raw:
                     try:
-                        parsed = type(self).line_parser(raw)
+                        parsed = self._parse_line(raw)
                     except LineError as exc:
                         raise DecodeError(str(exc), reason=exc.reason, fatal=False) from None
                     return self._request_of(parsed, parse_line=False)
+        if bad_line:
+            raise DecodeError(f"not a request line: {bad_line[:64]!r}", reason="bad_request_line", fatal=False)
         if method is None:
             raise DecodeError("log record has no request method", reason="missing_method", fatal=False)
         raise DecodeError("log record has no request target", reason="missing_target", fatal=False)
@@ -274,7 +351,10 @@ class AccessLogFormat:
             if name is None and prefix and key.startswith(prefix) and len(key) > len(prefix):
                 name = "-".join(part.capitalize() for part in key[len(prefix) :].split("_"))
             if name is not None:
-                plan.append((key, name, name.lower() in redacted))
+                name = readable(name)  # a name that is no text cannot be sent; keep the record
+                lname = name.lower()
+                mode = _SECRET if lname in redacted else _URL if lname == "referer" and self._redact_query else _KEEP
+                plan.append((key, name, mode))
         result = tuple(plan)
         if len(self._plans) < _MAX_LAYOUTS:
             self._plans[layout] = result
@@ -285,28 +365,54 @@ class NginxJsonFormat(AccessLogFormat):
     """nginx ``escape=json`` access-log records."""
 
     name = "nginx_json"
-    line_parser = staticmethod(LINE_PARSERS["nginx_json"])
 
 
 class LtsvFormat(AccessLogFormat):
     """LTSV records (labels as field names); map labels with ``collector.fields``."""
 
     name = "ltsv"
-    line_parser = staticmethod(LINE_PARSERS["ltsv"])
 
 
 class CombinedFormat(AccessLogFormat):
     """nginx/Apache combined and common log lines, parsed into nginx variable names."""
 
     name = "combined"
-    line_parser = staticmethod(LINE_PARSERS["combined"])
+
+
+def _fallback_id(
+    tag: str, time_ns: int, client: Any, method: str, host: str, target: str, status: Any, sent: Any,
+    frame: bytes | None, index: int,
+) -> str:
+    """The id of a record that logs none: by position when known, else by content."""
+    if frame is not None:
+        return entry_id(tag, frame, index)
+    return stable_id(time_ns, tag, client, method, host, target, status, sent)
+
+
+def _encode(wire: dict[str, Any]) -> bytes:
+    """The JSON of a request's wire dict; values holding bytes that are not UTF-8 (orjson
+    refuses lone surrogates) go into ``raw`` (shadowreplay/record.py)."""
+    try:
+        return _dumps(wire)
+    except TypeError:
+        add_raw(wire)
+        return _dumps(wire)
 
 
 def _text(value: Any) -> str | None:
+    if type(value) is bytes:  # msgpack bin: text whose bytes are kept (surrogate-escaped)
+        value = value.decode("utf-8", "surrogateescape")
     if type(value) is str:
         return None if value in _ABSENT else value
     if value is None or type(value) is dict or type(value) is list or type(value) is bool:
         return None
+    return str(value)
+
+
+def _value_text(value: Any) -> str:
+    """A header value that arrived as another type than str: bin keeps its bytes."""
+    if type(value) is bytes:
+        return value.decode("utf-8", "surrogateescape")
     return str(value)
 
 
@@ -343,38 +449,47 @@ def _float(value: Any) -> float | None:
 # -- the per-layout compiler behind to_bus ---------------------------------------------------
 
 
-def _compile_layout(fmt: AccessLogFormat, layout: tuple[Any, ...]) -> Callable[[str, int, dict[Any, Any]], BusItem]:
+def _compile_layout(
+    fmt: AccessLogFormat, layout: tuple[Any, ...]
+) -> Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]:
     """Source for ``to_bus`` on records with exactly the keys ``layout``, compiled.
 
     Keys and header names enter the source only through ``repr`` of a ``str`` (always a
-    plain literal), so record contents cannot inject code."""
+    plain literal), so record contents cannot inject code. Anything unusual (a method
+    that is not ASCII, an unreadable time) goes to the general path, which decides."""
     present = {k for k in layout if type(k) is str}
     method_key, target_key, client_key, host_key, scheme_key, status_key, bytes_key, duration_key, body_key, id_key = (
         fmt._keys
     )
-    src = ["def to_bus(tag, time_ns, rec):"]
+    src = ["def to_bus(tag, time_ns, rec, frame=None, index=0):"]
     add = src.append
+    slow = "        return slow(tag, time_ns, rec, frame, index)"
     if method_key in present and target_key in present:
         add(f"    method = rec[{method_key!r}]")
         add(f"    target = rec[{target_key!r}]")
-        add("    if method.__class__ is not str or not method or method == '-' or target.__class__ is not str or not target or target == '-':")
-        add("        return slow(tag, time_ns, rec)")
+        add("    if method.__class__ is not str or not method or method == '-' or target.__class__ is not str or not target or target == '-' or not method.isascii():")
+        add(slow)
     elif fmt._request in present and not present.intersection(fmt._line_fields):
         add("    rec2, method, target = request_of(rec)")
+        add("    if not method.isascii():")
+        add(slow)
     else:
-        add("    return slow(tag, time_ns, rec)")
+        add(slow[4:])
     if fmt._time_field:
         if fmt._time_field not in present:
-            add("    return slow(tag, time_ns, rec)")
+            add(slow[4:])
         add("    try:")
         add(f"        time_ns = parse_time(rec[{fmt._time_field!r}])")
         add("    except LineError:")
-        add("        return slow(tag, time_ns, rec)")
+        add(slow)
     for var, key, default in ((("client", client_key, "None"), ("host", host_key, '""'), ("scheme", scheme_key, '"http"'))):
         if key in present:
             add(f"    {var} = rec[{key!r}]")
             add(f"    if {var}.__class__ is not str or not {var} or {var} == '-':")
             add(f"        {var} = text({var})" + ("" if default == "None" else f" or {default}"))
+            if var == "client":  # the partition key: the readable text, as to_request has it
+                add("    if client is not None and not client.isascii():")
+                add("        client = readable(client)")
         else:
             add(f"    {var} = {default}")
     # Numbers arrive as text; the few distinct values (statuses, durations, sizes) are
@@ -407,51 +522,78 @@ def _compile_layout(fmt: AccessLogFormat, layout: tuple[Any, ...]) -> Callable[[
         add('            body = None if body == "-" else body.encode("utf-8", "surrogateescape")')
         add("        elif body.__class__ is not bytes:")
         add("            body = None")
-        add("        if body is not None:")
         if fmt._redact_body:
+            add("        if body is not None:")
             add("            body = redact_body(body)")
+        add("        if body is not None:")
         add('            body = b64(body, newline=False).decode("ascii")')
         add("    else:")
         add("        body = None")
     else:
         add("    body = None")
+    if fmt._redact_query:
+        # Redactor.target's quick test, unrolled: most queries hold no listed name.
+        quick = " or ".join(f"{needle!r} in query" for needle in fmt._redactor.query_needles)
+        add("    q = target.find('?')")
+        add("    if q >= 0:")
+        add("        query = target[q + 1:].lower()")
+        add(f"        if '%' in query or {quick}:")
+        add("            target = redact_target(target)")
+    fallback = "fallback_id(tag, time_ns, client, method, host, target, status, sent, frame, index)"
+    if LINE_ID_FIELD in present:
+        line_id = f"line_id(rec[{LINE_ID_FIELD!r}]) or {fallback}"
+    else:
+        line_id = fallback
     if id_key in present:
         add(f"    rid = rec[{id_key!r}]")
-        add("    if rid.__class__ is not str or not rid or rid == '-':")
-        add("        rid = stable_id(time_ns, tag, client, method, host, target, status, sent)")
+        add("    if rid.__class__ is not str or not rid or rid == '-' or not (rid.isascii() or is_text(rid)):")
+        add(f"        rid = {line_id}")
     else:
-        add("    rid = stable_id(time_ns, tag, client, method, host, target, status, sent)")
+        add(f"    rid = {line_id}")
     add("    headers = []")
     add("    append = headers.append")
-    for key, name, secret in fmt._plan(layout):
-        value = "redact(v)" if secret else "v"
+    for key, name, mode in fmt._plan(layout):
+        value = "redact(v)" if mode == _SECRET else "(redact_url(v) if '?' in v else v)" if mode == _URL else "v"
         add(f"    v = rec[{key!r}]")
         add("    if v.__class__ is str:")
         add("        if v and v != '-':")
         add(f"            append(({name!r}, {value}))")
         add("    elif v is not None and v.__class__ is not dict and v.__class__ is not list:")
-        add("        v = str(v)")
-        add(f"        append(({name!r}, {value}))")
-    add("    return (client or rid).encode('utf-8', 'surrogateescape'), dumps({")
+        add("        v = value_text(v)")
+        add("        if v and v != '-':")
+        add(f"            append(({name!r}, {value}))")
+    add("    wire = {")
     add("        'v': V, 'id': rid, 'ts': time_ns, 'tag': tag, 'method': method, 'scheme': scheme,")
     add("        'host': host, 'target': target, 'headers': headers, 'body': body, 'client': client,")
     add("        'origin': None if status is None and sent is None and duration is None")
     add("        else {'status': status, 'bytes': sent, 'duration': duration},")
-    add("    }), time_ns")
+    add("    }")
+    add("    try:")
+    add("        data = dumps(wire)")
+    add("    except TypeError:")  # text holding bytes that are not UTF-8: see _encode
+    add("        data = encode(wire)")
+    add("    return (client or rid).encode('utf-8', 'surrogateescape'), data, time_ns")
     namespace: dict[str, Any] = {
         "ABSENT": _ABSENT,
         "HUGE": _HUGE,
         "V": SCHEMA_VERSION,
         "LineError": LineError,
         "b64": b2a_base64,
+        "encode": _encode,
         "dumps": _dumps,
-        "stable_id": stable_id,
+        "fallback_id": _fallback_id,
+        "line_id": _line_id,
+        "is_text": is_text,
+        "readable": readable,
         "text": _text,
+        "value_text": _value_text,
         "to_int": _int,
         "to_float": _float,
         "parse_time": fmt._parse_time,
         "request_of": fmt._request_of,
         "redact": fmt._redactor.value,
+        "redact_url": fmt._redactor.target,
+        "redact_target": fmt._redactor.target,
         "redact_body": fmt._redactor.body,
         "slow": fmt._bus_from_parts,
         "INTS": fmt._int_memo,
@@ -460,8 +602,13 @@ def _compile_layout(fmt: AccessLogFormat, layout: tuple[Any, ...]) -> Callable[[
         "MEMO_MAX": _MEMO_MAX,
     }
     exec(compile("\n".join(src), f"<to_bus layout {len(layout)} keys>", "exec"), namespace)  # noqa: S102
-    fn: Callable[[str, int, dict[Any, Any]], BusItem] = namespace["to_bus"]
+    fn: Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem] = namespace["to_bus"]
     return fn
+
+
+def _line_id(value: Any) -> str | None:
+    """The line id ``shadowreplay tail`` sent, or None when there is none to use."""
+    return value if type(value) is str and value and value.isascii() else None
 
 
 _FORMATS: dict[str, type[AccessLogFormat]] = {

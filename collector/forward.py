@@ -28,6 +28,7 @@ with the same results. The blob's entries are unpacked in one C loop each.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import time
 import zlib
@@ -90,14 +91,29 @@ class Frame(NamedTuple):
     signal: int = 0
     error: DecodeError | None = None
     items: Sequence[Any] = ()
+    # The client asked for its rejects in the ack (option "report_rejected": true; only
+    # ``shadowreplay tail`` does): see ``encode_ack``.
+    report: bool = False
 
 
-def encode_ack(chunk: bytes | str) -> bytes:
-    """``{"ack": chunk}``, with the chunk in the msgpack type (str or bin) it came in."""
+def encode_ack(chunk: bytes | str, rejected: dict[str, int] | None = None) -> bytes:
+    """``{"ack": chunk}``, with the chunk in the msgpack type (str or bin) it came in.
+
+    ``rejected`` (reason → count of the chunk's events skipped), when given, is added as
+    ``"rejected"``: a frame whose option says ``"report_rejected": true`` gets it (empty
+    when nothing was skipped), so the sender can tell shipped lines from rejected ones.
+    Clients that never ask never see it (Fluent Bit reads acks into 512 bytes)."""
+    ack: dict[str, Any] = {}
     if isinstance(chunk, str):
         # Raw str type, exact bytes even when the id was not valid UTF-8.
-        return msgpack.packb({"ack": chunk.encode("utf-8", "surrogateescape")}, use_bin_type=False)
-    return msgpack.packb({"ack": bytes(chunk)}, use_bin_type=True)
+        ack["ack"] = chunk.encode("utf-8", "surrogateescape")
+        if rejected is not None:
+            ack["rejected"] = {k.encode(): v for k, v in rejected.items()}
+        return msgpack.packb(ack, use_bin_type=False)
+    ack["ack"] = bytes(chunk)
+    if rejected is not None:
+        ack["rejected"] = rejected
+    return msgpack.packb(ack, use_bin_type=True)
 
 
 def _ext_hook(code: int, data: bytes) -> tuple[int, bytes]:
@@ -126,14 +142,18 @@ class ForwardDecoder:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
         clock_ns: Callable[[], int] = time.time_ns,
-        normalise: Callable[[str, int, dict[Any, Any]], Any] | None = None,
+        normalise: Callable[[str, int, dict[Any, Any], bytes, int], Any] | None = None,
     ) -> None:
-        """``normalise(tag, time_ns, record)``, when given, is applied to each event of a
-        log frame as it is unpacked (while the record is still in the CPU cache), and
-        may refuse one with a non-fatal DecodeError (its ``reason`` is recorded), or
-        with TypeError/UnicodeEncodeError (recorded as ``bad_encoding``: orjson's
-        errors on text that is not UTF-8)."""
+        """``normalise(tag, time_ns, record, frame, index)``, when given, is applied to
+        each event of a log frame as it is unpacked (while the record is still in the CPU
+        cache), and may refuse one with a non-fatal DecodeError (its ``reason`` is
+        recorded), or with TypeError/UnicodeEncodeError (recorded as ``bad_encoding``).
+        ``frame`` identifies the frame (``b"c" + chunk id``: the same when a client
+        re-sends the chunk; without a chunk id, this connection's frame number) and
+        ``index`` is the entry's position in it, so equal records get distinct ids."""
         self._normalise = normalise
+        self._nonce = os.urandom(8)  # frames without a chunk id: unique per connection
+        self._frames = 0
         self._max_frame = max_frame_bytes
         self._max_decompressed = max_decompressed_bytes
         self._clock_ns = clock_ns
@@ -351,6 +371,8 @@ class ForwardDecoder:
         errors: list[str] = []
         events: list[Any] = []
         normalise = self._normalise if _signal(option) == 0 else None
+        frame = self._frame_key(option) if normalise is not None else b""
+        index = -1
         if blob:
             inner = _new_unpacker(len(blob))
             inner.feed(blob)
@@ -361,6 +383,7 @@ class ForwardDecoder:
             try:
                 for entry in inner:
                     end = tell()
+                    index += 1
                     if type(entry) is not list or len(entry) != 2:
                         errors.append("bad_entry")
                         continue
@@ -380,7 +403,7 @@ class ForwardDecoder:
                         append(_new_event(Event, (ns, record)))
                         continue
                     try:
-                        append(normalise(tag, ns, record))
+                        append(normalise(tag, ns, record, frame, index))
                     except DecodeError as exc:
                         errors.append(exc.reason)
                     except (TypeError, UnicodeEncodeError):
@@ -399,14 +422,24 @@ class ForwardDecoder:
         if normalise is None or _signal(option) != 0:
             return _built(tag, events, errors, mode, option)
         items = []
-        for time_ns, record in events:
+        frame = self._frame_key(option)
+        for index, (time_ns, record) in enumerate(events):
             try:
-                items.append(normalise(tag, time_ns, record))
+                items.append(normalise(tag, time_ns, record, frame, index))
             except DecodeError as exc:
                 errors.append(exc.reason)
             except (TypeError, UnicodeEncodeError):
                 errors.append("bad_encoding")
         return _built(tag, [], errors, mode, option, items)
+
+    def _frame_key(self, option: dict[Any, Any]) -> bytes:
+        chunk = option.get("chunk")
+        if type(chunk) is bytes:
+            return b"c" + chunk
+        if type(chunk) is str:
+            return b"c" + chunk.encode("utf-8", "surrogateescape")
+        self._frames += 1
+        return b"n" + self._nonce + self._frames.to_bytes(8, "big")
 
     def _entries(self, entries: list[Any], errors: list[str]) -> list[Event]:
         events: list[Event] = []
@@ -564,7 +597,7 @@ def _built(
     chunk = option.get("chunk")
     if chunk is not None and type(chunk) is not str and type(chunk) is not bytes:
         chunk = None  # an id we cannot echo is no id
-    return Frame(tag, events, chunk, errors, mode, _signal(option), None, items)
+    return Frame(tag, events, chunk, errors, mode, _signal(option), None, items, option.get("report_rejected") is True)
 
 
 def _refused(obj: Any, reason: str, message: str) -> Frame:

@@ -2,10 +2,14 @@
 
 Used by ``shadowreplay tail``, so it needs only the standard library and msgpack (the
 zipapp carries msgpack's pure-Python fallback). Each ``send`` writes one PackedForward
-frame ``[tag, entries, {"chunk": <unique id>, "size": n}]`` and returns only once the
-server answered ``{"ack": <that id>}``; anything else (timeout, closed connection, wrong
-ack, refused handshake) raises ``ForwardClientError`` and closes the connection, so the
-caller can retry the same chunk on a fresh connection.
+frame ``[tag, entries, {"chunk": <id>, "size": n}]`` and returns only once the server
+answered ``{"ack": <that id>}``; anything else (timeout, closed connection, wrong ack,
+refused handshake) raises ``ForwardClientError`` and closes the connection, so the
+caller can retry the same chunk (with the same id) on a fresh connection.
+
+With ``report_rejected`` the option also says ``"report_rejected": true``, and the
+shadowreplay collector adds ``"rejected": {reason: count}`` to the ack: the entries of
+the chunk it skipped (a Fluentd server ignores the option and never adds it).
 
 With a shared key the client answers the server's HELO with PING and checks the PONG
 (see FORWARD_PROTOCOL.md); TLS is optional (``ssl_context``).
@@ -52,8 +56,11 @@ def new_chunk_id() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
-def pack_chunk(tag: str, blob: bytes, count: int, chunk_id: str) -> bytes:
-    return msgpack.packb([tag, blob, {"chunk": chunk_id, "size": count}], use_bin_type=True)
+def pack_chunk(tag: str, blob: bytes, count: int, chunk_id: str, report_rejected: bool = False) -> bytes:
+    option: dict[str, Any] = {"chunk": chunk_id, "size": count}
+    if report_rejected:
+        option["report_rejected"] = True
+    return msgpack.packb([tag, blob, option], use_bin_type=True)
 
 
 def _digest(*parts: bytes) -> str:
@@ -69,6 +76,18 @@ def _raw(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     raise ForwardClientError(f"handshake: expected text, got {type(value).__name__}")
+
+
+def _rejected(value: Any) -> dict[str, int] | None:
+    """The ``rejected`` map of an ack, or None when there is none (or it is malformed)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, int] = {}
+    for reason, count in value.items():
+        if not isinstance(reason, (str, bytes)) or type(count) is not int or count < 0:
+            return None
+        out[_raw(reason).decode("utf-8", "replace")] = count
+    return out
 
 
 class ForwardClient:
@@ -97,10 +116,20 @@ class ForwardClient:
         self._sock: socket.socket | None = None
         self._unpacker: msgpack.Unpacker | None = None
 
-    def send(self, tag: str, events: list[tuple[int, dict[str, Any]]]) -> None:
-        """Send ``events`` as one acknowledged PackedForward chunk."""
-        chunk_id = new_chunk_id()
-        frame = pack_chunk(tag, pack_entries(events), len(events), chunk_id)
+    def send(
+        self,
+        tag: str,
+        events: list[tuple[int, dict[str, Any]]],
+        *,
+        chunk_id: str | None = None,
+        report_rejected: bool = False,
+    ) -> dict[str, int] | None:
+        """Send ``events`` as one acknowledged PackedForward chunk (``chunk_id``: the same
+        id for every attempt at the same chunk; default a new one). Returns the reasons
+        and counts of the entries the server skipped, when asked (``report_rejected``)
+        and reported; None when the server reported nothing."""
+        chunk_id = chunk_id or new_chunk_id()
+        frame = pack_chunk(tag, pack_entries(events), len(events), chunk_id, report_rejected)
         try:
             sock = self._connect()
             sock.sendall(frame)
@@ -112,6 +141,7 @@ class ForwardClient:
         if not isinstance(ack, (str, bytes)) or _raw(ack) != chunk_id.encode():
             self.close()
             raise ForwardClientError(f"forward {self.host}:{self.port}: unexpected reply {reply!r:.200}")
+        return _rejected(reply.get(b"rejected", reply.get("rejected")))
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

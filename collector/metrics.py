@@ -3,7 +3,8 @@
 Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry``,
 ``bad_blob``, ``bad_frame``, ``bad_tag``, ``bad_option``, ``chunk_too_large``,
 ``decompressed_too_large``, ``bad_gzip``, ``unsupported_compression``, ``not_logs``,
-``missing_method``, ``missing_target``, ``bad_time_field``, ``bad_encoding``, ...).
+``missing_method``, ``missing_target``, ``bad_request_line``, ``bad_method``,
+``bad_time_field``, ``bad_encoding``, ...).
 
 * ``rejected_total{reason}`` counts what was skipped while the connection went on:
   one per event, or one per refused frame.
@@ -13,6 +14,8 @@ Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry`
   ``max_decompressed_bytes`` and ``max_connections`` (each also logged once).
 * ``connections_refused_total{reason}``: ``max_connections`` or ``not_allowed``.
 * ``auth_failures_total{reason}``: see ``AUTH_REASONS`` (plus ``timeout``).
+* ``bodies_dropped_total{reason}``: request bodies left off their (published) record,
+  ``unparseable_secret``: neither JSON nor a form, yet it may hold a secret field.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ class CollectorMetrics:
         self.rejected = Counter(
             "shadow_collector_rejected_total",
             "Events or whole frames skipped (the connection went on), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.bodies_dropped = Counter(
+            "shadow_collector_bodies_dropped_total",
+            "Request bodies left off their record (the record is published without one), by reason.",
             ["reason"],
             registry=registry,
         )

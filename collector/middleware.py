@@ -187,11 +187,31 @@ def _record(
     }
     if client:
         rec["remote_addr"] = client
+    joined: dict[str, str] = {}
     for name, value in headers:
         key = _header_field(name)
-        rec[key] = f"{rec[key]}, {value}" if key in rec else value
+        joined[key] = f"{joined[key]}, {value}" if key in joined else value
+    rec.update((key, _wire_text(value)) for key, value in joined.items())
+    rec["request_uri"] = _wire_text(target)
+    rec["host"] = _wire_text(host)
     rec.update(capture.fields())
     return rec
+
+
+def _wire_text(value: str) -> str | bytes:
+    """A target or header value as WSGI and ASGI servers give it (its bytes decoded as
+    latin-1) → the text the bytes spell in UTF-8, or the bytes themselves (sent as msgpack
+    bin) when they are not UTF-8: the collector keeps them and the replay sends them."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # already real text (a server that decoded it otherwise)
+        return value
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 # -- WSGI ----------------------------------------------------------------------------------

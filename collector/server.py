@@ -78,7 +78,13 @@ class CollectorServer:
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
-        self._format = make_format(config.format, config.fields, config.redact)
+        self._format = make_format(
+            config.format,
+            config.fields,
+            config.redact,
+            escapes=config.escapes,
+            on_body_dropped=lambda reason: metrics.bodies_dropped.labels(reason).inc(),
+        )
         self._commit = GroupCommit(producer, topic)
         security = config.security
         self._secrets: Secrets | None = None
@@ -262,6 +268,14 @@ class _Heartbeat(asyncio.DatagramProtocol):
         log.debug("udp heartbeat: %r", exc)
 
 
+def _rejects(frame: Frame) -> dict[str, int]:
+    """Reason → count of the events of ``frame`` that were skipped (for its ack)."""
+    rejected = dict(collections.Counter(frame.errors))
+    if frame.signal != 0 and frame.events:
+        rejected["not_logs"] = rejected.get("not_logs", 0) + len(frame.events)
+    return rejected
+
+
 def _addr(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -278,7 +292,7 @@ class _Connection:
         self._server = server
         self._metrics = server._metrics
         self._format: LogFormat = server._format
-        self._to_bus: Callable[[str, int, dict[Any, Any]], Item] = server._format.to_bus
+        self._to_bus: Callable[[str, int, dict[Any, Any], bytes, int], Item] = server._format.to_bus
         self._reader = reader
         self._writer = writer
         self._task = task
@@ -481,7 +495,7 @@ class _Connection:
             self._pending.extend(frame.items)
         if frame.chunk is not None:
             await self._flush()
-            self._writer.write(encode_ack(frame.chunk))
+            self._writer.write(encode_ack(frame.chunk, _rejects(frame) if frame.report else None))
             await self._writer.drain()
             metrics.chunks_acked.inc()
         elif len(self._pending) >= FLUSH_RECORDS:

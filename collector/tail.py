@@ -15,18 +15,31 @@ chunk with exponential backoff and reads nothing further (it holds its place in 
 file, not in memory). A restarted tail resumes from the state file, also into a file
 that was rotated away meanwhile (found by inode in the same directory).
 
-Unparseable lines are counted by reason and reported on stderr periodically; they are
-never fatal. Standard library + msgpack only: this module runs from the zipapp built by
+Every line is accounted for: it is *shipped* once the collector acknowledged it and did
+not reject it, else *rejected* with a reason — here (unparseable: ``bad_json``,
+``bad_combined``, ``too_long``; ``bad_time``, ``missing_time``: no readable request time,
+never "now") or by the collector, which reports the entries of each chunk it skipped in
+the ack (``report_rejected``, see forward_client.py). Counts are summarised on stderr
+periodically and at exit, and written to ``--metrics-file`` (Prometheus text format).
+
+Ids: each record carries ``LINE_ID_FIELD``, a hash of the host, the file's identity
+(device, inode) and the line's offset and bytes, so identical lines get distinct ids and
+a line shipped twice (after a restart, or a chunk re-sent) keeps its id. A chunk keeps
+its chunk id across retries.
+
+Standard library + msgpack only: this module runs from the zipapp built by
 ``make tail-pyz`` with a bare ``python3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -34,8 +47,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from collector.forward_client import ForwardClient, ForwardClientError
-from collector.lines import FORMATS, LINE_PARSERS, TIME_FIELDS, TIME_PARSERS, LineError
+from collector.forward_client import ForwardClient, ForwardClientError, new_chunk_id
+from collector.lines import (
+    ESCAPES,
+    ESCAPES_DECODE,
+    FORMATS,
+    LINE_ID_FIELD,
+    TIME_FIELDS,
+    TIME_PARSERS,
+    LineError,
+    line_parser,
+)
 from shadowreplay.errors import ShadowError
 
 log = logging.getLogger(__name__)
@@ -69,6 +91,11 @@ class TailOptions:
     report_seconds: float = 60.0
     rotate_wait_seconds: float = 2.0
     max_line_bytes: int = 1024 * 1024
+    # A chunk is shipped once its lines hold this many bytes (below the collector's
+    # max_chunk_bytes, 8 MiB by default: a larger chunk is refused, never acknowledged).
+    max_chunk_bytes: int = 4 * 1024 * 1024
+    escapes: str = ESCAPES_DECODE
+    metrics_file: str = ""
     shared_key_env: str = ""
     username: str = ""
     password_env: str = ""
@@ -76,18 +103,33 @@ class TailOptions:
 
 @dataclass
 class TailStats:
-    """Counters a caller (or a test) can read while the tail runs."""
+    """Counters a caller (or a test) can read while the tail runs. Every line read ends
+    up in exactly one of ``lines`` (shipped) and ``rejected`` (by reason), once its chunk
+    is acknowledged (rejected here: at once)."""
 
-    lines: int = 0
+    lines: int = 0  # shipped: acknowledged by the collector and not rejected by it
     chunks: int = 0
     retries: int = 0
     rotations: int = 0
     truncations: int = 0
-    unparseable: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    # Chunks whose ack said nothing about rejects (a collector that does not report them):
+    # their lines count as shipped, which may include lines it skipped.
+    unreported_chunks: int = 0
 
     @property
-    def unparseable_total(self) -> int:
-        return sum(self.unparseable.values())
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+    def summary(self) -> str:
+        """``N lines shipped in C chunks, M rejected (reason: n, ...)``."""
+        text = f"{self.lines} lines shipped in {self.chunks} chunks, {self.rejected_total} rejected"
+        if self.rejected:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
+        return text
 
 
 class _File:
@@ -103,6 +145,8 @@ class _File:
         self.skipping = False  # inside an overlong line
         self.rotated_at: float | None = None  # when a new file appeared under our name
         self.events: list[tuple[int, dict[str, Any]]] = []
+        self.pending_bytes = 0  # of the lines in events
+        self.chunk_id = ""  # of the pending chunk: kept across retries
         self.since = 0.0  # monotonic time the oldest pending line was read
 
     def open(self, path: str, pos: int) -> None:
@@ -129,17 +173,23 @@ class Tail:
             raise TailError(f"--format: unknown format {options.format!r} (known: {', '.join(FORMATS)})")
         if options.batch_lines < 1:
             raise TailError("--batch-lines: must be >= 1")
+        if options.max_chunk_bytes < 1024:
+            raise TailError("--max-chunk-bytes: must be >= 1024")
+        if options.escapes not in ESCAPES:
+            raise TailError(f"--escapes: {' or '.join(ESCAPES)}, got {options.escapes!r}")
         if not options.files:
             raise TailError("no files to follow")
         self.options = options
         self.stats = TailStats()
-        self._parse = LINE_PARSERS[options.format]
+        self._parse = line_parser(options.format, options.escapes)
         self._parse_time = TIME_PARSERS["auto"]
+        self._host = socket.gethostname().encode("utf-8", "surrogateescape")
         self._client = client if client is not None else _client_from(options)
         self._files = [_File(os.path.abspath(p)) for p in dict.fromkeys(options.files)]
         self._state: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._outage = False
+        self._unreported_logged = False
         self._reported: dict[str, int] = {}
         self._next_report = time.monotonic() + options.report_seconds
         self._started = False
@@ -177,8 +227,10 @@ class Tail:
             if f.fh is None:
                 return False
         got = self._read(f)
-        if len(f.events) >= self.options.batch_lines or (
-            f.read_pos > f.offset and time.monotonic() - f.since >= self.options.flush_seconds
+        if (
+            len(f.events) >= self.options.batch_lines
+            or f.pending_bytes >= self.options.max_chunk_bytes
+            or (f.read_pos > f.offset and time.monotonic() - f.since >= self.options.flush_seconds)
         ):
             self._ship(f)
         if not got:
@@ -190,16 +242,20 @@ class Tail:
     def _read(self, f: _File) -> bool:
         assert f.fh is not None
         room = self.options.batch_lines - len(f.events)
-        if room <= 0:
+        if room <= 0 or f.pending_bytes >= self.options.max_chunk_bytes:
             return False
         data = f.fh.read(READ_BYTES)
         if not data:
             return False
         end = data.rfind(b"\n")
+        if end < 0 and len(data) == READ_BYTES and not f.skipping:
+            # A line longer than one read: read on, up to the longest line allowed.
+            data += f.fh.read(max(0, self.options.max_line_bytes + 1 - len(data)))
+            end = data.rfind(b"\n")
         if end < 0:
-            if len(data) >= self.options.max_line_bytes or f.skipping:
+            if len(data) > self.options.max_line_bytes or f.skipping:
                 if not f.skipping:
-                    self._unparseable("too_long")
+                    self.stats.reject("too_long")
                 f.skipping = True
                 f.read_pos += len(data)
                 return True
@@ -211,35 +267,50 @@ class Tail:
         lines = data[: end + 1].split(b"\n")
         lines.pop()  # the empty piece after the last newline
         for line in lines:
-            pos += len(line) + 1
             if f.skipping:
                 f.skipping = False
+                pos += len(line) + 1
                 continue
-            if room <= 0:
-                pos -= len(line) + 1
+            if room <= 0 or f.pending_bytes >= self.options.max_chunk_bytes:
                 break
-            self._line(f, line)
+            self._line(f, line, pos)
+            pos += len(line) + 1
             room = self.options.batch_lines - len(f.events)
         f.read_pos = pos
         f.fh.seek(pos)
         return True
 
-    def _line(self, f: _File, raw: bytes) -> None:
+    def _line(self, f: _File, raw: bytes, offset: int) -> None:
+        """Parse the line that starts at ``offset`` of ``f`` into a pending event, or count
+        it rejected with its reason."""
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r")
         if not text.strip():
             return
         if len(raw) > self.options.max_line_bytes:
-            self._unparseable("too_long")
+            self.stats.reject("too_long")
             return
         try:
             rec = self._parse(text)
+            ts = self._time_of(rec)
         except LineError as exc:
-            self._unparseable(exc.reason)
+            self.stats.reject(exc.reason)
             return
-        f.events.append((self._time_of(rec), rec))
-        self.stats.lines += 1
+        rec[LINE_ID_FIELD] = self._line_id(f, offset, raw)
+        if not f.events:
+            f.chunk_id = new_chunk_id()
+        f.events.append((ts, rec))
+        f.pending_bytes += len(raw)
+
+    def _line_id(self, f: _File, offset: int, raw: bytes) -> str:
+        """The line's id: where it is (host, device, inode, offset) and what it says."""
+        h = hashlib.blake2b(digest_size=12)
+        h.update(b"%s\x00%d\x00%d\x00%d\x00" % (self._host, f.dev, f.inode, offset))
+        h.update(raw)
+        return h.hexdigest()
 
     def _time_of(self, rec: dict[str, Any]) -> int:
+        """The request time of ``rec``; LineError ``bad_time`` when it cannot be read,
+        ``missing_time`` when there is none (never "now": a replay schedules by it)."""
         names = (self.options.time_field,) if self.options.time_field else TIME_FIELDS
         for name in names:
             value = rec.get(name)
@@ -247,11 +318,8 @@ class Tail:
                 try:
                     return self._parse_time(value)
                 except LineError:
-                    break
-        return time.time_ns()
-
-    def _unparseable(self, reason: str) -> None:
-        self.stats.unparseable[reason] = self.stats.unparseable.get(reason, 0) + 1
+                    raise LineError(f"unreadable request time in {name!r}: {value!r:.64}", "bad_time") from None
+        raise LineError(f"no request time (looked for {', '.join(names)})", "missing_time")
 
     # -- rotation ------------------------------------------------------------------------
 
@@ -318,7 +386,7 @@ class Tail:
         # now); a last line without a newline is the writer's final word.
         tail = f.fh.read()
         if tail and not f.skipping:
-            self._line(f, tail)
+            self._line(f, tail, f.read_pos)
             f.read_pos += len(tail)
         self._ship(f)
         if f.read_pos > f.offset:
@@ -341,7 +409,7 @@ class Tail:
         backoff = self.options.backoff_initial_seconds
         while events:
             try:
-                self._client.send(self.options.tag, events)
+                rejected = self._client.send(self.options.tag, events, chunk_id=f.chunk_id, report_rejected=True)
             except ForwardClientError as exc:
                 self.stats.retries += 1
                 if not self._outage:
@@ -355,11 +423,32 @@ class Tail:
             if self._outage:
                 self._outage = False
                 log.warning("collector reachable again; shipping resumes")
-            self.stats.chunks += 1
+            self._acknowledged(len(events), rejected)
             break
         f.events = []
+        f.pending_bytes = 0
         f.offset = f.read_pos
         self._save(f)
+
+    def _acknowledged(self, count: int, rejected: dict[str, int] | None) -> None:
+        """Count a chunk of ``count`` lines the collector acknowledged, ``rejected`` of
+        them (reason → n) skipped."""
+        stats = self.stats
+        stats.chunks += 1
+        if rejected is None:
+            stats.unreported_chunks += 1
+            stats.lines += count
+            if not self._unreported_logged:
+                self._unreported_logged = True
+                log.warning(
+                    "the collector does not report the lines it rejects (not a shadowreplay collector, or an "
+                    "older one): acknowledged lines are counted as shipped"
+                )
+            return
+        skipped = min(count, sum(rejected.values()))
+        stats.lines += count - skipped
+        for reason, n in rejected.items():
+            stats.reject(reason, n)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -390,16 +479,50 @@ class Tail:
         os.replace(tmp, path)
 
     def _report(self, final: bool = False) -> None:
+        """Every ``report_seconds`` (and at exit): the summary on stderr when rejects grew
+        (at exit, always), and the metrics file."""
         now = time.monotonic()
         if not final and now < self._next_report:
             return
         self._next_report = now + self.options.report_seconds
-        if self.stats.unparseable != self._reported or (final and self.stats.unparseable):
-            self._reported = dict(self.stats.unparseable)
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.stats.unparseable.items()))
-            log.warning(
-                "%d lines shipped, %d unparseable so far (%s)", self.stats.lines, self.stats.unparseable_total, detail
-            )
+        stats = self.stats
+        if stats.rejected != self._reported or (final and stats.rejected):
+            self._reported = dict(stats.rejected)
+            log.warning("%s so far", stats.summary())
+        elif final:
+            log.info("%s", stats.summary())
+        if self.options.metrics_file:
+            try:
+                write_metrics(self.options.metrics_file, stats)
+            except OSError as exc:
+                log.warning("--metrics-file %s: cannot write: %s", self.options.metrics_file, exc)
+
+
+def write_metrics(path: str, stats: TailStats) -> None:
+    """``stats`` in the Prometheus text format, written atomically to ``path`` (for
+    node_exporter's textfile collector, or any scraper of files)."""
+    lines = [
+        "# HELP shadow_tail_lines_shipped_total Log lines acknowledged by the collector and stored on the bus.",
+        "# TYPE shadow_tail_lines_shipped_total counter",
+        f"shadow_tail_lines_shipped_total {stats.lines}",
+        "# HELP shadow_tail_lines_rejected_total Log lines not shipped, by reason (here or at the collector).",
+        "# TYPE shadow_tail_lines_rejected_total counter",
+    ]
+    for reason, n in sorted(stats.rejected.items()):
+        label = reason.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'shadow_tail_lines_rejected_total{{reason="{label}"}} {n}')
+    lines += [
+        "# HELP shadow_tail_chunks_total Chunks acknowledged by the collector.",
+        "# TYPE shadow_tail_chunks_total counter",
+        f"shadow_tail_chunks_total {stats.chunks}",
+        "# HELP shadow_tail_retries_total Chunk sends that failed and were retried.",
+        "# TYPE shadow_tail_retries_total counter",
+        f"shadow_tail_retries_total {stats.retries}",
+    ]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def _find_inode(directory: str, inode: int, dev: int) -> str | None:
@@ -447,10 +570,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", default="access", help="forward-protocol tag (default access)")
     p.add_argument("--format", default="nginx_json", choices=FORMATS, help="line format (default nginx_json)")
     p.add_argument(
+        "--escapes", default=ESCAPES_DECODE, choices=ESCAPES,
+        help="ltsv/combined values: decode (default) undoes the \\xHH, \\\", \\\\, \\n... escapes nginx "
+        "(escape=default or json) and Apache write; keep takes them as written (nginx escape=none)",
+    )
+    p.add_argument(
         "--state", default="shadowreplay-tail.state.json", metavar="FILE",
         help="where file positions are kept, written after each ack (default shadowreplay-tail.state.json)",
     )
     p.add_argument("--batch-lines", type=int, default=1000, metavar="N", help="lines per chunk (default 1000)")
+    p.add_argument(
+        "--max-chunk-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+        help="ship a chunk once its lines hold N bytes (default 4 MiB; keep it below the collector's max_chunk_bytes)",
+    )
     p.add_argument("--flush-seconds", type=float, default=1.0, metavar="S", help="ship a partial chunk after S (default 1)")
     p.add_argument("--from-start", action="store_true", help="read files never seen before from the start (default: end)")
     p.add_argument("--time-field", default="", metavar="NAME", help="field with the request time (default: msec, time_iso8601, time_local, time)")
@@ -460,7 +592,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rotate-wait", type=float, default=2.0, metavar="S",
         help="after a rename rotation, keep reading the old file this long (default 2)",
     )
-    p.add_argument("--report-seconds", type=float, default=60.0, metavar="S", help="stderr summary period (default 60)")
+    p.add_argument(
+        "--report-seconds", type=float, default=60.0, metavar="S",
+        help="period of the stderr summary (lines shipped, rejected by reason) and of --metrics-file (default 60)",
+    )
+    p.add_argument(
+        "--metrics-file", default="", metavar="FILE",
+        help="write shipped/rejected counts here in the Prometheus text format, every --report-seconds and at exit",
+    )
     p.add_argument("--shared-key-env", default="", metavar="VAR", help="environment variable holding the forward shared key")
     p.add_argument("--username", default="", help="forward-protocol user (with --password-env)")
     p.add_argument("--password-env", default="", metavar="VAR", help="environment variable holding the user's password")
@@ -476,8 +615,11 @@ def options_from_args(args: argparse.Namespace) -> TailOptions:
         port=int(port),
         tag=args.tag,
         format=args.format,
+        escapes=args.escapes,
         state_path=args.state,
         batch_lines=args.batch_lines,
+        max_chunk_bytes=args.max_chunk_bytes,
+        metrics_file=args.metrics_file,
         flush_seconds=args.flush_seconds,
         from_start=args.from_start,
         time_field=args.time_field,

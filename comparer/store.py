@@ -60,7 +60,7 @@ from comparer.verdict import (
 )
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
-from shadowreplay.record import ReplayResult, Response
+from shadowreplay.record import ReplayResult, Response, readable
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class DivergenceStore:
                 verdict.endpoint,
                 result.id,
                 req.method,
-                req.target,
+                readable(req.target),  # SQLite and the page take text; the exact bytes stay in "result"
                 verdict.reference,
                 ",".join(kinds),
                 _dumps(status_first(diffs_to_json(verdict.diffs))),
@@ -364,7 +364,7 @@ class DivergenceStore:
             "endpoint": verdict.endpoint,
             "result_id": result.id,
             "method": req.method,
-            "target": req.target,
+            "target": readable(req.target),
             "kinds": kinds,
             "paths": sorted({d.path for d in verdict.diffs}, key=lambda p: (p not in ("status", "error"), p))[:20],
         }

@@ -350,10 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from collector.tail import run_from_args
 
             stats = run_from_args(args)
-            print(
-                f"{stats.lines} lines shipped in {stats.chunks} chunks, {stats.unparseable_total} unparseable",
-                file=sys.stderr,
-            )
+            print(stats.summary(), file=sys.stderr)
         # -- replayer dispatch --
         # -- comparer dispatch --
         elif args.command == "noise":

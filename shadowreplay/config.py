@@ -60,24 +60,85 @@ class FieldMap:
     line_fields: tuple[str, ...] = ("log", "message")
 
 
+# The credentials redacted by default (collector.redact; docs/ingest.md lists them).
+# Names match case-insensitively; query parameters and form/JSON keys also after
+# percent-decoding and as any segment of a nested key (``user[password]``, ``a.token``).
+DEFAULT_SECRET_HEADERS = (
+    "Authorization",
+    "Proxy-Authorization",
+    "Cookie",
+    "Set-Cookie",
+    "X-Api-Key",
+    "Api-Key",
+    "X-Auth-Token",
+    "X-Access-Token",
+    "X-Csrf-Token",
+    "X-Xsrf-Token",
+    "X-Amz-Security-Token",
+    "X-Goog-Api-Key",
+)
+DEFAULT_SECRET_QUERY_PARAMS = (
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "X-Goog-Signature",
+    "X-Goog-Credential",
+)
+DEFAULT_SECRET_FIELDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "private_key",
+)
+
+
 @dataclass(frozen=True)
 class RedactConfig:
     """Secrets replaced at ingest by ``redacted:hmac:<16 hex>`` (HMAC-SHA256) so they never
     reach the bus. The key comes from the environment variable ``key_env``; unset, a random
-    per-process key is used (hashes then differ between collector processes)."""
+    per-process key is used (hashes then differ between collector processes).
 
-    headers: tuple[str, ...] = ("Authorization", "Cookie", "Proxy-Authorization")
-    # JSON body fields, by name, at any depth.
-    body_fields: tuple[str, ...] = (
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "access_token",
-        "refresh_token",
-        "client_secret",
-    )
+    ``headers``, ``query_params`` and ``body_fields`` are the lists (defaults above);
+    ``extra_*`` add to them and ``keep_*`` remove from them, so a config names only its
+    differences and still gets the defaults that later releases add."""
+
+    headers: tuple[str, ...] = DEFAULT_SECRET_HEADERS
+    # Query parameters of the target (and of a Referer header's URL).
+    query_params: tuple[str, ...] = DEFAULT_SECRET_QUERY_PARAMS
+    # JSON object members (at any depth) and form fields of request bodies.
+    body_fields: tuple[str, ...] = DEFAULT_SECRET_FIELDS
+    extra_headers: tuple[str, ...] = ()
+    keep_headers: tuple[str, ...] = ()
+    extra_query_params: tuple[str, ...] = ()
+    keep_query_params: tuple[str, ...] = ()
+    extra_body_fields: tuple[str, ...] = ()
+    keep_body_fields: tuple[str, ...] = ()
     key_env: str = "SHADOWREPLAY_REDACT_KEY"
+
+    def effective(self, kind: str) -> frozenset[str]:
+        """The lowercased names redacted for ``kind`` (headers, query_params, body_fields):
+        the list plus ``extra_<kind>`` minus ``keep_<kind>``."""
+        names = {n.lower() for n in getattr(self, kind)} | {n.lower() for n in getattr(self, f"extra_{kind}")}
+        return frozenset(names - {n.lower() for n in getattr(self, f"keep_{kind}")})
 
 
 @dataclass(frozen=True)
@@ -114,6 +175,10 @@ class CollectorConfig:
     listen: str = "127.0.0.1:24224"
     format: str = "nginx_json"
     fields: FieldMap = field(default_factory=FieldMap)
+    # Raw ltsv/combined lines (collector.fields.line_fields): "decode" undoes the escapes
+    # nginx (escape=default or json) and Apache write (\xHH, \", \\, \n, ...); "keep"
+    # takes values as written (nginx escape=none).
+    escapes: str = "decode"
     redact: RedactConfig = field(default_factory=RedactConfig)
     max_chunk_bytes: int = 8 * 1024 * 1024
     max_connections: int = 1024
@@ -423,6 +488,8 @@ def _validate_collector(c: CollectorConfig) -> None:
     parse_hostport(c.listen, "collector.listen")
     if c.format not in ("nginx_json", "ltsv", "combined"):
         raise ConfigError(f"collector.format: unknown format {c.format!r} (known: nginx_json, ltsv, combined)")
+    if c.escapes not in ("decode", "keep"):
+        raise ConfigError(f"collector.escapes: decode or keep, got {c.escapes!r}")
     _validate_fields(c.fields, c.redact)
     if c.max_chunk_bytes < 1024:
         raise ConfigError("collector.max_chunk_bytes: must be >= 1024")
@@ -440,6 +507,17 @@ def _validate_fields(f: FieldMap, r: RedactConfig) -> None:
             raise ConfigError(f"collector.fields.headers[{i}]: expected 'Header-Name=field', got {entry!r}")
     if r.key_env and not r.key_env.replace("_", "a").isalnum():
         raise ConfigError(f"collector.redact.key_env: not an environment variable name: {r.key_env!r}")
+    for kind in ("headers", "query_params", "body_fields"):
+        listed = {n.lower() for n in getattr(r, kind)} | {n.lower() for n in getattr(r, f"extra_{kind}")}
+        for key in (kind, f"extra_{kind}", f"keep_{kind}"):
+            for i, name in enumerate(getattr(r, key)):
+                if not name.strip() or name != name.strip():
+                    raise ConfigError(f"collector.redact.{key}[{i}]: expected a name, got {name!r}")
+                if key.startswith("keep_") and name.lower() not in listed:
+                    raise ConfigError(
+                        f"collector.redact.{key}[{i}]: {name!r} is not in collector.redact.{kind} "
+                        f"or extra_{kind}, so there is nothing to keep"
+                    )
 
 
 def _validate_forward_limits(c: CollectorConfig) -> None:

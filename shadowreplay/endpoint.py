@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from shadowreplay.record import readable
+
 #: A name is cut to this many characters (a template of a very deep path).
 MAX_NAME_CHARS = 120
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -61,5 +63,7 @@ def endpoint_name(method: str, target: str) -> str:
 
 @lru_cache(maxsize=16_384)  # paths repeat: a hit costs a dict lookup, a template ~1 µs
 def _named(method: str, path: str) -> str:
-    name = f"{method.upper()[:16]} {path_template(path)}"
+    # A path holding bytes that are not UTF-8 is named by its readable form (U+FFFD):
+    # names become metric labels and JSON, which take text only.
+    name = f"{method.upper()[:16]} {path_template(readable(path))}"
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"

@@ -8,6 +8,25 @@ Field names are API (see DESIGN.md). Messages are JSON encoded with orjson:
 Times are integer nanoseconds since the epoch; durations are float seconds.
 Bodies travel as base64 strings (``null`` when absent) so binary bodies survive.
 Headers are lists of ``[name, value]`` pairs so repeated headers and their order survive.
+
+Bytes that are not UTF-8. Logs carry them (``\\xHH`` escapes in Referer, User-Agent or
+the request line decode to any byte), and a replay must send them byte for byte. In
+memory such a value is a ``str`` holding the bytes surrogate-escaped
+(``bytes.decode("utf-8", "surrogateescape")``: every undecodable byte 0xHH becomes the
+lone surrogate U+DCHH), which is lossless and keeps ``target`` and header values ``str``
+for everything that works on them (rules, endpoint names). JSON cannot hold lone
+surrogates, so on the wire a request record with such a ``target``, ``host`` or header
+value carries the exact bytes in an extra member ``raw`` and is version 2 (see
+``RAW_SCHEMA_VERSION``)::
+
+    "v": 2, "target": "/caf\\ufffd", ...,
+    "raw": {"target": "<base64>", "host": "<base64>", "headers": [[<index>, "<base64>"]]}
+
+``target``, ``host`` and the header values keep a readable form (each undecodable byte
+replaced by U+FFFD) for tools that only print them. Members of ``raw`` are present only
+for the values that need them. A reader of version 1 refuses a version-2 record as
+"newer" (it is never replayed with U+FFFD in place of its bytes); records without such
+bytes stay version 1, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -23,6 +42,10 @@ import orjson
 from shadowreplay.errors import RecordError
 
 SCHEMA_VERSION = 1
+# A request record whose target, host or header values hold bytes that are not UTF-8:
+# version 2 adds the member "raw" (module docstring). Readers accept both.
+RAW_SCHEMA_VERSION = 2
+MAX_SCHEMA_VERSION = RAW_SCHEMA_VERSION
 
 #: A ``ReplayResult.responses`` name besides the targets': the reference target (the
 #: baseline; the candidate, without a baseline, if so configured) asked the same request a second
@@ -98,12 +121,17 @@ class RequestRecord:
                 return v
         return None
 
+    def has_raw_bytes(self) -> bool:
+        """Whether the target, host or a header value holds bytes that are not UTF-8
+        (surrogate-escaped; see the module docstring)."""
+        return not (is_text(self.target) and is_text(self.host) and all(is_text(v) for _, v in self.headers))
+
     def partition_key(self) -> bytes:
         """Default partition key: the trusted client address, else the id."""
-        return (self.client or self.id).encode()
+        return (self.client or self.id).encode("utf-8", "surrogateescape")
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "v": SCHEMA_VERSION,
             "id": self.id,
             "ts": self.ts,
@@ -117,6 +145,9 @@ class RequestRecord:
             "client": self.client,
             "origin": self.origin.to_wire() if self.origin is not None else None,
         }
+        if self.has_raw_bytes():
+            add_raw(wire)
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> RequestRecord:
@@ -126,6 +157,8 @@ class RequestRecord:
         fast = _request_fast(cls, obj)
         if fast is not None:
             return fast
+        if obj.get("raw") is not None:
+            obj = _with_raw(obj)
         return cls(
             id=_req(obj, "id", str),
             ts=_req(obj, "ts", int),
@@ -278,6 +311,59 @@ def decode_result(data: bytes) -> ReplayResult:
     return ReplayResult.from_wire(_loads(data))
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is plain Unicode text (no surrogate-escaped bytes): JSON can hold it."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def to_bytes(value: str) -> bytes:
+    """The bytes a ``str`` field stands for (its surrogate-escaped bytes restored)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def readable(value: str) -> str:
+    """``value`` with each surrogate-escaped byte shown as U+FFFD: text any encoder takes
+    (metric labels, SQLite, JSON), for display only."""
+    if is_text(value):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def add_raw(wire: dict[str, Any]) -> None:
+    """Make a request's wire dict (``RequestRecord.to_wire`` or the collector's own) JSON-safe:
+    a ``target``, ``host`` or header value holding bytes that are not UTF-8 becomes its
+    readable form, its exact bytes go to ``raw`` and the version becomes 2."""
+    raw: dict[str, Any] = {}
+    for key in ("target", "host"):
+        value = wire.get(key)
+        if type(value) is str and not is_text(value):
+            raw[key] = _b64(to_bytes(value))
+            wire[key] = readable(value)
+    pairs = []
+    headers = []
+    for i, (name, value) in enumerate(wire.get("headers") or ()):
+        if not is_text(value):
+            pairs.append([i, _b64(to_bytes(value))])
+            value = readable(value)
+        headers.append([readable(name), value])  # a name that is no text cannot be sent anyway
+    wire["headers"] = headers
+    if pairs:
+        raw["headers"] = pairs
+    for key in ("id", "tag", "method", "scheme", "client"):  # text by construction; never fail on it
+        value = wire.get(key)
+        if type(value) is str and not is_text(value):
+            wire[key] = readable(value)
+    if raw:
+        wire["raw"] = raw
+        wire["v"] = RAW_SCHEMA_VERSION
+
+
 def stable_id(*parts: object) -> str:
     """A stable request id from the parts of a log line that identify it."""
     h = hashlib.blake2b(digest_size=12)
@@ -301,6 +387,8 @@ def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecor
     """``RequestRecord.from_wire`` for the well-formed common case (exact JSON types, as
     orjson decodes them), or None: then the general path decides (and names the fault)."""
     get = obj.get
+    if get("raw") is not None:
+        return None
     id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
     tag, scheme, host, client = get("tag"), get("scheme"), get("host"), get("client")
     if not (
@@ -344,8 +432,42 @@ def _check_version(obj: dict[str, Any]) -> None:
     v = obj.get("v")
     if not isinstance(v, int) or isinstance(v, bool):
         raise RecordError("missing schema version 'v'")
-    if v > SCHEMA_VERSION:
-        raise RecordError(f"schema version {v} is newer than this build understands ({SCHEMA_VERSION})")
+    if v > MAX_SCHEMA_VERSION:
+        raise RecordError(f"schema version {v} is newer than this build understands ({MAX_SCHEMA_VERSION})")
+
+
+def _with_raw(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of wire dict ``obj`` whose ``target``, ``host`` and header values are the
+    exact values that ``raw`` holds for them (surrogate-escaped where not UTF-8)."""
+    raw = obj["raw"]
+    if not isinstance(raw, dict):
+        raise RecordError("raw must be an object")
+    out = dict(obj)
+    for key in ("target", "host"):
+        if raw.get(key) is not None:
+            out[key] = _raw_text(raw[key], f"raw.{key}")
+    pairs = raw.get("headers")
+    if pairs is not None:
+        headers = obj.get("headers")
+        if not isinstance(pairs, list) or not isinstance(headers, list):
+            raise RecordError("raw.headers must be a list of [index, base64] pairs")
+        headers = [list(h) if isinstance(h, list) else h for h in headers]
+        for pair in pairs:
+            if (
+                not isinstance(pair, list) or len(pair) != 2 or type(pair[0]) is not int
+                or not 0 <= pair[0] < len(headers) or not isinstance(headers[pair[0]], list)
+            ):
+                raise RecordError("raw.headers must be a list of [index, base64] pairs with indexes into headers")
+            headers[pair[0]] = [headers[pair[0]][0], _raw_text(pair[1], "raw.headers")]
+        out["headers"] = headers
+    return out
+
+
+def _raw_text(value: Any, key: str) -> str:
+    data = _unb64(value, key)
+    if data is None:
+        raise RecordError(f"field {key!r} must be base64 text")
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _req(obj: dict[str, Any], key: str, typ: type) -> Any:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the integration tests start as real peers: Chromium (the web page is
 # tested headless), curl (the page's curl commands are run for real), Prometheus +
-# promtool (dashboards and rules are checked against a real server), and unshare + ip
-# (README's multi-process example runs as written in a private network namespace).
+# promtool (dashboards and rules are checked against a real server), unshare + ip
+# (README's multi-process example runs as written in a private network namespace), and
+# nginx and Apache httpd (their real access logs, escapes and all, are ingested).
 # Installs only what is missing; needs root or sudo for apt-get.
 set -euo pipefail
 need=()
@@ -12,6 +13,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || need+=(apache2)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "tests need: ${need[*]} (install them with your package manager)" >&2
@@ -20,6 +23,13 @@ fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "installing system packages for the tests: ${need[*]}" >&2
+# Debian starts nginx and apache2 (both on port 80) when it installs them; the tests start
+# their own. Keep services from starting during the install unless a policy already says so.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's prometheus package starts a service on :9090; the tests start their own.

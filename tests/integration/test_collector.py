@@ -157,7 +157,8 @@ async def test_bad_events_skipped_and_counted_neighbours_acked(collector: Runnin
         [event_time(BASE_NS + 4), nginx_record(4, request_method="-")],
         [event_time(BASE_NS + 5), nginx_record(5)],
     ]
-    # A header value that is not UTF-8 (str type holding raw bytes) cannot go on the bus.
+    # A header value that is not UTF-8 (str type holding raw bytes) is no reason to
+    # refuse a request: it goes on the bus with its exact bytes (record v2, "raw").
     not_utf8 = msgpack.packb([event_time(BASE_NS + 6), nginx_record(6, http_user_agent=b"\xff\xfe")], use_bin_type=False)
     frame = (
         b"\x93"
@@ -172,10 +173,13 @@ async def test_bad_events_skipped_and_counted_neighbours_acked(collector: Runnin
     assert await read_ack(reader) == {b"ack": b"bad-ones"}
     writer.close()
     await writer.wait_closed()
-    got = await consume(collector.bus, 2)
-    assert sorted(r.id for r, _ in got) == ["req-000001", "req-000005"]
-    for reason in ("bad_time", "bad_record", "missing_method", "bad_encoding"):
+    got = await consume(collector.bus, 3)
+    assert sorted(r.id for r, _ in got) == ["req-000001", "req-000005", "req-000006"]
+    six = next(r for r, _ in got if r.id == "req-000006")
+    assert (six.header("User-Agent") or "").encode("utf-8", "surrogateescape") == b"\xff\xfe"
+    for reason in ("bad_time", "bad_record", "missing_method"):
         assert collector.metric("shadow_collector_rejected_total", reason=reason) == 1
+    assert collector.metric("shadow_collector_rejected_total", reason="bad_encoding") == 0
 
 
 async def test_malformed_connection_loses_no_good_records(collector: RunningCollector) -> None:

@@ -90,12 +90,12 @@ SMUGGLING_HOST = "shop.example\r\nContent-Length: 0\r\n\r\nPOST /admin/delete-al
         _rec("/a\r\nX-Injected: 1"),
         _rec("/a HTTP/1.1\r\nX: 1"),
         _rec(headers=(("X-A", "1\r\n\r\nPOST /admin HTTP/1.1"),)),
-        _rec(headers=(("X-A", "bell\x07"),)),
+        _rec(headers=(("X-A", "nul\x00"),)),
         _rec(headers=(("X-A\r\nX-B", "1"),)),
         _rec(method="GET /admin HTTP/1.1\r\nX:"),
     ],
     ids=["host", "host-header", "host-lf", "host-nul", "host-userinfo", "target-crlf", "target-space",
-         "value-crlf", "value-bell", "name-crlf", "method"],
+         "value-crlf", "value-nul", "name-crlf", "method"],
 )
 async def test_nothing_is_smuggled_with_keep_host(raw: Callable[..., Awaitable[Raw]], record: RequestRecord) -> None:
     backend = await raw()

@@ -87,7 +87,7 @@ async def test_wsgi_requests_reach_the_bus(harness: Harness, served: list[Served
     assert login.method == "POST" and login.origin.status == 201
     assert login.header("Content-Type") == "application/json" and login.header("X-Trace") == "t1"
     assert login.header("Authorization", ).startswith("redacted:hmac:")  # redacted at ingest
-    assert login.body is not None and b"hunter2" not in login.body and b'"user":"al"' in login.body
+    assert login.body is not None and b"hunter2" not in login.body and b'"user": "al"' in login.body  # bytes kept
     assert by_target["/blob"].body is None
     assert shipper.sent == 3 and shipper.dropped == 0 and shipper.errors == 0
 

@@ -171,7 +171,7 @@ async def test_appends_rotations_and_garbage(harness: Harness) -> None:
     with log.open("a") as fh:
         fh.write(line(30)[20:])
     await harness.wait_for(ids(range(0, 31)))
-    assert tail.stats.unparseable == {"bad_json": 2}
+    assert tail.stats.rejected == {"bad_json": 2}
 
     # Rename rotation: the writer keeps appending to the old file for a moment.
     os.rename(log, harness.tmp / "access.log.1")
@@ -253,9 +253,9 @@ async def test_combined_lines(harness: Harness) -> None:
     assert r.header("User-Agent", ).startswith("tail-test/")  # type: ignore[attr-defined]
     assert r.ts % 10**9 == 0 and 971211300 * 10**9 <= r.ts < 971211400 * 10**9  # type: ignore[attr-defined]
     deadline = time.monotonic() + 5
-    while tail.stats.unparseable_total < 1 and time.monotonic() < deadline:
+    while tail.stats.rejected_total < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert tail.stats.unparseable == {"bad_combined": 1}
+    assert tail.stats.rejected == {"bad_combined": 1}
 
 
 # -- the zipapp, run by the system python3 in isolated mode --------------------------------
@@ -295,6 +295,6 @@ async def test_pyz_runs_with_bare_system_python(harness: Harness) -> None:
         proc.terminate()
         out, err = await asyncio.to_thread(proc.communicate, timeout=10)
     assert proc.returncode == 0, err.decode()
-    assert b"1 unparseable" in err and b"bad_json: 1" in err
+    assert b"30 lines shipped" in err and b"1 rejected (bad_json: 1)" in err
     state = json.loads((harness.tmp / "pyz.state.json").read_text())
     assert state["files"][str(log)]["offset"] == log.stat().st_size

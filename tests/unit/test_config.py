@@ -41,6 +41,10 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
         ("[[replayer.streams.endpoints]]\npath = '(('\n", "replayer.streams.endpoints[0].path"),
         ("[[replayer.streams.endpoints]]\npath = '/x'\nwindow_bytes = -1\n", "replayer.streams.endpoints[0].window_bytes"),
         ("[[replayer.streams.endpoints]]\npath = '/x'\nwindw_seconds = 1\n", "replayer.streams.endpoints[0].windw_seconds"),
+        ("[collector]\nescapes = 'json'\n", "collector.escapes"),
+        ("[collector.redact]\nkeep_headers = ['X-Unknown']\n", "collector.redact.keep_headers[0]"),
+        ("[collector.redact]\nextra_body_fields = [' pin']\n", "collector.redact.extra_body_fields[0]"),
+        ("[collector.redact]\nkeep_query_params = ['token', 'nope']\n", "collector.redact.keep_query_params[1]"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -76,3 +80,16 @@ def test_bad_flag_value_is_rejected() -> None:
     args = build_parser().parse_args(["replay", "--candidate", "http://127.0.0.1:1", "--speed", "-1"])
     with pytest.raises(ConfigError, match="replayer.speed"):
         config_from_args(args)
+
+
+def test_redaction_lists_extend_and_shrink_the_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        "[collector.redact]\nextra_headers = ['X-Internal-Key']\nkeep_headers = ['cookie']\n"
+        "keep_query_params = ['sig']\nextra_body_fields = ['pin']\n"
+    )
+    r = configmod.load(f).collector.redact
+    headers = r.effective("headers")
+    assert "x-internal-key" in headers and "cookie" not in headers and "authorization" in headers
+    assert "sig" not in r.effective("query_params") and "x-amz-signature" in r.effective("query_params")
+    assert {"pin", "password"} <= r.effective("body_fields")

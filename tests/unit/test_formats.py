@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from collector.formats import CombinedFormat, LtsvFormat, NginxJsonFormat, make_format
+from collector.formats import CombinedFormat, LtsvFormat, NginxJsonFormat, entry_id, make_format
+from collector.lines import LINE_ID_FIELD
 from shadowreplay.config import FieldMap
 from shadowreplay.errors import ConfigError, DecodeError
 from shadowreplay.record import Origin, decode_request, encode_request, stable_id
@@ -194,8 +195,13 @@ from collector.lines import parse_clf  # noqa: E402
 from shadowreplay.config import RedactConfig  # noqa: E402
 
 _text_values = st.one_of(
-    st.sampled_from(["", "-", "GET", "/a?b=1&b=2", "10.0.0.1", "200", "0.004", "1e3", "nan", "²", " 7"]),
+    st.sampled_from([
+        "", "-", "GET", "/a?b=1&b=2", "10.0.0.1", "200", "0.004", "1e3", "nan", "²", " 7", "GÉT",
+        "/a?token=t&x=1", "https://r.example/?access_token=a", '{"password": 1}', "password=x&b=2", "\x00password",
+    ]),
     st.text(max_size=12),
+    # Bytes that are not UTF-8, as the decoder and the line parsers hand them over.
+    st.binary(max_size=12).map(lambda b: b.decode("utf-8", "surrogateescape")),
 )
 _values = st.one_of(
     _text_values,
@@ -212,6 +218,7 @@ _keys = st.sampled_from(
         "request_method", "request_uri", "remote_addr", "host", "scheme", "status", "body_bytes_sent",
         "request_time", "request_body", "request_id", "request", "msec", "http_user_agent",
         "http_authorization", "http_cookie", "http_x_forwarded_for", "http_", "log", "ua",
+        "http_referer", "shadowreplay_line_id",
     ]
 )
 _records = st.dictionaries(_keys, _values, max_size=14).map(
@@ -219,25 +226,22 @@ _records = st.dictionaries(_keys, _values, max_size=14).map(
 )
 _FORMATS = [
     make_format("nginx_json", FieldMap()),
+    make_format("nginx_json", FieldMap(), RedactConfig()),
     make_format("ltsv", FieldMap(headers=("User-Agent=ua",)), RedactConfig(body_fields=("password",))),
     make_format("combined", FieldMap(time="msec"), RedactConfig(headers=("X-Forwarded-For",))),
 ]
 
 
-def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object]) -> None:
+def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object], frame: bytes | None = None) -> None:
     try:
-        expected = fmt.to_request(tag, ts, rec)  # type: ignore[attr-defined]
+        expected = fmt.to_request(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
     except DecodeError as exc:
         with pytest.raises(DecodeError) as again:
-            fmt.to_bus(tag, ts, rec)  # type: ignore[attr-defined]
+            fmt.to_bus(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
         assert again.value.reason == exc.reason
         return
-    try:
-        key, data, bus_ts = fmt.to_bus(tag, ts, rec)  # type: ignore[attr-defined]
-    except TypeError:  # orjson: lone surrogates (text that was not UTF-8) — so must encode_request
-        with pytest.raises((TypeError, UnicodeEncodeError)):
-            encode_request(expected)
-        return
+    # Never refused for its encoding: bytes that are not UTF-8 travel in "raw".
+    key, data, bus_ts = fmt.to_bus(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
     assert decode_request(data) == expected
     assert data == encode_request(expected)
     assert key == expected.partition_key() or key == (expected.client or expected.id).encode("utf-8", "surrogateescape")
@@ -245,9 +249,14 @@ def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object]) -> None:
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rec=_records, ts=st.integers(min_value=0, max_value=2**63 - 1), fmt_index=st.integers(0, 2))
-def test_to_bus_agrees_with_to_request(rec: dict[object, object], ts: int, fmt_index: int) -> None:
-    _agree(_FORMATS[fmt_index], "t.tag", ts, rec)
+@given(
+    rec=_records,
+    ts=st.integers(min_value=0, max_value=2**63 - 1),
+    fmt_index=st.integers(0, len(_FORMATS) - 1),
+    frame=st.one_of(st.none(), st.binary(min_size=1, max_size=10)),
+)
+def test_to_bus_agrees_with_to_request(rec: dict[object, object], ts: int, fmt_index: int, frame: bytes | None) -> None:
+    _agree(_FORMATS[fmt_index], "t.tag", ts, rec, frame)
 
 
 def test_to_bus_agrees_on_realistic_records() -> None:
@@ -305,6 +314,10 @@ def test_combined_garbage_and_bad_request_lines() -> None:
     bad = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01" 400 0 "-" "-"'
     with pytest.raises(DecodeError) as exc:
         fmt.to_request("t", TS, {"log": bad})
+    assert exc.value.reason == "bad_request_line"  # a TLS ClientHello on port 80 is no request
+    empty = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "-" 400 0 "-" "-"'  # nginx: connection closed early
+    with pytest.raises(DecodeError) as exc:
+        fmt.to_request("t", TS, {"log": empty})
     assert exc.value.reason == "missing_method"
 
 
@@ -384,3 +397,113 @@ def test_record_keys_cannot_inject_code() -> None:
     names = [k for k, _ in decode_request(data).headers]
     assert "X'), --Import--('os').-Exit(3), ('" in names and "A\\'\n\"b" in names
     _agree(FMT, "t", TS, nginx(**{"http_\udcff": "z"}))
+
+
+# -- bytes, ids, rejects (issue 17) --------------------------------------------------------
+
+
+def test_bytes_that_are_not_utf8_are_published_not_refused() -> None:
+    # The collector hands over what the client sent with invalid UTF-8 surrogate-escaped.
+    rec = nginx(
+        request_uri="/caf\udce9?q=\udcff",
+        host="shop\udce4.example",
+        http_user_agent="Mozilla/5.0 (\udce4rger)",
+        http_referer="https://r.example/\udcc3",
+        request_body="\udcff\udcfe",
+    )
+    for fmt in _FORMATS:
+        key, data, _ = fmt.to_bus("t", TS, rec, b"cchunk", 0)
+        r = decode_request(data)
+        assert r == fmt.to_request("t", TS, rec, b"cchunk", 0)
+        assert r.target.encode("utf-8", "surrogateescape") == b"/caf\xe9?q=\xff"
+        assert r.host.encode("utf-8", "surrogateescape") == b"shop\xe4.example"
+        assert (r.header("User-Agent") or "").encode("utf-8", "surrogateescape") == b"Mozilla/5.0 (\xe4rger)"
+        assert r.body == b"\xff\xfe"
+        assert b'"v":2' in data and b'"raw":' in data
+
+
+def test_a_line_that_cannot_be_a_request_is_rejected_with_its_reason() -> None:
+    cases = [
+        (nginx(request_method="G\u00c9T"), "bad_method"),
+        (nginx(request_method="\udcc7ET"), "bad_method"),
+        ({"request": "\x16\x03\x01\x02"}, "bad_request_line"),
+        ({"request": "-", "remote_addr": "1.2.3.4"}, "missing_method"),
+        ({"request_method": "GET"}, "missing_target"),
+    ]
+    for rec, reason in cases:
+        for call in (FMT.to_request, FMT.to_bus):
+            with pytest.raises(DecodeError) as exc:
+                call("t", TS, rec)
+            assert exc.value.reason == reason, rec
+    fmt = make_format("nginx_json", FieldMap(time="msec"))
+    with pytest.raises(DecodeError) as exc:
+        fmt.to_bus("t", TS, nginx(msec="yesterday"))
+    assert exc.value.reason == "bad_time_field"  # never stamped with the ingest time
+
+
+def test_identical_lines_get_their_own_ids_and_resends_the_same() -> None:
+    fmt = make_format("combined", FieldMap())
+    rec = {"log": COMBINED}
+    ids = [decode_request(fmt.to_bus("t", TS, dict(rec), b"cchunk-1", i)[1]).id for i in range(3)]
+    assert len(set(ids)) == 3  # same line three times in a chunk: three ids
+    again = [decode_request(fmt.to_bus("t", TS, dict(rec), b"cchunk-1", i)[1]).id for i in range(3)]
+    assert again == ids  # the chunk re-sent: the same ids, so duplicates stay detectable
+    other = decode_request(fmt.to_bus("t", TS, dict(rec), b"cchunk-2", 0)[1]).id
+    assert other not in ids
+    assert ids[0] == entry_id("t", b"cchunk-1", 0) and len(ids[0]) == 24
+    # The tail's line id wins over the position; a logged request id wins over both.
+    with_line = fmt.to_bus("t", TS, {"log": COMBINED, LINE_ID_FIELD: "ab" * 12}, b"cchunk-1", 0)[1]
+    assert decode_request(with_line).id == "ab" * 12
+    assert decode_request(FMT.to_bus("t", TS, nginx(**{LINE_ID_FIELD: "x"}), b"c", 0)[1]).id == nginx()["request_id"]
+    # A logged id that is not text (bytes that are not UTF-8) is not used.
+    assert decode_request(FMT.to_bus("t", TS, nginx(request_id="\udcff"), b"c", 5)[1]).id == entry_id("t", b"c", 5)
+
+
+def test_query_and_referer_secrets_are_redacted_on_both_paths() -> None:
+    fmt = make_format("nginx_json", FieldMap(), RedactConfig())
+    rec = nginx(request_uri="/cb?b=2&access_token=AT&b=1&api_key=K", http_referer="https://r.example/?token=T&q=1")
+    key, data, _ = fmt.to_bus("t", TS, rec)
+    for secret in (b"=AT", b"=K&", b"=K\"", b"token=T&"):
+        assert secret not in data
+    r = decode_request(data)
+    assert r == fmt.to_request("t", TS, rec)
+    assert r.target.startswith("/cb?b=2&access_token=redacted:hmac:") and "&b=1&api_key=redacted:hmac:" in r.target
+    assert (r.header("Referer") or "").startswith("https://r.example/?token=redacted:hmac:")
+
+
+def test_an_unparseable_body_with_a_secret_is_dropped_and_counted() -> None:
+    dropped: list[str] = []
+    fmt = make_format("nginx_json", FieldMap(), RedactConfig(), on_body_dropped=dropped.append)
+    rec = nginx(request_method="POST", request_body='{"password": "hunter2", oops')
+    key, data, _ = fmt.to_bus("t", TS, rec)
+    assert b"hunter2" not in data and decode_request(data).body is None
+    assert fmt.to_request("t", TS, rec).body is None
+    assert dropped == ["unparseable_secret", "unparseable_secret"]
+
+
+def test_raw_ltsv_and_combined_lines_decode_their_escapes() -> None:
+    ltsv = make_format("ltsv", FieldMap(time="msec"))
+    line = "msec:1464845619.123\trequest_method:POST\trequest_uri:/a\\x22b\trequest_body:{\\x22a\\x22:\\x22b\\x22}"
+    r = ltsv.to_request("t", TS, {"log": line})
+    assert r.target == '/a"b' and r.body == b'{"a":"b"}'
+    keep = make_format("ltsv", FieldMap(time="msec"), escapes="keep")
+    assert keep.to_request("t", TS, {"log": line}).body == b"{\\x22a\\x22:\\x22b\\x22}"
+
+
+_any_text = st.binary(max_size=24).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=_any_text, host=_any_text, agent=_any_text, referer=_any_text, body=st.binary(max_size=24),
+       fmt_index=st.integers(0, len(_FORMATS) - 1))
+def test_any_bytes_reach_the_bus_exactly(target: str, host: str, agent: str, referer: str, body: bytes, fmt_index: int) -> None:
+    rec = nginx(request_uri="/" + target, host=host, http_user_agent=agent, http_referer=referer,
+                request_body=body.decode("utf-8", "surrogateescape"), request_method="PUT")
+    fmt = _FORMATS[fmt_index]
+    _agree(fmt, "t", TS, rec, b"cx")
+    r = decode_request(fmt.to_bus("t", TS, rec, b"cx", 0)[1])
+    if fmt_index == 0:  # no redaction configured: every byte as logged
+        assert r.target.encode("utf-8", "surrogateescape") == b"/" + target.encode("utf-8", "surrogateescape")
+        assert r.host == (host if host not in ("", "-") else "")
+        assert r.header("User-Agent") == (agent if agent not in ("", "-") else None)
+        assert r.body == (body if body not in (b"", b"-") else None)

@@ -446,7 +446,7 @@ def test_fast_path_frames_across_reads() -> None:
 
 
 def test_normalise_maps_log_events_and_skips_the_refused() -> None:
-    def normalise(tag: str, time_ns: int, rec: dict[str, object]) -> tuple[str, int, object]:
+    def normalise(tag: str, time_ns: int, rec: dict[str, object], frame: bytes, index: int) -> tuple[str, int, object]:
         if rec.get("i") == 1:
             raise DecodeError("no", reason="missing_method", fatal=False)
         if rec.get("i") == 2:
@@ -467,3 +467,38 @@ def test_normalise_maps_log_events_and_skips_the_refused() -> None:
     assert message.items == [("msg", NOW, 3)]
     # Not logs: left as events for the server to count and skip, never normalised.
     assert metrics.items == () and len(metrics.events) == 2
+
+
+def test_frames_tell_normalise_where_each_entry_sits() -> None:
+    seen: list[tuple[bytes, int, object]] = []
+
+    def normalise(tag: str, time_ns: int, rec: dict[str, object], frame: bytes, index: int) -> int:
+        seen.append((frame, index, rec.get("i")))
+        return index
+
+    d = ForwardDecoder(clock_ns=lambda: NOW, normalise=normalise)
+    chunked = packb(["app", entries_blob(3), {"chunk": "abc"}])
+    d.feed(chunked + packb(["fwd", [[1, {"i": 0}], [2, {"i": 1}]], {"chunk": b"\xff\x00"}]) + packb(["msg", 1, {"i": 9}]))
+    d.feed(packb(["msg", 1, {"i": 9}]))
+    assert seen[:5] == [(b"cabc", 0, 0), (b"cabc", 1, 1), (b"cabc", 2, 2), (b"c\xff\x00", 0, 0), (b"c\xff\x00", 1, 1)]
+    # Frames without a chunk id: a frame number of this connection, never repeated.
+    (f1, i1, _), (f2, i2, _) = seen[5:]
+    assert f1.startswith(b"n") and f2.startswith(b"n") and f1 != f2 and i1 == i2 == 0
+    # The same chunk sent again (a retry, or on another connection) is told the same.
+    seen.clear()
+    ForwardDecoder(normalise=normalise).feed(chunked)
+    assert [(f, i) for f, i, _ in seen] == [(b"cabc", 0), (b"cabc", 1), (b"cabc", 2)]
+
+
+def test_rejects_go_back_in_the_ack_only_when_asked() -> None:
+    d = decoder(normalise=lambda tag, ns, rec, frame, index: index)
+    plain, asking = d.feed(
+        packb(["app", entries_blob(2), {"chunk": "c1"}])
+        + packb(["app", entries_blob(2) + packb([1, "not a map"]), {"chunk": "c2", "report_rejected": True}])
+    )
+    assert not plain.report and asking.report and asking.errors == ["bad_record"]
+    assert msgpack.unpackb(encode_ack("c1")) == {"ack": "c1"}
+    assert msgpack.unpackb(encode_ack("c2", {"bad_record": 1})) == {"ack": "c2", "rejected": {"bad_record": 1}}
+    assert msgpack.unpackb(encode_ack(b"\x01\n", {})) == {"ack": b"\x01\n", "rejected": {}}
+    # Still a small map: Fluent Bit reads acks into 512 bytes, Fluentd looks up "ack" only.
+    assert len(encode_ack("p8n9gmxTQVC8/nh2wlKKeQ==", {f"reason_{i}": 10**6 for i in range(12)})) < 512

@@ -110,3 +110,35 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     gate.set()
     shipper.close()
     assert len(sender.events) == shipper.submitted
+
+
+async def test_asgi_target_and_headers_keep_their_bytes() -> None:
+    # ASGI gives bytes; UTF-8 ones become text, others travel as bytes (msgpack bin), and
+    # the collector carries them to the replay unchanged.
+    from collector.formats import make_format
+    from shadowreplay.config import FieldMap
+
+    sender = RecordingSender()
+    shipper = RequestShipper(sender=sender)
+    mw = ASGIMiddleware(echo_app, shipper)
+    scope = {
+        "type": "http", "method": "GET", "scheme": "http", "http_version": "1.1",
+        "path": "/café", "raw_path": b"/caf\xc3\xa9", "query_string": b"q=\xff",
+        "headers": [(b"host", b"h"), (b"user-agent", b"M\xe4rz"), (b"referer", b"http://r/\xc3\xa9")],
+        "client": ("192.0.2.5", 5555),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await mw(scope, receive, send)
+    shipper.close()
+    ((_, rec),) = sender.events
+    assert rec["request_uri"] == b"/caf\xc3\xa9?q=\xff" and rec["http_user_agent"] == b"M\xe4rz"
+    assert rec["http_referer"] == "http://r/é"
+    r = make_format("nginx_json", FieldMap()).to_request("app", 1, rec)
+    assert r.target.encode("utf-8", "surrogateescape") == b"/caf\xc3\xa9?q=\xff"
+    assert (r.header("User-Agent") or "").encode("utf-8", "surrogateescape") == b"M\xe4rz"

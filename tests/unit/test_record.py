@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 from hypothesis import given
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 
 from shadowreplay.errors import RecordError
 from shadowreplay.record import (
+    MAX_SCHEMA_VERSION,
+    RAW_SCHEMA_VERSION,
     SCHEMA_VERSION,
     Origin,
     ReplayResult,
@@ -18,7 +22,10 @@ from shadowreplay.record import (
     decode_result,
     encode_request,
     encode_result,
+    is_text,
+    readable,
     stable_id,
+    to_bytes,
 )
 
 
@@ -88,7 +95,7 @@ def test_result_round_trip() -> None:
     [
         (lambda w: w.pop("ts"), "missing field 'ts'"),
         (lambda w: w.update(ts="1"), "'ts' must be int"),
-        (lambda w: w.update(v=SCHEMA_VERSION + 1), "newer"),
+        (lambda w: w.update(v=MAX_SCHEMA_VERSION + 1), "newer"),
         (lambda w: w.pop("v"), "schema version"),
         (lambda w: w.update(body="***"), "base64"),
         (lambda w: w.update(headers=[["a"]]), "pairs"),
@@ -180,3 +187,79 @@ def test_response_stream_fields_round_trip_and_old_results_decode() -> None:
 def test_bad_timelines_are_record_errors(timeline: object) -> None:
     with pytest.raises(RecordError, match="timeline"):
         Response.from_wire({"status": 200, "timeline": timeline})
+
+
+# -- bytes that are not UTF-8 (record version 2, "raw") ------------------------------------
+
+# Text as the collector holds it: any bytes, surrogate-escaped where they are not UTF-8.
+any_bytes_text = st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape"))
+field_text = st.one_of(text, any_bytes_text)
+
+
+@given(
+    target=field_text,
+    host=field_text,
+    headers=st.lists(st.tuples(text, field_text), max_size=6),
+    body=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_round_trip_keeps_bytes_that_are_not_utf8(
+    target: str, host: str, headers: list[tuple[str, str]], body: bytes | None
+) -> None:
+    rec = _record(target=target, host=host, headers=tuple(headers), body=body)
+    data = encode_request(rec)
+    back = decode_request(data)
+    assert back == rec
+    assert to_bytes(back.target) == to_bytes(target) and to_bytes(back.host) == to_bytes(host)
+    assert [to_bytes(v) for _, v in back.headers] == [to_bytes(v) for _, v in headers]
+    wire = orjson.loads(data)  # always valid JSON
+    if rec.has_raw_bytes():
+        assert wire["v"] == RAW_SCHEMA_VERSION and "raw" in wire
+    else:  # plain text: exactly the version-1 record as before
+        assert wire["v"] == SCHEMA_VERSION and "raw" not in wire
+    # The result embeds the request the same way.
+    result = ReplayResult(id=rec.id, request=rec, endpoint="GET /", scheduled=1, sent=2)
+    assert decode_result(encode_result(result)).request == rec
+
+
+def test_raw_wire_shape() -> None:
+    rec = _record(
+        target="/caf\udce9?q=\udcff",
+        headers=(("Accept", "a/b"), ("User-Agent", "M\udce4rz"), ("Referer", "https://x/é")),
+    )
+    wire = orjson.loads(encode_request(rec))
+    assert wire["v"] == 2
+    assert wire["target"] == "/caf\ufffd?q=\ufffd"  # readable, for tools that only print it
+    assert wire["headers"][1] == ["User-Agent", "M\ufffdrz"] and wire["headers"][2] == ["Referer", "https://x/é"]
+    assert wire["raw"] == {"target": "L2NhZuk/cT3/", "headers": [[1, "TeRyeg=="]]}
+    assert base64.b64decode(wire["raw"]["target"]) == b"/caf\xe9?q=\xff"
+    assert rec.has_raw_bytes() and not _record().has_raw_bytes()
+    assert readable("a\udcffb") == "a\ufffdb" and is_text("é") and not is_text("\udce9")
+
+
+def test_version_1_records_decode_as_before() -> None:
+    # A record written by an earlier build (no "raw"): decoded unchanged.
+    old = (
+        b'{"v":1,"id":"r1","ts":5,"tag":"t","method":"GET","scheme":"http","host":"h",'
+        b'"target":"/a?b=1","headers":[["Accept","*/*"]],"body":null,"client":"10.0.0.1","origin":null}'
+    )
+    rec = decode_request(old)
+    assert (rec.id, rec.target, rec.headers) == ("r1", "/a?b=1", (("Accept", "*/*"),))
+    assert encode_request(rec) == old
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ([1], "raw must be an object"),
+        ({"target": 5}, "base64"),
+        ({"target": "***"}, "base64"),
+        ({"headers": [[7, "eA=="]]}, "indexes"),
+        ({"headers": [["0", "eA=="]]}, "indexes"),
+        ({"headers": {"0": "eA=="}}, "pairs"),
+    ],
+)
+def test_bad_raw_is_a_record_error(raw: object, message: str) -> None:
+    wire = orjson.loads(encode_request(_record()))
+    wire.update(v=2, raw=raw)
+    with pytest.raises(RecordError, match=message):
+        decode_request(orjson.dumps(wire))
