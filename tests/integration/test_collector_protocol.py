@@ -395,7 +395,8 @@ async def test_udp_heartbeat_on_the_same_port(start: Start) -> None:
 async def test_gzip_bomb_refused_once_logged_connection_goes_on(start: Start, caplog: pytest.LogCaptureFixture) -> None:
     c = await start(max_chunk_bytes=1 << 20, max_decompressed_bytes=4 << 20)
     caplog.set_level(logging.WARNING, logger="collector")
-    bomb = gzip.compress(b"\x00" * (64 << 20))
+    # One entry (a bin32 that says 2 GiB) that never ends: only the inflated size stops it.
+    bomb = gzip.compress(b"\xc6\x7f\xff\xff\xff" + b"\x00" * (64 << 20))
     frame = arr(3) + text("bomb") + binary(bomb) + mp(2) + text("compressed") + text("gzip") + text("chunk") + text("boom")
     reader, writer = await open_conn(c.port)
     writer.write(frame + frame + chunk_frame("after", ["after-bomb"], "after"))
