@@ -416,14 +416,20 @@ async def test_max_chunk_and_max_connections_limits_counted(start: Start) -> Non
     assert await closed(reader)
     writer.close()
     assert c.metric("shadow_collector_limit_hits_total", limit="max_chunk_bytes") == 1
+    # Both slots held by connections that sent a valid chunk and are inside another
+    # frame: nothing to shed, so a third is refused.
     held = [await open_conn(c.port) for _ in range(2)]
+    for r, w in held:
+        w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
+        assert await read_obj(r) == {"ack": "h"}
+        w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[:10])
     await asyncio.sleep(0.1)
     extra = await open_conn(c.port)
     assert await closed(extra[0])
     extra[1].close()
     for r, w in held:
-        w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
-        assert await read_obj(r) == {"ack": "h"}
+        w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[10:])
+        assert await read_obj(r) == {"ack": "m"}
         w.close()
     assert c.metric("shadow_collector_limit_hits_total", limit="max_connections") == 1
     assert c.metric("shadow_collector_connections_refused_total", reason="max_connections") == 1
