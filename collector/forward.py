@@ -184,7 +184,10 @@ class ForwardDecoder:
         self._max_decompressed = max_decompressed_bytes
         self._max_records = max_records
         self._max_record = max_record_bytes
+        # Frames up to this size are unpacked whole, blobs up to this are not skimmed
+        # entry by entry (tests lower them to check both ways agree).
         self._small = min(_SMALL_FRAME, max_record_bytes)
+        self._skim_over = max_record_bytes
         self._clock_ns = clock_ns
         # Bytes received and not yet taken as frames; a frame boundary at position 0.
         self._buf = bytearray()
@@ -361,6 +364,17 @@ class ForwardDecoder:
         if second is None:
             return False
         kind, size, p = second
+        if kind == _OTHER and count >= 3:
+            # Message mode: a time (a few bytes) and then the record's header.
+            if p >= n or (buf[p] == 0xC7 and p + 1 >= n):
+                return False
+            width = _scalar_size(buf, p, n)
+            if width is None:
+                return True
+            third = _header(buf, p + width, n)
+            if third is None:
+                return False
+            kind, size, p = third
         if kind == _ARRAY:
             if size > self._max_records:
                 raise DecodeError(
@@ -630,7 +644,7 @@ class _Entries:
         else:
             blob = source.data if type(source) is _Region else source
             self._held = len(blob)
-            if len(blob) <= self._max_record:
+            if len(blob) <= dec._skim_over:
                 self._unpacker = _new_unpacker(max(len(blob), 1))
                 self._unpacker.feed(blob)
                 self._fed = len(blob)
@@ -989,6 +1003,27 @@ def _header(buf: bytes | bytearray, p: int, n: int) -> tuple[int, int, int] | No
     else:
         size = _U32(buf, p + 1)[0]
     return kind, size, p + 1 + width
+
+
+# First byte → size of the scalars a time can be (ints, floats, nil, bools, fixext8,
+# ext8); fixints are one byte.
+_SCALARS = {
+    0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9,
+    0xCA: 5, 0xCB: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18,
+}
+
+
+def _scalar_size(buf: bytes | bytearray, p: int, n: int) -> int | None:
+    """The size of the scalar at ``p`` (a fixint, int, float, nil, bool or fixext, or an
+    ext8); None for anything else, or when the buffer ends first."""
+    if p >= n:
+        return None
+    first = buf[p]
+    if first <= 0x7F or first >= 0xE0:
+        return 1
+    if first == 0xC7:  # ext8: length byte, type byte, data
+        return 3 + buf[p + 1] if p + 1 < n else None
+    return _SCALARS.get(first)
 
 
 def _sniff(buf: bytearray, pos: int, n: int) -> tuple[int, int, int, int, int] | int | None:
