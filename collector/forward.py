@@ -73,11 +73,11 @@ _SMALL_FRAME = 64 * 1024
 # Bytes handed to the skimmer at a time.
 _FEED_SLICE = 256 * 1024
 # Inflated bytes produced per step of a compressed blob.
-_INFLATE_PIECE = 256 * 1024
+_INFLATE_PIECE = 64 * 1024
 # Units of work (one entry, one small frame) between two yields of ``decode``; an
 # inflated piece counts as _PIECE_UNITS.
-_SLICE_UNITS = 2000
-_PIECE_UNITS = 200
+_SLICE_UNITS = 500
+_PIECE_UNITS = 100
 # Estimated memory of one normalised record beyond twice its msgpack size (the bus
 # message's JSON, its key, the tuple and the bytes objects' headers).
 RECORD_COST_BYTES = 256
@@ -629,7 +629,8 @@ class _Entries:
         self._inflater: _Inflater | None = None
         self._unpacker: msgpack.Unpacker | None = None
         self._skim: msgpack.Unpacker | None = None
-        self._window = bytearray()  # skimmed bytes not yet taken as entries
+        self._window = bytearray()  # inflated bytes not yet taken as entries
+        self._whole: bytes | None = None  # or, for a plain blob, the blob
         self._wstart = 0  # stream offset of self._window[0]
         self._estart = 0  # stream offset where the next entry starts
         self._fed = 0  # bytes fed to the skimmer (or the unpacker)
@@ -651,7 +652,7 @@ class _Entries:
             else:
                 self._skim = msgpack.Unpacker(max_buffer_size=len(blob))
                 self._skim.feed(blob)
-                self._window = bytearray(blob)
+                self._whole = blob  # the window is the blob itself: no copy
                 self._fed = len(blob)
             self._done = not blob
 
@@ -797,14 +798,14 @@ class _Entries:
             else:
                 lo = self._estart - self._wstart
                 try:
-                    with memoryview(self._window) as view:
+                    with memoryview(self._window if self._whole is None else self._whole) as view:
                         entry = _unpackb(view[lo : lo + size])
                 except _MSGPACK_ERRORS:
                     self._errors.append("bad_blob")
                     break
                 self._entry(entry, size)
             self._estart = end
-            if end - self._wstart >= _INFLATE_PIECE:
+            if self._whole is None and end - self._wstart >= _INFLATE_PIECE:
                 del self._window[: end - self._wstart]
                 self._wstart = end
         else:
@@ -812,6 +813,7 @@ class _Entries:
         self._done = True
         self._skim = None
         self._window = bytearray()
+        self._whole = None
         return used
 
     def _inflate(self) -> bool:

@@ -8,7 +8,8 @@ Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry`
 * ``rejected_total{reason}`` counts what was skipped while the connection went on:
   one per event, or one per refused frame.
 * ``decode_errors_total{reason}`` counts fatal stream errors (``msgpack``,
-  ``chunk_too_large``, ``too_many_records``, ``truncated``, ``tls_on_plain_port``):
+  ``chunk_too_large``, ``too_many_records``, ``truncated``, ``tls_on_plain_port``,
+  ``bad_stream``: 100 frames in a row refused):
   each closed one connection.
 * ``limit_hits_total{limit}`` counts hits of ``max_chunk_bytes``,
   ``max_decompressed_bytes``, ``max_record_bytes``, ``max_records_per_chunk``,

@@ -61,12 +61,12 @@ from shadowreplay.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
-READ_BYTES = 256 * 1024
+READ_BYTES = 64 * 1024
 # asyncio's StreamReader stops reading a socket past twice this: what a connection holds
 # outside the budget before we read it.
-STREAM_LIMIT = 64 * 1024
+STREAM_LIMIT = 16 * 1024
 # What each connection may hold outside the memory budget (so small chunks never wait).
-CONNECTION_FREE_BYTES = 256 * 1024
+CONNECTION_FREE_BYTES = 128 * 1024
 FLUSH_RECORDS = 1000
 FLUSH_SECONDS = 0.2
 # A batch that gathers while a commit is in flight waits for it past these.
@@ -79,6 +79,9 @@ STOP_GRACE_SECONDS = 10.0
 FINISH_SECONDS = 30.0
 # A connection must have been idle this long before a new one may take its slot.
 SHED_IDLE_SECONDS = 1.0
+# A connection whose frames are all refused this many times in a row is sending
+# garbage: it is closed (each refused frame still costs a few microseconds of decoding).
+MAX_REFUSED_IN_A_ROW = 100
 # A PING is a few hundred bytes; a client sending more before one is not speaking the protocol.
 MAX_PING_BYTES = 64 * 1024
 # Decoder reasons that are hits of a configured limit → the limit's config key.
@@ -445,6 +448,7 @@ class _Connection:
         self._shed = False
         self._logged: set[str] = set()
         self._rejected: dict[str, Any] = {}
+        self._refused_in_a_row = 0
 
     def stop(self) -> None:
         """Finish the data in hand, then close; a connection waiting for data closes now."""
@@ -703,7 +707,11 @@ class _Connection:
         self._metrics.frames.labels(frame.mode).inc()
         if frame.error is not None:
             self._reject(frame.error.reason, 1, clip(str(frame.error)))
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+                raise DecodeError(f"{self._refused_in_a_row} frames in a row were refused", reason="bad_stream", fatal=True)
             return
+        self._refused_in_a_row = 0
         self.proven = True
         if frame.errors:
             for reason, n in collections.Counter(frame.errors).items():

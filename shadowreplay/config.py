@@ -378,8 +378,9 @@ def _validate_forward_limits(c: CollectorConfig) -> None:
         raise ConfigError("collector.max_record_bytes: must be >= 1024")
     if c.max_records_per_chunk < 1:
         raise ConfigError("collector.max_records_per_chunk: must be >= 1")
-    if c.max_memory_bytes < c.max_chunk_bytes:
-        raise ConfigError("collector.max_memory_bytes: must be >= collector.max_chunk_bytes")
+    if c.max_memory_bytes < 2 * c.max_chunk_bytes:
+        # A frame in the making takes up to twice its size (docs/collector.md).
+        raise ConfigError("collector.max_memory_bytes: must be >= 2 x collector.max_chunk_bytes")
     if c.max_connections_per_address < 1:
         raise ConfigError("collector.max_connections_per_address: must be >= 1")
     for key in ("idle_timeout_seconds", "frame_timeout_seconds"):
