@@ -20,7 +20,8 @@ Attacks (``--attack``, default all):
   about 210 KB of gzip, and 20 M ``[0, {}]`` entries in about 60 KB;
 * ``idle``: 1,100 connections opened and left idle (with a shared key: never a PING);
   the good client opens a new connection for every record;
-* ``slowloris``: 300 connections each trickle a frame, one byte every second.
+* ``slowloris``: 300 connections each trickle a frame, one byte every second; the good
+  client opens a new connection for every record.
 
 The collector runs with ``max_memory_bytes`` 64 MiB (``--memory-mib``), its other limits
 at their defaults, frame timeout 10 s. The machine may be shared: the figures are for
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import msgpack
@@ -251,9 +253,11 @@ ATTACKS: dict[str, Callable[..., dict[str, int]]] = {
     "idle": idle,
     "slowloris": slowloris,
 }
-# The attacks about connection slots run against a collector with a shared key, with a
-# good client that opens a new connection per record.
+# The attacks about connection slots: the good client opens a new connection per
+# record. Idle connections are tried against a collector with a shared key (they never
+# send a PING); slowloris without one (its trickle is a frame, not a PING).
 SLOT_ATTACKS = ("idle", "slowloris")
+KEYED_ATTACKS = ("idle",)
 
 
 # -- a run ------------------------------------------------------------------------------------
@@ -279,20 +283,22 @@ def start_collector(tmp: Path, *, memory_mib: int, shared_key: bool, frame_timeo
     return stage, bus
 
 
-def run_attack(name: str, tmp: Path, *, seconds: float, memory_mib: int) -> dict[str, object]:
-    slots = name in SLOT_ATTACKS
-    stage, bus = start_collector(tmp, memory_mib=memory_mib, shared_key=slots)
+def run_attack(name: str, tmp: Path, *, seconds: float, memory_mib: int, frame_timeout: float = 10.0,
+               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one attack (``params`` go to its function) against a fresh collector; the figures."""
+    slots, keyed = name in SLOT_ATTACKS, name in KEYED_ATTACKS
+    stage, bus = start_collector(tmp, memory_mib=memory_mib, shared_key=keyed, frame_timeout=frame_timeout)
     port = stage.listen_port
     assert port is not None
     stage.sample()
     baseline_kb = stage.peak_rss_kb
-    good = GoodClient(port, prefix=f"good-{name}", shared_key=KEY.encode() if slots else None, reconnect=slots)
+    good = GoodClient(port, prefix=f"good-{name}", shared_key=KEY.encode() if keyed else None, reconnect=slots)
     if name == "bombs":
         bomb_blobs()  # made before the clock starts
     good.start()
     stop = threading.Event()
     result: dict[str, int] = {}
-    attacker = threading.Thread(target=lambda: result.update(ATTACKS[name](port, stop)), daemon=True)
+    attacker = threading.Thread(target=lambda: result.update(ATTACKS[name](port, stop, **(params or {}))), daemon=True)
     attacker.start()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and stage.proc.poll() is None:
@@ -303,12 +309,13 @@ def run_attack(name: str, tmp: Path, *, seconds: float, memory_mib: int) -> dict
     good.finish()
     stage.sample()
     alive = stage.proc.poll() is None
-    counted = {
-        "closed": {r: stage.metric("shadow_collector_connections_closed_total", reason=r)
-                   for r in ("shed", "idle_timeout", "frame_timeout", "memory_budget")},
-        "decode_errors": stage.metric("shadow_collector_decode_errors_total"),
-        "refused": stage.metric("shadow_collector_connections_refused_total"),
-    } if alive else {}
+    counted: dict[str, float] = {}
+    if alive:
+        for r in ("shed", "idle_timeout", "frame_timeout", "memory_budget"):
+            counted[r] = stage.metric("shadow_collector_connections_closed_total", reason=r)
+        counted["decode_errors"] = stage.metric("shadow_collector_decode_errors_total")
+        counted["refused"] = stage.metric("shadow_collector_connections_refused_total")
+        counted["memory_waits"] = stage.metric("shadow_collector_limit_hits_total", limit="max_memory_bytes")
     stage.stop()
     on_bus = set(request_ids(bus, "shadow.requests", want=len(good.acked), timeout=30))
     return {
@@ -325,6 +332,7 @@ def run_attack(name: str, tmp: Path, *, seconds: float, memory_mib: int) -> dict
         "attack_result": result,
         "counted": counted,
         "errors": good.errors[:3],
+        "log": stage.log()[-3000:],
     }
 
 
@@ -345,7 +353,7 @@ def main() -> None:
             lost = r["good_acked"] != r["good_on_bus"]
             print(f"{name:<12} {r['baseline_rss_mib']:>8.0f} {r['peak_rss_mib']:>8.0f} {r['good_acked']:>6} "
                   f"{r['good_failures']:>5} {r['ack_p50_ms']:>7.1f} {r['ack_p99_ms']:>7.1f} {r['ack_max_ms']:>7.1f}  "
-                  f"{r['counted']} {r['attack_result']}{'  ACKED RECORDS MISSING' if lost else ''}"
+                  f"{ {k: int(v) for k, v in r['counted'].items() if v} } {r['attack_result']}{'  ACKED RECORDS MISSING' if lost else ''}"
                   f"{'' if r['alive'] else '  COLLECTOR DIED'}", flush=True)
             if r["errors"]:
                 print(f"{'':<12} good client errors: {r['errors']}")
