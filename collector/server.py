@@ -495,7 +495,6 @@ class _Connection:
                 f"closed the connection from {self._peer}: {exc}; further ones are only counted "
                 f"(shadow_collector_connections_closed_total{{reason={exc.reason!r}}})",
             )
-            clean = exc.reason != "memory_budget"
         except _BusFailed:
             clean = False
         except (ConnectionError, ssl.SSLError) as exc:
