@@ -50,7 +50,7 @@ import msgpack
 from collector.budget import MemoryBudget, Share
 from collector.commit import MAX_RECORDS as COMMIT_MAX_RECORDS
 from collector.commit import GroupCommit
-from collector.formats import LogFormat, make_format
+from collector.formats import make_format
 from collector.forward import ForwardDecoder, Frame, clip, encode_ack
 from collector.handshake import Handshake, Secrets
 from collector.metrics import AUTH_REASONS, CollectorMetrics
@@ -410,7 +410,6 @@ class _Connection:
         self._server = server
         self._config = config
         self._metrics = server._metrics
-        self._format: LogFormat = server._format
         self._reader = reader
         self._writer = writer
         self._task = task
@@ -730,25 +729,21 @@ class _Connection:
         waiting (up to frame_timeout_seconds) while the budget is spent."""
         need = self._decoder.held_bytes + self._batch_bytes + self._flight_bytes
         share = self._share
-        if need - CONNECTION_FREE_BYTES <= share.held:
-            share.shrink(need)
-            return
-        if not share.would_fit(need):
-            raise _Closing(
-                "memory_budget",
-                f"it needs {need} bytes of memory, more than collector.max_memory_bytes allows one connection",
+        if not share.try_cover(need):
+            if not share.would_fit(need):
+                raise _Closing(
+                    "memory_budget",
+                    f"it needs {need} bytes of memory, more than collector.max_memory_bytes allows one connection",
+                )
+            self._server.limit_hit(
+                "max_memory_bytes", f"the connection from {self._peer} waits for memory ({need} bytes held)"
             )
-        if share.try_cover(need):
-            self._metrics.memory_reserved.set(self._server._budget.used)
-            return
-        self._server.limit_hit(
-            "max_memory_bytes", f"the connection from {self._peer} waits for memory ({need} bytes held)"
-        )
-        if not await share.cover(need, self._config.frame_timeout_seconds):
-            raise _Closing(
-                "memory_budget",
-                f"no memory for {need} bytes within collector.frame_timeout_seconds (collector.max_memory_bytes is spent)",
-            )
+            if not await share.cover(need, self._config.frame_timeout_seconds):
+                raise _Closing(
+                    "memory_budget",
+                    f"no memory for {need} bytes within collector.frame_timeout_seconds "
+                    "(collector.max_memory_bytes is spent)",
+                )
         self._metrics.memory_reserved.set(self._server._budget.used)
 
     def _quiet(self) -> None:
@@ -809,6 +804,7 @@ class _Connection:
             finally:
                 self._flight_bytes = 0
                 self._share.shrink(self._decoder.held_bytes + self._batch_bytes)
+                self._metrics.memory_reserved.set(server._budget.used)
             self._last_active = self._loop.time()
         self._quiet()
 
