@@ -646,7 +646,9 @@ class _Connection:
                 deadline = self._batch_since + FLUSH_SECONDS
                 expired = "flush"
             else:
-                deadline = self._last_active + config.idle_timeout_seconds
+                # While acks are on their way the client waits, it is not idle: the idle
+                # clock restarts when they are written (_last_active).
+                deadline = (loop.time() if busy else self._last_active) + config.idle_timeout_seconds
                 expired = "idle_timeout"
             self._reading = True
             try:
@@ -799,6 +801,11 @@ class _Connection:
             except (ConnectionError, OSError) as exc:
                 log.debug("connection from %s lost while acknowledging: %r", self._peer, exc)
                 self._lost = True
+                self._writer.transport.abort()
+                return
+            except Exception as exc:  # a bug: no ack may follow; the reader sees the close
+                log.exception("committing records from %s failed unexpectedly; closing without ack", self._peer)
+                self._failed = exc
                 self._writer.transport.abort()
                 return
             finally:

@@ -240,6 +240,41 @@ async def test_idle_and_frame_timeouts_close_and_count(start: StartCollector) ->
     slow_w.close()
 
 
+async def test_a_client_waiting_for_its_ack_is_not_idle(tmp_path: Path) -> None:
+    """A commit slower than the idle timeout: the ack still comes, and the idle clock
+    starts only once it is written. (A read loop that spun while the commit ran would
+    block the event loop: faulthandler ends the run instead of letting it hang.)"""
+    import faulthandler
+
+    from prometheus_client import CollectorRegistry
+
+    from collector.metrics import CollectorMetrics
+    from collector.server import CollectorServer
+    from collector_harness import TOPIC, open_sqlite_bus
+    from shadowreplay.config import CollectorConfig
+
+    bus = open_sqlite_bus(tmp_path / "bus.db", 2)
+    producer = WatchedProducer(bus)
+    producer.gate = asyncio.Event()
+    registry = CollectorRegistry()
+    config = CollectorConfig(listen="127.0.0.1:0", udp_heartbeat=False, idle_timeout_seconds=0.2)
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        async with CollectorServer(config, producer, TOPIC, CollectorMetrics(registry)) as server:
+            reader, writer = await open_conn(server.port)
+            writer.write(message("slow", "slow"))
+            asyncio.get_running_loop().call_later(0.8, producer.gate.set)  # the commit outlasts the idle timeout
+            assert await read_acks(reader, 1) == ["slow"]
+            assert producer.gate.is_set()
+            assert await closed(reader)  # then idle, closed
+            writer.close()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert registry.get_sample_value("shadow_collector_connections_closed_total", {"reason": "idle_timeout"}) == 1
+    await producer.close()
+    bus.close()
+
+
 # -- the memory budget --------------------------------------------------------------------------
 
 
