@@ -10,7 +10,11 @@ payload measured in the same run (the ratio is the figure that travels between m
 2. end to end over TCP with acks into the embedded SQLite bus: a client process sends
    chunks over C connections, each waiting for its ack before the next (as Fluentd and
    `shadowreplay tail` do), the collector runs in this process;
-3. the same into Kafka (a Tansu broker started as tests/conftest.py does).
+3. the same into Kafka (a Tansu broker started as tests/conftest.py does);
+4. Message mode with acks on one connection into the SQLite bus: a client that
+   pipelines ``["tag", time, record, {"chunk": id}]`` frames, up to ``--window`` unacked
+   (as fluent-logger for Node and Fluent Bit do), each acked only once its record is on
+   the bus: what group commit across the frames of one connection buys.
 """
 
 from __future__ import annotations
@@ -127,13 +131,7 @@ def best_of(fn: Any, arg: Any, rounds: int = 3) -> float:
 
 def run_client(port: int, frames_path: str, connections: int) -> None:
     """Child process: send every frame, one in flight per connection; print seconds."""
-    data = Path(frames_path).read_bytes()
-    frames = []
-    pos = 0
-    while pos < len(data):
-        (size,) = struct.unpack(">I", data[pos : pos + 4])
-        frames.append(data[pos + 4 : pos + 4 + size])
-        pos += 4 + size
+    frames = split_frames(Path(frames_path).read_bytes())
     import threading
 
     def worker(mine: list[bytes]) -> None:
@@ -158,7 +156,70 @@ def run_client(port: int, frames_path: str, connections: int) -> None:
     print(time.perf_counter() - t, flush=True)
 
 
-async def over_tcp(bus_url: str, frames: list[bytes], connections: int, tmp: Path, partitions: int) -> float:
+def message_frames(n: int) -> list[bytes]:
+    """fluent-logger's Message mode with acks: one record per frame, each with a chunk id."""
+    return [
+        msgpack.packb(
+            ["nginx.access", msgpack.ExtType(0, struct.pack(">II", *divmod(BASE_NS + i, 10**9))), nginx_record(i),
+             {"chunk": f"m{i:08d}"}]
+        )
+        for i in range(n)
+    ]
+
+
+def run_message_client(port: int, frames_path: str, window: int) -> None:
+    """Child process: pipeline every frame on one connection, at most ``window`` waiting
+    for their acks; check each ack; print seconds from the first send to the last ack."""
+    import threading
+
+    frames = split_frames(Path(frames_path).read_bytes())
+    room = threading.Semaphore(window)
+    failed: list[str] = []
+
+    def read_acks(s: socket.socket) -> None:
+        unpacker = msgpack.Unpacker(raw=True)
+        want = 0
+        while want < len(frames):
+            got = s.recv(65536)
+            if not got:
+                failed.append(f"collector closed the connection after {want} acks")
+                return
+            unpacker.feed(got)
+            for ack in unpacker:
+                if ack != {b"ack": f"m{want:08d}".encode()}:
+                    failed.append(f"ack {want} is {ack!r}")
+                    return
+                want += 1
+                room.release()
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        reader = threading.Thread(target=read_acks, args=(s,))
+        t = time.perf_counter()
+        reader.start()
+        for frame in frames:
+            if not room.acquire(timeout=60) or failed:
+                break
+            s.sendall(frame)
+        reader.join()
+        seconds = time.perf_counter() - t
+    if failed:
+        raise SystemExit(failed[0])
+    print(seconds, flush=True)
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    frames = []
+    pos = 0
+    while pos < len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        frames.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return frames
+
+
+async def over_tcp(
+    bus_url: str, frames: list[bytes], connections: int, tmp: Path, partitions: int, *, window: int = 0
+) -> float:
     bus = open_bus(bus_url, partitions=partitions)
     bus.ensure_topic(TOPIC, partitions)
     producer = AsyncProducer(bus)
@@ -169,8 +230,9 @@ async def over_tcp(bus_url: str, frames: list[bytes], connections: int, tmp: Pat
     path.write_bytes(b"".join(struct.pack(">I", len(f)) + f for f in frames))
     try:
         async with server:
+            client = ["--message-client", str(window)] if window else ["--client", str(connections)]
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--client", str(server.port), str(path), str(connections),
+                sys.executable, __file__, client[0], str(server.port), str(path), client[1],
                 stdout=subprocess.PIPE,
             )
             out, _ = await asyncio.wait_for(proc.communicate(), 300)
@@ -180,7 +242,7 @@ async def over_tcp(bus_url: str, frames: list[bytes], connections: int, tmp: Pat
     finally:
         await producer.close()
         bus.close()
-    return len(frames) * CHUNK_RECORDS / seconds
+    return len(frames) * (1 if window else CHUNK_RECORDS) / seconds
 
 
 def start_tansu(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -270,11 +332,18 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         run_client(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--message-client":
+        run_message_client(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=100_000, help="records per TCP run (default 100,000)")
     ap.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--message-records", type=int, default=50_000,
+                    help="records (one per acked Message-mode frame) in the one-connection run (default 50,000)")
+    ap.add_argument("--window", type=int, default=1000,
+                    help="Message-mode frames the client sends ahead of their acks (default 1,000)")
     args = ap.parse_args()
     tune_gc()  # as `shadowreplay collect` does (the collector runs in this process)
 
@@ -283,6 +352,7 @@ def main() -> None:
     decode_frames = frames[: min(n_chunks, 50)]
     blobs = [blob_of(f) for f in decode_frames]
     items = bus_items(frames)
+    messages = message_frames(args.message_records)
     print(f"payload: {len(frames)} PackedForward chunks x {CHUNK_RECORDS} nginx JSON records "
           f"({sum(map(len, frames)) / len(frames) / CHUNK_RECORDS:.0f} bytes/record); cpus={os.cpu_count()}")
 
@@ -301,6 +371,9 @@ def main() -> None:
                 rate = asyncio.run(over_tcp(f"sqlite:///{db}", frames, conns, tmp, 4))
                 table.add(f"TCP + acks -> SQLite bus ({conns} conns)", rate, bare, None, 50_000)
                 table.add("  SQLite bus producer alone", bus_alone(f"sqlite:///{db}", items, 4), bare, None, None)
+                rate = asyncio.run(over_tcp(f"sqlite:///{tmp / f'msg{r}.db'}", messages, 1, tmp, 4, window=args.window))
+                table.add("Message mode + acks -> SQLite (1 conn)", rate, bare, None, 20_000,
+                          f"(window {args.window})")
                 if tansu is not None:
                     url = f"kafka://{tansu[1]}"
                     rate = asyncio.run(over_tcp(url, frames, conns, tmp, 4))

@@ -9,10 +9,18 @@ Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry`
 * ``rejected_total{reason}`` counts what was skipped while the connection went on:
   one per event, or one per refused frame.
 * ``decode_errors_total{reason}`` counts fatal stream errors (``msgpack``,
-  ``chunk_too_large``, ``truncated``): each closed one connection.
+  ``chunk_too_large``, ``too_many_records``, ``truncated``, ``tls_on_plain_port``,
+  ``bad_stream``: 100 frames in a row refused):
+  each closed one connection.
 * ``limit_hits_total{limit}`` counts hits of ``max_chunk_bytes``,
-  ``max_decompressed_bytes`` and ``max_connections`` (each also logged once).
-* ``connections_refused_total{reason}``: ``max_connections`` or ``not_allowed``.
+  ``max_decompressed_bytes``, ``max_record_bytes``, ``max_records_per_chunk``,
+  ``max_memory_bytes`` (a connection had to wait for memory), ``max_connections`` and
+  ``max_connections_per_address`` (each also logged once).
+* ``connections_refused_total{reason}``: ``max_connections``, ``per_address`` or
+  ``not_allowed``.
+* ``connections_closed_total{reason}``: connections the collector closed by policy:
+  ``shed`` (its slot went to a new connection), ``idle_timeout``, ``frame_timeout``,
+  ``memory_budget``.
 * ``auth_failures_total{reason}``: see ``AUTH_REASONS`` (plus ``timeout``).
 * ``bodies_dropped_total{reason}``: request bodies left off their (published) record,
   ``unparseable_secret``: neither JSON nor a form, yet it may hold a secret field.
@@ -78,8 +86,20 @@ class CollectorMetrics:
         )
         self.connections_refused = Counter(
             "shadow_collector_connections_refused_total",
-            "Client connections closed at once, by reason (max_connections, not_allowed).",
+            "Client connections closed at once, by reason (max_connections, per_address, not_allowed).",
             ["reason"],
+            registry=registry,
+        )
+        self.connections_closed = Counter(
+            "shadow_collector_connections_closed_total",
+            "Client connections the collector closed by policy, by reason "
+            "(shed, idle_timeout, frame_timeout, memory_budget).",
+            ["reason"],
+            registry=registry,
+        )
+        self.memory_reserved = Gauge(
+            "shadow_collector_memory_reserved_bytes",
+            "Bytes of collector.max_memory_bytes that connections hold now.",
             registry=registry,
         )
         self.limit_hits = Counter(

@@ -1,16 +1,34 @@
 """The collector's asyncio server: forward-protocol connections → RequestRecords on the bus.
 
-Per connection: read → ``ForwardDecoder.feed`` → each event through the log format →
-publish. A frame that asks for an ack (``option.chunk``) is acknowledged only after
-its records (and everything published before them on this connection) are durable on
-the bus: the connection waits for ``GroupCommit.commit`` (``collector/commit.py``),
-which merges the flushes of connections that wait at the same time into one. Frames without a chunk are
-batched and flushed before any ack, every ``FLUSH_RECORDS`` records, at most
-``FLUSH_SECONDS`` after the oldest one arrived, and when the connection closes.
+Per connection: read → ``ForwardDecoder.decode`` → each event through the log format
+(records accumulate in the connection's *batch*) → the bus. A frame that asks for an
+ack (``option.chunk``) is acknowledged only after its records, and everything before
+them on this connection, are durable on the bus.
+
+Acks keep up by committing together what arrives together (group commit). Each
+connection has at most one commit *in flight* (``_flight``): it hands its batch to
+``GroupCommit.commit`` (``collector/commit.py``, which merges the commits of every
+connection waiting at that moment into one bus flush), then writes the acks of that
+batch. While it runs the connection goes on reading and decoding, and what arrives
+gathers in the next batch, which the flight takes as soon as it is done. So a client
+that pipelines frames (fluent-logger for Node, Fluent Bit, Fluentd) gets one bus flush
+for all the frames that arrived during the previous one, whatever the mode. Records
+without a chunk are batched too and flushed every ``FLUSH_RECORDS`` records, at most
+``FLUSH_SECONDS`` after the oldest arrived, and when the connection closes.
+
+Bounds (docs/collector.md has the worst case): each connection's memory (incomplete
+frame, frame being decoded, batch, flight) is measured at checkpoints and covered by a
+share of the global memory budget (``collector/budget.py``); heavy decoding yields to
+the event loop between slices. Slots: a connection must finish its handshake within
+``security.handshake_timeout_seconds``, each frame within ``frame_timeout_seconds`` of
+its first byte, and is closed when idle for ``idle_timeout_seconds``; when every slot
+(or every slot of one address) is taken, a new connection takes the slot of the oldest
+unauthenticated one, else of the longest idle one, else it is refused.
 
 A failed publish closes the connection without an ack (the client resends); a fatal
-decode error closes only its own connection; skipped events and refused frames are
-counted and logged once per connection and reason.
+decode error closes only its own connection, after acknowledging the chunks before
+the damage; skipped events and refused frames are counted and logged once per
+connection and reason. Client-sent values in log lines are clipped (``forward.clip``).
 """
 
 from __future__ import annotations
@@ -29,34 +47,87 @@ from typing import Any, cast
 
 import msgpack
 
+from collector.budget import MemoryBudget, Share
+from collector.commit import MAX_RECORDS as COMMIT_MAX_RECORDS
 from collector.commit import GroupCommit
-from collector.formats import LogFormat, make_format
-from collector.forward import ForwardDecoder, Frame, encode_ack
+from collector.formats import make_format
+from collector.forward import ForwardDecoder, Frame, clip, encode_ack
 from collector.handshake import Handshake, Secrets
 from collector.metrics import AUTH_REASONS, CollectorMetrics
-from collector.tls import server_context
+from collector.tls import looks_like_client_hello, server_context
 from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig, parse_hostport
 from shadowreplay.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
-READ_BYTES = 256 * 1024
+READ_BYTES = 64 * 1024
+# asyncio's StreamReader stops reading a socket past twice this: what a connection holds
+# outside the budget before we read it.
+STREAM_LIMIT = 16 * 1024
+# What each connection may hold outside the memory budget (so small chunks never wait).
+CONNECTION_FREE_BYTES = 128 * 1024
 FLUSH_RECORDS = 1000
 FLUSH_SECONDS = 0.2
+# A batch that gathers while a commit is in flight waits for it past these.
+MAX_BATCH_RECORDS = COMMIT_MAX_RECORDS
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+# Memory of one bus item beyond its key and value (tuple, object headers, the int).
+ITEM_OVERHEAD_BYTES = 200
 STOP_GRACE_SECONDS = 10.0
-TLS_HANDSHAKE_SECONDS = 10.0
+# How long a closing connection may take to commit and acknowledge what it holds.
+FINISH_SECONDS = 30.0
+# A connection must have been idle this long before a new one may take its slot.
+SHED_IDLE_SECONDS = 1.0
+# A connection whose frames are all refused this many times in a row is sending
+# garbage: it is closed (each refused frame still costs a few microseconds of decoding).
+MAX_REFUSED_IN_A_ROW = 100
 # A PING is a few hundred bytes; a client sending more before one is not speaking the protocol.
 MAX_PING_BYTES = 64 * 1024
-# Limits (config key → the decoder's reason when it is hit).
-_LIMIT_REASONS = {"chunk_too_large": "max_chunk_bytes", "decompressed_too_large": "max_decompressed_bytes"}
+# Decoder reasons that are hits of a configured limit → the limit's config key.
+_LIMIT_REASONS = {
+    "chunk_too_large": "max_chunk_bytes",
+    "decompressed_too_large": "max_decompressed_bytes",
+    "too_many_records": "max_records_per_chunk",
+    "record_too_large": "max_record_bytes",
+}
 
 Item = tuple[bytes | None, bytes, int | None]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def ack_for(frame: Frame) -> bytes:
+    """The ack that answers ``frame`` (a chunk whose records are durable on the bus):
+    the one place acks are built."""
+    assert frame.chunk is not None
+    return encode_ack(frame.chunk, _rejects(frame) if frame.report else None)
+
+
+Normalise = Callable[[str, int, dict[Any, Any], bytes, int], Item]
+
+
+def _compact(to_bus: Normalise) -> Normalise:
+    """``to_bus`` whose encoded record is copied into a bytes object of its own size:
+    orjson's output keeps a 4 KiB allocation however short it is, which would make a
+    batch of small records take ten times the memory the budget counts."""
+
+    def normalise(tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes, index: int) -> Item:
+        key, value, ts = to_bus(tag, time_ns, rec, frame, index)
+        return key, bytes(memoryview(value)), ts
+
+    return normalise
+
+
 class _BusFailed(Exception):
     """Publishing failed; the connection closes without acknowledging."""
+
+
+class _Closing(Exception):
+    """The connection is closed by policy (``reason``: a timeout, the memory budget)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CollectorServer:
@@ -85,7 +156,9 @@ class CollectorServer:
             escapes=config.escapes,
             on_body_dropped=lambda reason: metrics.bodies_dropped.labels(reason).inc(),
         )
+        self._normalise = _compact(self._format.to_bus)
         self._commit = GroupCommit(producer, topic)
+        self._budget = MemoryBudget(config.max_memory_bytes)
         security = config.security
         self._secrets: Secrets | None = None
         if security.shared_key_env:
@@ -98,6 +171,9 @@ class CollectorServer:
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._conns: dict[asyncio.Task[Any], _Connection] = {}
+        # Connections holding a slot, oldest first, and how many per address.
+        self._slots: dict[_Connection, None] = {}
+        self._per_address: collections.Counter[str] = collections.Counter()
         self._logged: set[str] = set()
         # A bus outage is logged when it starts and when it ends; the refusals in between
         # are counted (shadow_collector_bus_errors_total) and logged at DEBUG.
@@ -137,7 +213,7 @@ class CollectorServer:
 
     async def start(self) -> None:
         host, port = parse_hostport(self._config.listen, "collector.listen")
-        self._server = await asyncio.start_server(self._on_connect, host, port, limit=READ_BYTES)
+        self._server = await asyncio.start_server(self._on_connect, host, port, limit=STREAM_LIMIT)
         if self._config.udp_heartbeat:
             loop = asyncio.get_running_loop()
             try:
@@ -216,6 +292,48 @@ class CollectorServer:
             self._logged.add(what)
             log.warning("%s", message)
 
+    # -- slots ------------------------------------------------------------------------------
+
+    def _take_slot(self, address: str) -> str | None:
+        """Make room for a new connection from ``address``: None when it may have a slot
+        (after shedding another connection if needed), else the refusal's reason."""
+        config = self._config
+        if self._per_address[address] >= config.max_connections_per_address:
+            victim = self._shed_candidate(address)
+            if victim is None:
+                return "per_address"
+            victim.shed(f"{self._per_address[address]} connections from its address")
+        elif len(self._slots) >= config.max_connections:
+            victim = self._shed_candidate(None)
+            if victim is None:
+                return "max_connections"
+            victim.shed(f"{len(self._slots)} connections open")
+        return None
+
+    def _shed_candidate(self, address: str | None) -> _Connection | None:
+        """The connection whose slot a new one may take (from ``address`` if given): the
+        oldest that has not authenticated (or, without a shared key, has not yet sent
+        a valid frame), else the one idle the longest (nothing in progress, for at
+        least SHED_IDLE_SECONDS)."""
+        idlest: _Connection | None = None
+        since = time.monotonic() - SHED_IDLE_SECONDS
+        for conn in self._slots:
+            if address is not None and conn.address != address:
+                continue
+            if not conn.proven:
+                return conn
+            quiet = conn.quiet_since
+            if quiet is not None and quiet <= since:
+                idlest, since = conn, quiet
+        return idlest
+
+    def _release_slot(self, conn: _Connection) -> None:
+        if conn in self._slots:
+            del self._slots[conn]
+            self._per_address[conn.address] -= 1
+            if not self._per_address[conn.address]:
+                del self._per_address[conn.address]
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Nothing may await before TLS starts (in _Connection.run): the client's first TLS
         # bytes would land in the plain-text reader.
@@ -230,21 +348,37 @@ class CollectorServer:
             )
             writer.transport.abort()
             return
-        if len(self._conns) >= self._config.max_connections or self._server is None:
-            metrics.connections_refused.labels("max_connections").inc()
-            self.limit_hit("max_connections", f"{len(self._conns)} connections open")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = "max_connections" if self._server is None else self._take_slot(address)
+        if refusal is not None:
+            metrics.connections_refused.labels(refusal).inc()
+            if refusal == "per_address":
+                self.limit_hit(
+                    "max_connections_per_address",
+                    f"refused a connection from {_addr(peer)}: {self._per_address[address]} connections "
+                    "from that address are all authenticated and busy",
+                )
+            else:
+                self.limit_hit(
+                    "max_connections",
+                    f"refused a connection from {_addr(peer)}: {len(self._slots)} connections open, "
+                    "all authenticated and busy",
+                )
             writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
-        conn = _Connection(self, reader, writer, task)
+        conn = _Connection(self, reader, writer, task, address)
         self._conns[task] = conn
+        self._slots[conn] = None
+        self._per_address[address] += 1
         metrics.connections.inc()
         metrics.connections_active.inc()
         try:
             await conn.run()
         finally:
             metrics.connections_active.dec()
+            self._release_slot(conn)
             del self._conns[task]
 
 
@@ -270,10 +404,7 @@ class _Heartbeat(asyncio.DatagramProtocol):
 
 def _rejects(frame: Frame) -> dict[str, int]:
     """Reason → count of the events of ``frame`` that were skipped (for its ack)."""
-    rejected = dict(collections.Counter(frame.errors))
-    if frame.signal != 0 and frame.events:
-        rejected["not_logs"] = rejected.get("not_logs", 0) + len(frame.events)
-    return rejected
+    return dict(collections.Counter(frame.errors))
 
 
 def _addr(peer: Any) -> str:
@@ -287,29 +418,50 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         task: asyncio.Task[Any],
+        address: str,
     ) -> None:
         config = server._config
         self._server = server
+        self._config = config
         self._metrics = server._metrics
-        self._format: LogFormat = server._format
-        self._to_bus: Callable[[str, int, dict[Any, Any], bytes, int], Item] = server._format.to_bus
         self._reader = reader
         self._writer = writer
         self._task = task
+        self.address = address
         self._peer = _addr(writer.get_extra_info("peername"))
+        self._loop = asyncio.get_running_loop()
         # The decoder maps each record to its bus item as it unpacks it (cache-friendly);
         # records the format refuses come back as skipped events with their reason.
         self._decoder = ForwardDecoder(
             max_frame_bytes=config.max_chunk_bytes,
             max_decompressed_bytes=config.max_decompressed_bytes,
-            normalise=self._to_bus,
+            max_records=config.max_records_per_chunk,
+            max_record_bytes=config.max_record_bytes,
+            normalise=server._normalise,
         )
-        self._pending: list[Item] = []
-        self._pending_since = 0.0
+        self._share = Share(server._budget, CONNECTION_FREE_BYTES)
+        # Records decoded and not yet handed to the bus, and the frames they answer.
+        self._batch: list[Item] = []
+        self._batch_acks: list[Frame] = []
+        self._batch_bytes = 0
+        self._batch_since = 0.0
+        # The commit in flight (then its acks), and the bytes of its records.
+        self._flight: asyncio.Task[None] | None = None
+        self._flight_bytes = 0
+        self._failed: BaseException | None = None  # the bus error that ended a flight
+        self._lost = False  # writing to the client failed
+        self._frame_started = 0.0
+        self._last_active = self._loop.time()
+        # Whether the client authenticated (or, without a shared key, sent a valid frame);
+        # since when nothing is in progress (None while something is).
+        self.proven = False
+        self.quiet_since: float | None = time.monotonic()
         self._reading = False
         self._stopping = False
+        self._shed = False
         self._logged: set[str] = set()
         self._rejected: dict[str, Any] = {}
+        self._refused_in_a_row = 0
 
     def stop(self) -> None:
         """Finish the data in hand, then close; a connection waiting for data closes now."""
@@ -317,33 +469,53 @@ class _Connection:
         if self._reading:
             self._task.cancel()
 
+    def shed(self, why: str) -> None:
+        """Give this connection's slot to a newer one: close it now (it holds nothing)."""
+        self._shed = True
+        self._server._release_slot(self)
+        self._metrics.connections_closed.labels("shed").inc()
+        state = "not authenticated yet" if not self.proven else f"idle for {time.monotonic() - (self.quiet_since or 0):.0f}s"
+        self._server.warn_once(
+            "shed",
+            f"closed the connection from {self._peer} ({state}) to make room for a new one ({why}); "
+            "further ones are only counted (shadow_collector_connections_closed_total{reason=\"shed\"})",
+        )
+        self._writer.transport.abort()
+        self._task.cancel()
+
     async def run(self) -> None:
-        bus_failed = False
+        clean = True  # whether what is held may still be committed and acknowledged
         try:
             first = await self._open()
             if first is not None:
                 await self._serve(first)
         except asyncio.CancelledError:
-            if not self._stopping:
+            if not (self._stopping or self._shed):
                 raise
             self._task.uncancel()
+            clean = not self._shed
         except DecodeError as exc:
             self._metrics.decode_errors.labels(exc.reason).inc()
             limit = _LIMIT_REASONS.get(exc.reason)
             if limit is not None:
                 self._server.limit_hit(limit, f"closed the connection from {self._peer}: {exc}")
             else:
-                log.warning("closing connection from %s: %s (%s)", self._peer, exc, exc.reason)
+                log.warning("closing connection from %s: %s (%s)", self._peer, clip(str(exc)), exc.reason)
+        except _Closing as exc:
+            self._metrics.connections_closed.labels(exc.reason).inc()
+            self._server.warn_once(
+                exc.reason,
+                f"closed the connection from {self._peer}: {exc}; further ones are only counted "
+                f"(shadow_collector_connections_closed_total{{reason={exc.reason!r}}})",
+            )
         except _BusFailed:
-            bus_failed = True
+            clean = False
         except (ConnectionError, ssl.SSLError) as exc:
             log.debug("connection from %s lost: %r", self._peer, exc)
         finally:
             try:
-                if self._pending and not bus_failed:
-                    await self._flush()
-            except _BusFailed:
-                pass
+                if clean and self._failed is None:
+                    await self._finish()
             finally:
                 await self._close()
 
@@ -353,10 +525,11 @@ class _Connection:
         """Start TLS and authenticate as configured; the bytes that followed the PING
         (b"" if none), or None when the connection must close."""
         server = self._server
+        timeout = self._config.security.handshake_timeout_seconds
         if server._tls is not None:
             self._reading = True
             try:
-                await self._writer.start_tls(server._tls, ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
+                await self._writer.start_tls(server._tls, ssl_handshake_timeout=timeout)
             except (ssl.SSLError, OSError, TimeoutError) as exc:
                 self._metrics.tls_failures.inc()
                 server.warn_once(
@@ -371,6 +544,20 @@ class _Connection:
             return b""
         return await self._authenticate(server._secrets)
 
+    def _plain_port_tls(self, data: bytes) -> bool:
+        """Whether ``data``, the first bytes of a plain-text connection, are a TLS
+        ClientHello (then counted and logged, and the connection must close)."""
+        if self._server._tls is not None or not looks_like_client_hello(data):
+            return False
+        self._metrics.decode_errors.labels("tls_on_plain_port").inc()
+        self._server.warn_once(
+            "tls_on_plain_port",
+            f"closed the connection from {self._peer}: it began a TLS handshake, but this port speaks "
+            "plain text (set collector.tls.cert_file to accept TLS, or turn TLS off in the client); "
+            "further ones are only counted (shadow_collector_decode_errors_total{reason=\"tls_on_plain_port\"})",
+        )
+        return True
+
     async def _authenticate(self, secrets: Secrets) -> bytes | None:
         handshake = Handshake(secrets)
         self._writer.write(handshake.helo())
@@ -382,12 +569,14 @@ class _Connection:
         ping: Any = None
         self._reading = True
         try:
-            async with asyncio.timeout(self._server._config.security.handshake_timeout_seconds):
+            async with asyncio.timeout(self._config.security.handshake_timeout_seconds):
                 while ping is None:
                     data = await self._reader.read(READ_BYTES)
                     if not data:
                         # A heartbeat connection, or a client that gave up: nothing to say.
                         log.debug("connection from %s closed before its PING", self._peer)
+                        return None
+                    if not received and self._plain_port_tls(data):
                         return None
                     if len(received) + len(data) > MAX_PING_BYTES:
                         await self._refuse_ping("invalid ping message", "too large")
@@ -411,12 +600,14 @@ class _Connection:
             self._reading = False
         result = handshake.check(ping)
         if not result.ok:
-            await self._refuse_ping(result.reason, f"host {result.client_hostname!r}, user {result.username!r}")
+            detail = f"host {clip(repr(result.client_hostname), 100)}, user {clip(repr(result.username), 100)}"
+            await self._refuse_ping(result.reason, detail)
             return None
         self._writer.write(result.pong)
         await self._writer.drain()
         self._metrics.auth_ok.inc()
-        log.debug("authenticated %s as host %r user %r", self._peer, result.client_hostname, result.username)
+        self.proven = True
+        log.debug("authenticated %s as host %r user %r", self._peer, clip(result.client_hostname, 100), clip(result.username, 100))
         return bytes(received[unpacker.tell() :])
 
     async def _refuse_ping(self, reason: str, detail: str) -> None:
@@ -436,82 +627,225 @@ class _Connection:
     # -- records ------------------------------------------------------------------------
 
     async def _serve(self, first: bytes) -> None:
+        # With a shared key the connection's first bytes were the PING's (checked there).
+        check_tls = self._server._secrets is None
         if first:
             await self._process(first)
         while not self._stopping:
             data = await self._read()
             if data is None:  # the flush deadline passed while waiting
-                await self._flush()
+                await self._submit()
             elif not data:
                 self._decoder.eof()
                 return
             else:
+                if check_tls:
+                    check_tls = False
+                    if self._plain_port_tls(data):
+                        return
                 await self._process(data)
+
+    async def _read(self) -> bytes | None:
+        """The next bytes from the client (b"" at its end); None when the batch is due
+        for a flush. Raises _Closing when the frame or the idle timeout passes."""
+        loop = self._loop
+        config = self._config
+        while True:
+            flight = self._flight
+            busy = flight is not None and not flight.done()
+            if self._decoder.buffered:
+                deadline = self._frame_started + config.frame_timeout_seconds
+                expired = "frame_timeout"
+            elif self._batch and not busy:
+                deadline = self._batch_since + FLUSH_SECONDS
+                expired = "flush"
+            else:
+                # While acks are on their way the client waits, it is not idle: the idle
+                # clock restarts when they are written (_last_active).
+                deadline = (loop.time() if busy else self._last_active) + config.idle_timeout_seconds
+                expired = "idle_timeout"
+            self._reading = True
+            try:
+                if deadline > loop.time():
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            data = await self._reader.read(READ_BYTES)
+                        if self._failed is not None:
+                            raise _BusFailed()
+                        return data
+                    except TimeoutError:
+                        pass
+            finally:
+                self._reading = False
+            if expired == "flush":
+                return None
+            if expired == "idle_timeout":
+                flight = self._flight
+                if (flight is not None and not flight.done()) or self._last_active + config.idle_timeout_seconds > loop.time():
+                    continue  # acks were on their way: the client was waiting, not idle
+                raise _Closing(expired, "nothing received for collector.idle_timeout_seconds")
+            raise _Closing(
+                expired,
+                f"a frame begun {loop.time() - self._frame_started:.0f}s ago is still incomplete "
+                f"({self._decoder.buffered} bytes; collector.frame_timeout_seconds)",
+            )
 
     async def _process(self, data: bytes) -> None:
         decoder = self._decoder
+        loop = self._loop
         self._metrics.received_bytes.inc(len(data))
-        for frame in decoder.feed(data):
-            await self._on_frame(frame)
-        if decoder.failed is not None:
-            raise decoder.failed
-        if self._pending and (
-            len(self._pending) >= FLUSH_RECORDS
-            or asyncio.get_running_loop().time() - self._pending_since >= FLUSH_SECONDS
+        self._last_active = now = loop.time()
+        self.quiet_since = None
+        if not decoder.buffered:
+            self._frame_started = now
+        completed = False
+        for frame in decoder.decode(data):
+            if frame is None:  # a slice of work done: let other connections run
+                await self._cover()
+                await asyncio.sleep(0)
+                continue
+            completed = True
+            self._on_frame(frame)
+            if len(self._batch) >= MAX_BATCH_RECORDS or self._batch_bytes >= MAX_BATCH_BYTES:
+                await self._submit()
+        if completed and decoder.buffered:
+            self._frame_started = loop.time()
+        await self._cover()
+        if self._batch_acks or len(self._batch) >= FLUSH_RECORDS or (
+            self._batch and loop.time() - self._batch_since >= FLUSH_SECONDS
         ):
-            await self._flush()
+            await self._submit()
+        self._quiet()
 
-    async def _read(self) -> bytes | None:
-        self._reading = True
-        try:
-            if not self._pending:
-                return await self._reader.read(READ_BYTES)
-            left = self._pending_since + FLUSH_SECONDS - asyncio.get_running_loop().time()
-            if left <= 0:
-                return None
-            try:
-                async with asyncio.timeout(left):
-                    return await self._reader.read(READ_BYTES)
-            except TimeoutError:
-                return None
-        finally:
-            self._reading = False
-
-    async def _on_frame(self, frame: Frame) -> None:
-        metrics = self._metrics
-        metrics.frames.labels(frame.mode).inc()
+    def _on_frame(self, frame: Frame) -> None:
+        self._metrics.frames.labels(frame.mode).inc()
         if frame.error is not None:
-            self._reject(frame.error.reason, 1, str(frame.error))
+            self._reject(frame.error.reason, 1, clip(str(frame.error)))
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+                raise DecodeError(f"{self._refused_in_a_row} frames in a row were refused", reason="bad_stream", fatal=True)
             return
+        self._refused_in_a_row = 0
+        self.proven = True
         if frame.errors:
             for reason, n in collections.Counter(frame.errors).items():
-                self._reject(reason, n, f"{frame.mode} frame with tag {frame.tag!r}")
-        if frame.signal != 0:
-            if frame.events:
-                self._reject("not_logs", len(frame.events), f"fluent_signal {frame.signal}")
-        elif frame.items:
-            if not self._pending:
-                self._pending_since = asyncio.get_running_loop().time()
-            self._pending.extend(frame.items)
+                self._reject(reason, n, f"{frame.mode} frame with tag {clip(repr(frame.tag), 100)}")
+        items = frame.items
+        if items:
+            if not self._batch:
+                self._batch_since = self._loop.time()
+            self._batch.extend(items)
+            self._batch_bytes += sum(len(value) for _, value, _ in items) + len(items) * ITEM_OVERHEAD_BYTES
         if frame.chunk is not None:
-            await self._flush()
-            self._writer.write(encode_ack(frame.chunk, _rejects(frame) if frame.report else None))
-            await self._writer.drain()
-            metrics.chunks_acked.inc()
-        elif len(self._pending) >= FLUSH_RECORDS:
-            await self._flush()
+            # The frame without its records: what its ack needs.
+            self._batch_acks.append(frame._replace(items=(), events=[]))
 
-    async def _flush(self) -> None:
-        items, self._pending = self._pending, []
-        if not items:
-            return
+    async def _cover(self) -> None:
+        """Make this connection's share of the memory budget cover what it holds now,
+        waiting (up to frame_timeout_seconds) while the budget is spent."""
+        need = self._decoder.held_bytes + self._batch_bytes + self._flight_bytes
+        share = self._share
+        if not share.try_cover(need):
+            if not share.would_fit(need):
+                raise _Closing(
+                    "memory_budget",
+                    f"it needs {need} bytes of memory, more than collector.max_memory_bytes allows one connection",
+                )
+            self._server.limit_hit(
+                "max_memory_bytes", f"the connection from {self._peer} waits for memory ({need} bytes held)"
+            )
+            if not await share.cover(need, self._config.frame_timeout_seconds):
+                raise _Closing(
+                    "memory_budget",
+                    f"no memory for {need} bytes within collector.frame_timeout_seconds "
+                    "(collector.max_memory_bytes is spent)",
+                )
+        self._metrics.memory_reserved.set(self._server._budget.used)
+
+    def _quiet(self) -> None:
+        """Note whether nothing is in progress (for the slot policy)."""
+        flight = self._flight
+        if self._decoder.buffered or self._batch or self._batch_acks or (flight is not None and not flight.done()):
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since = time.monotonic()
+
+    # -- the bus and acks -----------------------------------------------------------------
+
+    async def _submit(self) -> None:
+        """Send the batch on its way: start a flight, or leave it to the one in flight
+        (which takes it when done), waiting for that one when the batch is full."""
+        if self._failed is not None:
+            raise _BusFailed()
+        flight = self._flight
+        if flight is not None and not flight.done():
+            if len(self._batch) < MAX_BATCH_RECORDS and self._batch_bytes < MAX_BATCH_BYTES:
+                return
+            await asyncio.wait([flight])
+            if self._failed is not None:
+                raise _BusFailed()
+            if self._lost:
+                raise ConnectionResetError("the client went away")
+        if self._batch or self._batch_acks:
+            self._flight = asyncio.create_task(self._fly(), name=f"collector-flight-{self._peer}")
+
+    async def _fly(self) -> None:
+        """Commit batches and write their acks, one after another, until none is left.
+        A bus error ends the connection without acks; so does a client that went away."""
+        server = self._server
+        while self._batch or self._batch_acks:
+            items, self._batch = self._batch, []
+            acks, self._batch_acks = self._batch_acks, []
+            self._flight_bytes, self._batch_bytes = self._batch_bytes, 0
+            try:
+                if items:
+                    try:
+                        await server._commit.commit(items)
+                    except Exception as exc:  # any backend failure: count, log, close without ack
+                        server.bus_failed(len(items), self._peer, exc)
+                        self._failed = exc
+                        self._writer.transport.abort()
+                        return
+                    server.bus_ok()
+                    self._metrics.records.inc(len(items))
+                if acks:
+                    self._writer.write(b"".join([ack_for(frame) for frame in acks]))
+                    await self._writer.drain()
+                    self._metrics.chunks_acked.inc(len(acks))
+            except (ConnectionError, OSError) as exc:
+                log.debug("connection from %s lost while acknowledging: %r", self._peer, exc)
+                self._lost = True
+                self._writer.transport.abort()
+                return
+            except Exception as exc:  # a bug: no ack may follow; the reader sees the close
+                log.exception("committing records from %s failed unexpectedly; closing without ack", self._peer)
+                self._failed = exc
+                self._writer.transport.abort()
+                return
+            finally:
+                self._flight_bytes = 0
+                self._share.shrink(self._decoder.held_bytes + self._batch_bytes)
+                self._metrics.memory_reserved.set(server._budget.used)
+            self._last_active = self._loop.time()
+        self._quiet()
+
+    async def _finish(self) -> None:
+        """At the end: commit and acknowledge what is left, as far as the client is
+        still there to take the acks."""
         try:
-            await self._server._commit.commit(items)
-        except Exception as exc:  # any backend failure: count, log, close without ack
-            self._server.bus_failed(len(items), self._peer, exc)
-            raise _BusFailed() from exc
-        self._server.bus_ok()
-        self._metrics.records.inc(len(items))
+            async with asyncio.timeout(FINISH_SECONDS):
+                flight = self._flight
+                if flight is not None and not flight.done():
+                    await asyncio.wait([flight])
+                if self._failed is None and not self._lost and (self._batch or self._batch_acks):
+                    self._flight = asyncio.create_task(self._fly(), name=f"collector-flight-{self._peer}")
+                    await asyncio.wait([self._flight])
+        except TimeoutError:
+            log.warning("the connection from %s took over %.0fs to finish; closing", self._peer, FINISH_SECONDS)
+        finally:
+            if self._flight is not None and not self._flight.done():
+                self._flight.cancel()
+                await asyncio.gather(self._flight, return_exceptions=True)
 
     def _reject(self, reason: str, n: int, what: str) -> None:
         child = self._rejected.get(reason)
@@ -526,6 +860,8 @@ class _Connection:
             log.warning("skipped %d from %s: %s (%s); further ones are only counted", n, self._peer, what, reason)
 
     async def _close(self) -> None:
+        self._share.release()
+        self._metrics.memory_reserved.set(self._server._budget.used)
         writer = self._writer
         writer.close()
         try:

@@ -1,4 +1,5 @@
-"""TLS for the forward port: an ``ssl.SSLContext`` from ``[collector.tls]``."""
+"""TLS for the forward port: an ``ssl.SSLContext`` from ``[collector.tls]``, and the
+recognition of a TLS client on a plain-text port."""
 
 from __future__ import annotations
 
@@ -28,3 +29,11 @@ def server_context(tls: ForwardTls) -> ssl.SSLContext | None:
             raise ConfigError(f"collector.tls.ca_file: cannot load {tls.ca_file!r}: {exc}") from exc
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
     return ctx
+
+
+def looks_like_client_hello(data: bytes) -> bool:
+    """Whether ``data``, the first bytes a client sent, begin a TLS record that carries a
+    handshake: content type 0x16, then a protocol version 3.0 to 3.4 (SSL 3.0 up to the
+    1.3 record layer, which says 3.1 or 3.3). As msgpack these bytes would be the
+    integers 22 and 3: never the start of a forward-protocol frame."""
+    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04

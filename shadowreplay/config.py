@@ -183,6 +183,17 @@ class CollectorConfig:
     max_chunk_bytes: int = 8 * 1024 * 1024
     max_connections: int = 1024
     max_decompressed_bytes: int = 64 * 1024 * 1024
+    # A record (one entry) bigger than this, as msgpack, is skipped and counted.
+    max_record_bytes: int = 1024 * 1024
+    # A chunk with more entries than this is refused (no ack).
+    max_records_per_chunk: int = 100_000
+    # Memory all connections may hold beyond a small part each (docs/collector.md).
+    max_memory_bytes: int = 256 * 1024 * 1024
+    # Beyond this, a new connection from the same address takes the slot of that
+    # address's oldest unauthenticated or idle connection, or is refused.
+    max_connections_per_address: int = 256
+    idle_timeout_seconds: float = 300.0  # a connection with nothing in progress is closed after this
+    frame_timeout_seconds: float = 60.0  # a frame must arrive whole within this of its first byte
     udp_heartbeat: bool = True
     security: ForwardSecurity = field(default_factory=ForwardSecurity)
     tls: ForwardTls = field(default_factory=ForwardTls)
@@ -525,6 +536,18 @@ def _validate_forward_limits(c: CollectorConfig) -> None:
         raise ConfigError("collector.max_connections: must be >= 1")
     if c.max_decompressed_bytes < c.max_chunk_bytes:
         raise ConfigError("collector.max_decompressed_bytes: must be >= collector.max_chunk_bytes")
+    if c.max_record_bytes < 1024:
+        raise ConfigError("collector.max_record_bytes: must be >= 1024")
+    if c.max_records_per_chunk < 1:
+        raise ConfigError("collector.max_records_per_chunk: must be >= 1")
+    if c.max_memory_bytes < 2 * c.max_chunk_bytes:
+        # A frame in the making takes up to twice its size (docs/collector.md).
+        raise ConfigError("collector.max_memory_bytes: must be >= 2 x collector.max_chunk_bytes")
+    if c.max_connections_per_address < 1:
+        raise ConfigError("collector.max_connections_per_address: must be >= 1")
+    for key in ("idle_timeout_seconds", "frame_timeout_seconds"):
+        if not getattr(c, key) > 0:
+            raise ConfigError(f"collector.{key}: must be > 0")
 
 
 def _validate_forward_security(s: ForwardSecurity) -> None:

@@ -322,11 +322,14 @@ async def test_max_connections_refuses_extra_connections(tmp_path: Path) -> None
         first = await asyncio.open_connection("127.0.0.1", server.port)
         first[1].write(packb(["app", 1, nginx_record(1), {"chunk": "one"}]))
         assert await read_ack(first[0]) == {b"ack": b"one"}
+        # Authenticated (a valid frame) and inside the next frame: its slot is not given away.
+        two = packb(["app", 2, nginx_record(2), {"chunk": "two"}])
+        first[1].write(two[:5])
         second = await asyncio.open_connection("127.0.0.1", server.port)
         async with asyncio.timeout(10):
             assert await second[0].read() == b""
         second[1].close()
-        first[1].write(packb(["app", 2, nginx_record(2), {"chunk": "two"}]))
+        first[1].write(two[5:])
         assert await read_ack(first[0]) == {b"ack": b"two"}
         first[1].close()
     assert registry.get_sample_value("shadow_collector_connections_refused_total", {"reason": "max_connections"}) == 1

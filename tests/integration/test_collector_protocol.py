@@ -395,7 +395,8 @@ async def test_udp_heartbeat_on_the_same_port(start: Start) -> None:
 async def test_gzip_bomb_refused_once_logged_connection_goes_on(start: Start, caplog: pytest.LogCaptureFixture) -> None:
     c = await start(max_chunk_bytes=1 << 20, max_decompressed_bytes=4 << 20)
     caplog.set_level(logging.WARNING, logger="collector")
-    bomb = gzip.compress(b"\x00" * (64 << 20))
+    # One entry (a bin32 that says 2 GiB) that never ends: only the inflated size stops it.
+    bomb = gzip.compress(b"\xc6\x7f\xff\xff\xff" + b"\x00" * (64 << 20))
     frame = arr(3) + text("bomb") + binary(bomb) + mp(2) + text("compressed") + text("gzip") + text("chunk") + text("boom")
     reader, writer = await open_conn(c.port)
     writer.write(frame + frame + chunk_frame("after", ["after-bomb"], "after"))
@@ -415,14 +416,20 @@ async def test_max_chunk_and_max_connections_limits_counted(start: Start) -> Non
     assert await closed(reader)
     writer.close()
     assert c.metric("shadow_collector_limit_hits_total", limit="max_chunk_bytes") == 1
+    # Both slots held by connections that sent a valid chunk and are inside another
+    # frame: nothing to shed, so a third is refused.
     held = [await open_conn(c.port) for _ in range(2)]
+    for r, w in held:
+        w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
+        assert await read_obj(r) == {"ack": "h"}
+        w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[:10])
     await asyncio.sleep(0.1)
     extra = await open_conn(c.port)
     assert await closed(extra[0])
     extra[1].close()
     for r, w in held:
-        w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
-        assert await read_obj(r) == {"ack": "h"}
+        w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[10:])
+        assert await read_obj(r) == {"ack": "m"}
         w.close()
     assert c.metric("shadow_collector_limit_hits_total", limit="max_connections") == 1
     assert c.metric("shadow_collector_connections_refused_total", reason="max_connections") == 1

@@ -185,9 +185,11 @@ def test_gunzip_bounds_and_corruption() -> None:
     assert exc.value.reason == "bad_gzip"
 
 
-def test_fluent_signal_is_reported() -> None:
-    f = one(packb(["app", [[1, {"m": 1}]], {"fluent_signal": 1}]))
-    assert f.signal == 1 and len(f.events) == 1
+def test_fluent_signal_is_reported_and_its_entries_only_counted() -> None:
+    f = one(packb(["app", [[1, {"m": 1}], [2, {"m": 2}]], {"fluent_signal": 1}]))
+    assert f.signal == 1 and f.events == [] and f.errors == ["not_logs", "not_logs"]
+    f = one(packb(["app", 1, {"m": 1}, {"fluent_signal": 2, "chunk": "c"}]))
+    assert (f.signal, f.events, f.errors, f.chunk) == (2, [], ["not_logs"], "c")
 
 
 # -- framing ---------------------------------------------------------------------------
@@ -290,12 +292,14 @@ def test_unparseable_first_bytes_raise() -> None:
     assert exc.value.fatal and exc.value.reason == "msgpack"
 
 
-def test_frame_over_limit_refused_non_fatally() -> None:
+def test_frame_over_limit_closes_the_stream_after_the_frames_before_it() -> None:
+    # However its bytes arrive (here all at once), a frame over the limit ends the
+    # stream: its end is not looked for past the limit.
     big = packb(["app", 1, {"x": "a" * 3000}, {"chunk": "c"}])
-    frames = decoder(max_frame_bytes=2048).feed(big + packb(["ok", 1, {}]))
-    assert frames[0].error is not None and frames[0].error.reason == "chunk_too_large"
-    assert frames[0].chunk is None
-    assert frames[1].tag == "ok" and frames[1].error is None
+    d = decoder(max_frame_bytes=2048)
+    frames = d.feed(packb(["ok", 1, {}]) + big + packb(["never", 1, {}]))
+    assert [f.tag for f in frames] == ["ok"]
+    assert d.failed is not None and d.failed.fatal and d.failed.reason == "chunk_too_large"
 
 
 def test_frame_far_over_limit_is_fatal() -> None:
@@ -465,8 +469,8 @@ def test_normalise_maps_log_events_and_skips_the_refused() -> None:
     assert sorted(packed.errors) == ["bad_encoding", "missing_method"]
     assert forward.items == [("fwd", 1_000_000_000, 0)] and sorted(forward.errors) == ["bad_record", "missing_method"]
     assert message.items == [("msg", NOW, 3)]
-    # Not logs: left as events for the server to count and skip, never normalised.
-    assert metrics.items == () and len(metrics.events) == 2
+    # Not logs: only counted, for the server to skip; never decoded into events.
+    assert metrics.items == () and metrics.events == [] and metrics.errors == ["not_logs", "not_logs"]
 
 
 def test_frames_tell_normalise_where_each_entry_sits() -> None:
