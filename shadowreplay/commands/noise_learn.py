@@ -29,6 +29,7 @@ import tomli_w
 from comparer.diff import Differ
 from comparer.paths import field_key
 from replayer.client import TargetClient
+from replayer.rules import Rules
 from shadowreplay.bus import open_bus
 from shadowreplay.config import Config
 from shadowreplay.errors import ConfigError, ShadowError
@@ -88,11 +89,14 @@ def propose(sample: NoiseSample, *, min_rate: float = 0.0) -> str:
 
 
 def read_sample(cfg: Config, count: int, idle_seconds: float = 2.0) -> list[RequestRecord]:
-    """Up to ``count`` replayable records from the start of the requests topic (blocking)."""
+    """Up to ``count`` records from the start of the requests topic (blocking), as the
+    replayer would send them: through its rules (method allow-list, filters, rewrites),
+    and only of ``noise_probe_methods`` (each is sent twice: it must not change state)."""
     bus = open_bus(cfg.bus.url, cfg.bus.partitions)
     consumer = bus.consumer([cfg.bus.requests_topic], f"shadowreplay-noise-{uuid.uuid4().hex[:12]}")
     out: list[RequestRecord] = []
-    methods = {m.upper() for m in cfg.replayer.methods}
+    rules = Rules(cfg.replayer.methods, cfg.replayer.rules)
+    twice = {m.upper() for m in cfg.replayer.noise_probe_methods}
     last = time.monotonic()
     try:
         while len(out) < count and time.monotonic() - last < idle_seconds:
@@ -104,8 +108,9 @@ def read_sample(cfg: Config, count: int, idle_seconds: float = 2.0) -> list[Requ
                     record = decode_request(m.value)
                 except ShadowError:
                     continue
-                if record.method.upper() in methods and len(out) < count:
-                    out.append(record)
+                sent = rules.apply(record).record
+                if sent is not None and sent.method in twice and len(out) < count:
+                    out.append(sent)
     finally:
         consumer.close()
         bus.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from comparer.loop import Comparer, format_table
 from comparer.metrics import ComparerMetrics
 from shadowreplay.bus import Bus, open_bus
 from shadowreplay.bus.aio import AsyncConsumer
-from shadowreplay.config import ComparerConfig
+from shadowreplay.config import ComparerConfig, ReplayRule
 from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_result
 
 pytestmark = pytest.mark.integration
@@ -399,6 +400,8 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
             producer.publish(cfg.bus.requests_topic, encode_request(rec), key=rec.id.encode())
         post = RequestRecord(id="p", ts=99, method="POST", target="/item/1")
         producer.publish(cfg.bus.requests_topic, encode_request(post), key=b"p")
+        lower = RequestRecord(id="l", ts=100, method="get", target="/item/2")  # not a GET on the wire
+        producer.publish(cfg.bus.requests_topic, encode_request(lower), key=b"l")
         producer.flush()
         producer.close()
         b.close()
@@ -416,5 +419,21 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
         assert rules == {"GET /item/{id}": ["$.items[*].nonce"], "GET /page": ["$.took_ms"]}
         assert "stable" not in text and "$.id" not in text and "cookie" not in text
         assert text.startswith("# Proposed by `shadowreplay noise learn`")
+
+        # The sample goes through the replayer's rules: what a replay would not send (or
+        # would send rewritten), noise learn does not send either.
+        ruled = dataclasses.replace(
+            cfg,
+            replayer=dataclasses.replace(
+                cfg.replayer,
+                rules=(
+                    ReplayRule(kind="exclude_path", pattern="^/page"),
+                    ReplayRule(kind="set_header", name="X-Learn", value="1"),
+                ),
+            ),
+        )
+        records = await asyncio.to_thread(learn.read_sample, ruled, 50, 1.0)
+        assert sorted(r.id for r in records) == sorted(f"q{i}" for i in range(12) if i % 3)
+        assert all(("X-Learn", "1") in r.headers for r in records)
     finally:
         await runner.cleanup()
