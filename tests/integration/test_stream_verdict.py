@@ -58,7 +58,7 @@ async def _handle(request: web.Request, state: Streamer) -> web.StreamResponse:
             resp.headers["X-Accel-Buffering"] = "no"
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for line in LINES:
+        for line in _sized(LINES, int(request.query.get("size", "0"))):
             await resp.write(line)
             await asyncio.sleep(LINE_INTERVAL)
         await resp.write_eof()
@@ -77,6 +77,11 @@ async def _handle(request: web.Request, state: Streamer) -> web.StreamResponse:
             state.open_streams -= 1
         return resp
     return web.Response(text="ok")
+
+
+def _sized(lines: list[bytes], size: int) -> list[bytes]:
+    """Each line padded with dots to ``size`` bytes (0: as it is)."""
+    return [line[:-1].ljust(size - 1, b".") + b"\n" if size else line for line in lines]
 
 
 @pytest.fixture
@@ -137,6 +142,7 @@ def _passed(resp: Response) -> bool:
     [
         pytest.param(PASS, "/lines", "gzip", False, id="proxy_buffering off"),
         pytest.param("", "/lines", "gzip", False, id="proxy_buffering on (the default), small chunks"),
+        pytest.param("", "/lines?size=1024", "gzip", False, id="proxy_buffering on (the default), 1 KiB chunks"),
         pytest.param("proxy_buffers 2 64k; proxy_busy_buffers_size 64k;", "/lines", "gzip", False,
                      id="proxy_buffering on, large buffers"),
         pytest.param(GZIP, "/lines", "gzip", True, id="gzip on for the type, client accepts gzip"),
@@ -160,7 +166,8 @@ async def test_which_nginx_configuration_holds_a_stream(
     async with TargetClient("candidate", proxy.url, timeout_seconds=10.0, max_body_bytes=1 << 20, concurrency=2,
                             streams=streams) as client:
         resp = await client.send(RequestRecord(id="m1", ts=1, method="GET", target=path, headers=headers))
-    assert (resp.status, resp.error, resp.body) == (200, None, b"".join(LINES))  # decoded when gzip
+    size = int(path.partition("size=")[2] or 0)
+    assert (resp.status, resp.error, resp.body) == (200, None, b"".join(_sized(LINES, size)))  # decoded when gzip
     gzipped = resp.header("Content-Encoding") == "gzip"
     assert gzipped == (accept_encoding == "gzip" and directives.startswith("gzip on"))
     if held:
