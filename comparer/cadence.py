@@ -148,6 +148,8 @@ def judge(
     all means it was held for the whole window)."""
     if not rules.enabled:
         return []
+    if len(reference) < 2 and not reference_stream and rules.min_spread_seconds > 0:
+        return []  # the common case, a body that came at once: no spread, so no stream
     ref = shape(reference)
     if ref is None:
         return []
