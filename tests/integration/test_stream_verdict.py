@@ -73,6 +73,8 @@ async def _handle(request: web.Request, state: Streamer) -> web.StreamResponse:
             for i in range(3000):
                 await resp.write(b'id: %d\nevent: tick\ndata: {"n": %d, "ts": %.6f}\n\n' % (i, i, time.time()))
                 await asyncio.sleep(EVENT_INTERVAL)
+        except ConnectionError:  # the window closed the stream: what it is for
+            pass
         finally:
             state.open_streams -= 1
         return resp
@@ -264,10 +266,11 @@ def _scrape(text: str, name: str, **labels: str) -> float:
     return total
 
 
-#: What is logged (uri, Accept-Encoding as logged) and how many times.
+#: What is logged (uri, Accept-Encoding as logged) and how many times. Enough held
+#: requests that a per-endpoint noise model with 99 % confidence calls buffering real.
 SCENARIO = [
-    ("/lines", "gzip, deflate, br", 3),  # gzip on the candidate: held to the end
-    ("/lines", None, 2),  # no Accept-Encoding: gzip does nothing, the stream passes
+    ("/lines", "gzip, deflate, br", 8),  # gzip on the candidate: held to the end
+    ("/lines", None, 4),  # no Accept-Encoding: gzip does nothing, the stream passes
     ("/plain/lines", "gzip, deflate, br", 2),  # the candidate's plain proxy_buffering on: passes
     ("/events", "gzip, deflate, br", 2),  # endless SSE, gzipped per event (X-Accel-Buffering: no)
     ("/events", None, 1),
@@ -293,23 +296,26 @@ async def test_the_held_stream_is_reported_and_the_passed_ones_are_not(
 
     by_endpoint = {s.endpoint: s for s in pipeline.comparer.summary()}
     held = by_endpoint["GET /lines"]
-    assert (held.compared, held.diverged, held.kinds) == (5, 3, {"buffering": 3})  # only the gzip ones
-    assert held.fields == {"cadence:buffering": 3}
+    assert (held.compared, held.diverged, held.kinds) == (12, 8, {"buffering": 8})  # only the gzip ones
+    assert held.fields == {"cadence:buffering": 8}
     plain = by_endpoint["GET /plain/lines"]
     assert (plain.compared, plain.diverged) == (2, 0)
     # The endless stream was compared within its window on both sides, event by event: the
     # timestamp in every event differed (noise by rule), and nothing else did.
     events = by_endpoint["GET /events"]
     assert (events.compared, events.diverged, events.noisy) == (3, 0, 3)
-    assert pipeline.comparer.diverged == 3
+    assert pipeline.comparer.diverged == 8
 
-    assert _scrape(text, "shadow_compare_stream_divergences_total", kind="buffering") == 3
+    # The counters count a result when its difference counts as a divergence as it arrives
+    # (every one here; under a noise model that still learns, those judged real by then).
+    buffering = _scrape(text, "shadow_compare_stream_divergences_total", kind="buffering")
+    assert 1 <= buffering <= 8
+    assert _scrape(text, "shadow_compare_diverged_total", endpoint="GET /lines", kind="buffering") == buffering
     assert _scrape(text, "shadow_compare_stream_divergences_total", kind="first_byte_delay") == 0
-    assert _scrape(text, "shadow_compare_diverged_total", endpoint="GET /lines", kind="buffering") == 3
     for target in ("baseline", "candidate"):
         assert _scrape(text, "shadow_compare_first_body_byte_seconds_count", target=target) == len(lines)
     # Held bodies came after the backend's last line: above the 1 s bucket on the candidate only.
-    assert _scrape(text, "shadow_compare_first_body_byte_seconds_bucket", target="candidate", le="1.0") == len(lines) - 3
+    assert _scrape(text, "shadow_compare_first_body_byte_seconds_bucket", target="candidate", le="1.0") == len(lines) - 8
     assert _scrape(text, "shadow_compare_first_body_byte_seconds_bucket", target="baseline", le="1.0") == len(lines)
     assert streamer.open_streams == 0  # every window closed its connection (through nginx too)
 
@@ -324,7 +330,7 @@ async def test_both_sides_streaming_identically_never_diverge(
     assert pipeline.comparer is not None
     assert pipeline.comparer.diverged == 0
     assert {s.endpoint: (s.compared, s.diverged) for s in pipeline.comparer.summary()} == {
-        "GET /lines": (5, 0),
+        "GET /lines": (12, 0),
         "GET /plain/lines": (2, 0),
         "GET /events": (3, 0),
     }
