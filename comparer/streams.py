@@ -84,3 +84,34 @@ def diff_streams(
         options=options,
     )
     return StreamDiffs(diffs, True)
+
+
+def describe(diff: FieldDiff) -> str | None:
+    """One line for ``diffs``, the report and the page: a stream diff's kind with its
+    delays in ms (reference → candidate); None for any other kind.
+
+    ``buffering: first byte 2.0 → 2015.0 ms, average byte 952.0 → 2015.0 ms, last byte
+    1902.0 → 2015.0 ms, largest burst 10 % → 100 % of the body``."""
+    left, right = diff.left, diff.right
+    if diff.kind == "first_byte_delay":
+        return f"first_byte_delay: first body byte {_ms(left)} → {_ms(right)} ms"
+    if diff.kind == "event_count":
+        return f"event_count: {left} → {right} events"
+    if diff.kind != "buffering" or not isinstance(left, dict) or not isinstance(right, dict):
+        return None
+    if not right.get("bytes"):
+        return f"buffering: first byte {_ms(left.get('first_byte_ms'))} ms → nothing within the stream window"
+    parts = [
+        f"{name} {_ms(left.get(key))} → {_ms(right.get(key))} ms"
+        for name, key in (("first byte", "first_byte_ms"), ("average byte", "mean_byte_ms"), ("last byte", "last_byte_ms"))
+    ]
+    burst = f"largest burst {_pct(left.get('largest_burst'))} → {_pct(right.get('largest_burst'))} of the body"
+    return "buffering: " + ", ".join([*parts, burst])
+
+
+def _ms(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def _pct(value: object) -> str:
+    return f"{value * 100:.0f} %" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"

@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from comparer.cadence import CadenceRules
-from comparer.diff import KINDS, Differ
+from comparer.cadence import CadenceRules, judge
+from comparer.diff import KINDS, Differ, FieldDiff
 from comparer.sse import CountTolerance
-from comparer.streams import stream_rules
+from comparer.streams import describe, stream_rules
 from shadowreplay import config as configmod
 from shadowreplay.config import ComparerConfig, ComparerStreamsConfig, EndpointRules
 from shadowreplay.errors import ConfigError
@@ -178,3 +178,18 @@ def test_config_sets_every_threshold(tmp_path: Path) -> None:
     rules = stream_rules(configmod.load(f).comparer.streams)
     assert rules.cadence == CadenceRules(False, 1.0, 0.2, 0.6, 0.5, 1.0, 3.0)
     assert (rules.events, rules.count_tolerance) == (False, CountTolerance(5, 0.1))
+
+
+def test_stream_diffs_are_described_with_their_delays_in_ms() -> None:
+    verdict = Differ(ComparerConfig()).compare(result(baseline=lines(PROGRESSIVE, stream=True), candidate=lines(HELD)))
+    assert describe(verdict.diffs[0]) == (
+        "buffering: first byte 2.0 → 2015.0 ms, average byte 952.0 → 2015.0 ms, last byte 1902.0 → 2015.0 ms, "
+        "largest burst 10 % → 100 % of the body"
+    )
+    nothing = judge(PROGRESSIVE, (), CadenceRules(), other_window_reached=True)[0]
+    assert describe(nothing) == "buffering: first byte 2.0 ms → nothing within the stream window"
+    late = judge(PROGRESSIVE, tuple((t + 0.8, n) for t, n in PROGRESSIVE), CadenceRules())[0]
+    assert describe(late) == "first_byte_delay: first body byte 2.0 → 802.0 ms"
+    count = Differ(ComparerConfig()).compare(result(baseline=sse(30, 1.0), candidate=sse(10, 1.0))).diffs[0]
+    assert describe(count) == "event_count: 30 → 10 events"
+    assert describe(FieldDiff("$.a", "value", 1, 2)) is None
