@@ -7,6 +7,10 @@ structural walk runs; identical bodies would hit the byte-equality fast path):
 * 2 KB bodies with a secondary, through the noise model too: Differ.compare() plus the
   per-endpoint tally and the per-request judgement (what the comparer loop does per result)
 * 100 KB bodies: baseline vs candidate
+* the same 2 KB case with arrival timelines, as the replayer records them now (one point each)
+* streams (docs/streaming.md): a 20-line chunked body held to its end by the candidate
+  (the cadence verdict finds buffering), and 30 server-sent events whose JSON data carry a
+  timestamp, compared event by event
 
 Prints diffs/s and µs/diff. Bounded: each case runs for about --seconds (default 3).
 Targets: >= 20,000 diffs/s for the 2 KB case (issue 5), and >= 20,000 results/s with
@@ -16,6 +20,7 @@ the noise model on and a secondary (issue 16).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -68,6 +73,39 @@ def result(base: dict[str, Any], cand: dict[str, Any], sec: dict[str, Any] | Non
     return ReplayResult(id="r", request=req, endpoint="GET /api/items/{id}", scheduled=1, sent=1, responses=responses)
 
 
+def with_timelines(r: ReplayResult) -> ReplayResult:
+    """``r`` with a one-point arrival timeline on every response (a body that came at once)."""
+    responses = {
+        name: dataclasses.replace(resp, timeline=((0.004, len(resp.body)),)) for name, resp in r.responses.items()
+    }
+    return dataclasses.replace(r, responses=responses)
+
+
+def stream_result(kind: str, i: int) -> ReplayResult:
+    """``lines``: 20 chunked lines, 100 ms apart on the baseline, held to the end on the
+    candidate. ``sse``: 30 events per side, each with its own timestamp."""
+    if kind == "lines":
+        body = b"".join(b"line %02d of the deploy log\n" % k for k in range(20))
+        ctype = (("content-type", "text/plain"),)
+        base = Response(status=200, headers=ctype, body=body, latency=1.9, stream=True,
+                        timeline=tuple((0.002 + 0.1 * k, 27 * (k + 1)) for k in range(20)))
+        cand = Response(status=200, headers=ctype, body=body, latency=2.0, timeline=((2.0, 91),))
+    else:
+        ctype = (("content-type", "text/event-stream"),)
+
+        def events(ts: float) -> bytes:
+            return b"".join(b'id: %d\nevent: tick\ndata: {"n": %d, "ts": %.6f}\n\n' % (k, k, ts + k) for k in range(30))
+
+        timeline = tuple((0.002 + 0.1 * k, 60 * (k + 1)) for k in range(30))
+        base = Response(status=200, headers=ctype, body=events(i), latency=3.0, stream=True,
+                        stream_window_reached=True, timeline=timeline)
+        cand = Response(status=200, headers=ctype, body=events(i + 0.5), latency=3.0, stream=True,
+                        stream_window_reached=True, timeline=timeline)
+    req = RequestRecord(id="r", ts=1, method="GET", target="/deploys/1/log")
+    return ReplayResult(id="r", request=req, endpoint="GET /deploys/{id}/log", scheduled=1, sent=1,
+                        responses={"baseline": base, "candidate": cand})
+
+
 def run(name: str, differ: Differ, results: list[ReplayResult], seconds: float) -> float:
     n = 0
     diverged = 0
@@ -117,6 +155,10 @@ def main() -> None:
     r2 = run("2 KB, + secondary, + noise model", WithNoiseModel(differ), small_sec, args.seconds)  # type: ignore[arg-type]
     run("2 KB, ~40 fields, ignore_paths + tolerance", ignoring, small, args.seconds)
     run("100 KB, baseline vs candidate", differ, big, args.seconds)
+    run("2 KB, with arrival timelines", differ, [with_timelines(r) for r in small], args.seconds)
+    run("stream: 20 lines held by the candidate", differ, [stream_result("lines", i) for i in range(100)], args.seconds)
+    noisy_ts = Differ(ComparerConfig(noise_paths=("$.events[*].data.ts",)))
+    run("stream: 30 SSE events, ts noise by rule", noisy_ts, [stream_result("sse", i) for i in range(100)], args.seconds)
     print(f"2 KB target >= 20,000 diffs/s: {'met' if r1 >= 20000 else 'NOT met'} ({r1 / 20000:.2f}x)")
     print(f"noise model + secondary target >= 20,000 results/s: {'met' if r2 >= 20000 else 'NOT met'} ({r2 / 20000:.2f}x)")
 

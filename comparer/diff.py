@@ -38,6 +38,7 @@ from comparer.jsondiff import (
     diff_jsonrpc,
 )
 from comparer.paths import PathSet, is_within
+from comparer.streams import STREAM_KINDS, StreamRules, diff_streams, stream_rules
 from shadowreplay.config import ComparerConfig
 from shadowreplay.errors import ConfigError
 from shadowreplay.record import PROBE, Origin, ReplayResult, Response
@@ -78,6 +79,7 @@ KINDS: tuple[str, ...] = (
     "size",
     "latency",
     "error",
+    *STREAM_KINDS,
 )
 
 #: Response error kinds that mean the request never reached the application (the target
@@ -385,6 +387,7 @@ class Rules:
     latency_min_delta_seconds: float = 0.05
     compare_origin_size: bool = False
     origin_size_tolerance_relative: float = 0.05
+    streams: StreamRules = field(default_factory=StreamRules)
 
 
 def _pathset(patterns: tuple[str, ...], key: str) -> PathSet:
@@ -422,6 +425,7 @@ def _rules(c: ComparerConfig, endpoint: str) -> Rules:
         latency_min_delta_seconds=c.latency_min_delta_seconds,
         compare_origin_size=c.compare_origin_size,
         origin_size_tolerance_relative=c.origin_size_tolerance_relative,
+        streams=stream_rules(c.streams),
     )
 
 
@@ -536,7 +540,11 @@ class Differ:
             diffs.append(FieldDiff("status", "status", reference.status, other.status))
         if rules.compare_headers:
             diffs.extend(diff_headers(reference, other, rules.ignore_headers))
-        if reference.body != other.body:
+        # -- streams (issue 21, comparer/streams.py): arrival cadence, and event-stream
+        # bodies event by event (then not compared again below) --
+        streamed = diff_streams(reference, other, rules.streams, rules.json, max(0, MAX_DIFFS - len(diffs)))
+        diffs.extend(streamed.diffs)
+        if reference.body != other.body and not streamed.body_compared:
             left = reference_view if reference_view is not None else _view(reference)
             budget = max(0, MAX_DIFFS - len(diffs))
             diffs.extend(_diff_views(left, _view(other), budget, rules.json))

@@ -32,6 +32,10 @@ the same verdict as the store, ``diffs`` and the page):
 * ``shadow_compare_run_latency_seconds{endpoint, target, quantile}`` — candidate and
   baseline latency at the median and p95 over the run.
 * ``shadow_compare_target_unreachable{target}`` — 1 while a target is not reached.
+* ``shadow_compare_first_body_byte_seconds{target, endpoint}`` — when each target's first
+  body byte arrived, per response with a body (see :class:`StreamMetrics`).
+* ``shadow_compare_stream_divergences_total{kind}`` — results with a real streaming
+  difference, per kind (``buffering``, ``first_byte_delay``, ``event_count``; each exported at 0).
 * ``shadow_compare_status_total{target, class}`` — responses by target and status class
   (``2xx``, ``3xx``, ``4xx``, ``5xx``, ``1xx``, or ``error`` when there was no status),
   for every result that named an endpoint (compared or not).
@@ -51,6 +55,7 @@ from prometheus_client.registry import Collector
 
 from comparer.diff import KINDS, PROBE, UNREACHED_KINDS, FieldDiff, Verdict
 from comparer.endpoints import OVERFLOW
+from comparer.streams import STREAM_KINDS
 from shadowreplay.record import ReplayResult
 
 OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
@@ -219,6 +224,7 @@ class ComparerMetrics:
         for target in ("candidate", "baseline"):
             for reason in UNREACHED_KINDS:
                 self.not_compared.labels(target=target, reason=reason)
+        self.streams = StreamMetrics(registry)  # streaming responses: see the end of this module
 
     def watch(self, source: VerdictSource) -> None:
         """Export the run gauges of ``source`` (read at each scrape)."""
@@ -231,6 +237,7 @@ class ComparerMetrics:
         """Record one result: its verdict (``real``: its differences on fields judged real
         now) and every target's latency."""
         endpoint = self.endpoints(verdict.endpoint)
+        self.streams.observe(result, endpoint, real if verdict.error is None else ())
         for target, response in result.responses.items():
             label = target if target in TARGETS else OTHER
             self.status.labels(target=label, **{"class": status_class(response.status, response.error)}).inc()
@@ -268,3 +275,48 @@ def status_class(status: int | None, error: str | None = None) -> str:
     if error is not None or status is None or not 100 <= status <= 599:
         return "error"
     return f"{status // 100}xx"
+
+
+# -- streams (issue 21): time to first body byte, streaming divergences by kind ----------
+
+#: No floor at 5 ms (a stream's first byte on loopback comes in well under one) and up to a
+#: minute (a buffered stream's first byte comes at its end).
+FIRST_BYTE_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+
+
+class StreamMetrics:
+    """``shadow_compare_first_body_byte_seconds{target, endpoint}``: when each target's
+    first body byte arrived (the first point of its timeline), for every response with a
+    body. ``shadow_compare_stream_divergences_total{kind}``: results with a streaming
+    difference, one increment per kind present (``comparer.streams.STREAM_KINDS``; every
+    kind exported at 0 from the start)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.first_body_byte = Histogram(
+            "shadow_compare_first_body_byte_seconds",
+            "Time from sending a request to the first body byte of the answer, per replay target.",
+            ["target", "endpoint"],
+            buckets=FIRST_BYTE_BUCKETS,
+            registry=registry,
+        )
+        self.divergences = Counter(
+            "shadow_compare_stream_divergences_total",
+            "Results whose candidate streamed differently (buffering, first_byte_delay) or sent "
+            "another number of events (event_count), one increment per kind present.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in STREAM_KINDS:
+            self.divergences.labels(kind=kind)
+
+    def observe(self, result: ReplayResult, endpoint: str, diffs: Sequence[FieldDiff]) -> None:
+        """Every target's first body byte of ``result`` (``endpoint`` already bounded), and
+        the stream kinds among ``diffs`` (the differences counted as divergences)."""
+        for target, response in result.responses.items():
+            if response.timeline:
+                label = target if target in TARGETS else OTHER
+                self.first_body_byte.labels(target=label, endpoint=endpoint).observe(response.timeline[0][0])
+        for kind in {d.kind for d in diffs if d.kind in STREAM_KINDS}:
+            self.divergences.labels(kind=kind).inc()

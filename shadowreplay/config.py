@@ -380,6 +380,29 @@ class EndpointRules:
 
 
 @dataclass(frozen=True)
+class ComparerStreamsConfig:
+    """``[comparer.streams]``: the cadence verdict and event-stream comparison (docs/streaming.md)."""
+
+    # Cadence (needs a baseline): judged where the baseline's body arrived over at least
+    # min_spread_seconds (10 % to 90 % of its bytes), or was read as a stream.
+    cadence: bool = True
+    min_spread_seconds: float = 0.5
+    # buffering: the candidate's largest burst (bytes within burst_window_relative x the
+    # baseline's spread) holds burst_share_threshold more of its body than the baseline's,
+    # and its average byte came buffering_min_delay_seconds later.
+    burst_window_relative: float = 0.1
+    burst_share_threshold: float = 0.5
+    buffering_min_delay_seconds: float = 0.25
+    # first_byte_delay: first body byte this much later, and this many times as late.
+    first_byte_delay_seconds: float = 0.5
+    first_byte_delay_ratio: float = 2.0
+    # text/event-stream bodies event by event; two cut streams may differ by this many events.
+    sse_events: bool = True
+    event_count_tolerance_absolute: int = 2
+    event_count_tolerance_relative: float = 0.05
+
+
+@dataclass(frozen=True)
 class ComparerConfig:
     group: str = "shadow-comparer"
     ignore_headers: tuple[str, ...] = (
@@ -427,6 +450,7 @@ class ComparerConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     web: WebConfig = field(default_factory=WebConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    streams: ComparerStreamsConfig = field(default_factory=ComparerStreamsConfig)
 
 
 #: Default /metrics port of each stage on 127.0.0.1 (when ``metrics.listen`` is empty), so
@@ -671,6 +695,7 @@ def _validate_comparer(c: ComparerConfig) -> None:
     if c.max_endpoints < 1:
         raise ConfigError("comparer.max_endpoints: must be >= 1")
     _validate_verdict_rules(c)
+    _validate_comparer_streams(c.streams)
     if c.store.max_age_seconds <= 0:
         raise ConfigError("comparer.store.max_age_seconds: must be > 0")
     if c.store.max_count < 1:
@@ -748,6 +773,21 @@ def _validate_verdict_rules(c: ComparerConfig) -> None:
     for i, rule in enumerate(c.endpoints):
         if not rule.match:
             raise ConfigError(f"comparer.endpoints[{i}].match: must name an endpoint or a glob")
+
+
+def _validate_comparer_streams(s: ComparerStreamsConfig) -> None:
+    key = "comparer.streams"
+    for name in ("min_spread_seconds", "buffering_min_delay_seconds", "first_byte_delay_seconds",
+                 "event_count_tolerance_absolute"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{key}.{name}: must be >= 0")
+    for name in ("burst_window_relative", "burst_share_threshold"):
+        if not 0 < getattr(s, name) <= 1:
+            raise ConfigError(f"{key}.{name}: a share, must be > 0 and <= 1")
+    if not 0 <= s.event_count_tolerance_relative <= 1:
+        raise ConfigError(f"{key}.event_count_tolerance_relative: a share, must be within 0..1")
+    if s.first_byte_delay_ratio < 1:
+        raise ConfigError(f"{key}.first_byte_delay_ratio: must be >= 1 (times as late as the baseline)")
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:

@@ -2,8 +2,9 @@
 # System packages the integration tests start as real peers: Chromium (the web page is
 # tested headless), curl (the page's curl commands are run for real), Prometheus +
 # promtool (dashboards and rules are checked against a real server), unshare + ip
-# (README's multi-process example runs as written in a private network namespace), and
-# nginx and Apache httpd (their real access logs, escapes and all, are ingested).
+# (README's multi-process example runs as written in a private network namespace),
+# nginx (real access logs, escapes and all, are ingested; streams go through a reverse
+# proxy that passes or holds them) and Apache httpd (its real access logs).
 # Installs only what is missing; needs root or sudo for apt-get.
 set -euo pipefail
 need=()
@@ -13,6 +14,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Debian's nginx and apache2 live in /usr/sbin, which may be off PATH.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || need+=(apache2)
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -35,3 +37,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
 # Debian's prometheus package starts a service on :9090; the tests start their own.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop prometheus >/dev/null 2>&1 || true; fi
 pkill -x prometheus >/dev/null 2>&1 || true
+# Debian's nginx package starts the system service on :80; the tests start their own
+# (own config, pid file and port), which this leaves alone.
+if [[ " ${need[*]} " == *" nginx-light "* ]]; then
+  $SUDO systemctl stop nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
+fi
