@@ -38,7 +38,7 @@ integration: $(STAMP) system-deps
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
 
-# `shadowreplay tail` as one file that runs with a bare python3 (no venv): see README "Getting logs in".
+# `shadowreplay tail` as one file that runs with a bare python3 (no venv): see docs/ingest.md.
 .PHONY: tail-pyz
 tail-pyz: $(STAMP)
 	$(PY) -m collector.pyz shadowreplay-tail.pyz

@@ -7,8 +7,8 @@
   built-in HTTP client) against a bare aiohttp loop with
   the same concurrency, both against one fast backend, in this
   run; the ratio is printed (goal ≥ 0.8). The fast backend is Debian's nginx (one worker,
-  ``apt-get install -y nginx-light``) unless ``--fast-backend aiohttp``: it costs about a
-  quarter of the aiohttp backend's CPU per request, which matters on two shared cores;
+  ``apt-get install -y nginx-light``) unless ``--fast-backend aiohttp``: it costs a
+  fraction of the aiohttp backend's CPU per request, which matters on two shared cores;
 * accuracy at a uniform 2,000 req/s (goal p50 ≤ 1 ms, p99 ≤ 5 ms) and on a bursty log
   replayed at 2× (goal p99 ≤ 10 ms, duration within 1 % of recorded / 2): send lag
   measured at the backend (arrival minus due time from the anchor);

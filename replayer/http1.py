@@ -1,8 +1,9 @@
 """A lean HTTP/1.1 client for replaying: keep-alive connections, one request at a time each.
 
-The replayer's only client. It does what a replay needs and nothing else, at about a third
-of aiohttp's cost per request, which is what lets one process replay faster than a bare
-aiohttp loop can. docs/http-client.md is the user's page; in short:
+The replayer's only client. It does what a replay needs and nothing else, so it costs
+much less CPU per request than a general-purpose client, which is what lets one process
+replay faster than a bare aiohttp loop can (bench/replayer.py; figures in
+bench/README.md). docs/http-client.md is the user's page; in short:
 
 * the request goes out as given: the request-target byte for byte, the headers in order
   with their spelling, the body with a recomputed ``Content-Length``. ``build_request``

@@ -63,10 +63,11 @@ log = logging.getLogger(__name__)
 
 POLL_MAX_RECORDS = 200
 # The window of messages polled but not yet committed (heap, in flight, results not yet
-# durable): polling pauses at either cap. A flush and a commit take a few ms each, tens
-# under load (the bus threads wait for the GIL), so at 15,000 req/s 2,048 could run dry;
-# 8,192 measured 4 % (one worker) to 12 % (two on two cores) more throughput. The bytes
-# cap bounds memory when records carry large bodies.
+# durable): polling pauses at either cap. It must cover what a flat-out replay sends
+# while a flush and a commit are under way (longer under load, when the bus threads wait
+# for the GIL), or the heap runs dry and sending stalls; a smaller window did, in
+# bench/replayer.py's throughput runs. The bytes cap bounds memory when records carry
+# large bodies.
 MAX_PENDING = 8192
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 POLL_MIN_ROOM = 100

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", metavar="FILE", help="divergence store (default: comparer.store.path)")
         sp.add_argument("--since", metavar="T", help="only divergences stored since T: 30m, 2h, 7d, Unix seconds or ISO 8601")
     diffs_sp.add_argument("--endpoint", metavar="E", help='only this endpoint, e.g. "GET /api/products/{id}"')
-    diffs_sp.add_argument("--json", action="store_true", help="one JSON object per endpoint (see README)")
+    diffs_sp.add_argument("--json", action="store_true", help="one JSON object per endpoint (see docs/verdict.md)")
     report_sp.add_argument("--format", choices=("html", "md"), help="default: from --output's suffix, else html")
     report_sp.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     report_sp.add_argument("--title", default="shadowreplay report", help="heading of the report")

@@ -6,14 +6,14 @@ lines; ``json`` writes one JSON object per line, for log shippers (see
 ``JsonFormatter``). Both go to standard error.
 
 
-Each request or event allocates a few dozen short-lived containers (aiohttp's request
-and response objects, records, results); with CPython's default collector thresholds a
+Each request or event allocates a few dozen short-lived containers (decoded records,
+headers, responses, results); with CPython's default collector thresholds a
 young-generation collection then runs every ten or so requests and a full one, which
 walks every object the process holds (imported modules, aiohttp, kafka-python), every
 few thousand. ``tune_gc`` moves what start-up created out of the collector's sight
 (``gc.freeze``) and collects the young generation ten times less often. Cycles are
-still collected; memory grows by at most a few thousand young objects. Measured with
-bench/replayer.py: about 10 % less CPU per replayed request.
+still collected; memory grows by at most a few thousand young objects. The CPU it saves
+per replayed request shows in bench/replayer.py.
 """
 
 from __future__ import annotations

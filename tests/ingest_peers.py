@@ -63,7 +63,7 @@ class ServerProcess:
 
 
 def start_nginx(tmp: Path) -> tuple[ServerProcess, Path, Path]:
-    """nginx logging README's LTSV log_format (no ``escape=``: nginx's default escaping)
+    """nginx logging docs/ingest.md's LTSV log_format (no ``escape=``: nginx's default escaping)
     and its predefined ``combined``; ``/api`` is proxied (so ``$request_body`` is read
     and logged). Returns the process and the two log files."""
     nginx = binary("nginx", "nginx-light")

@@ -12,9 +12,9 @@ Its flushes survive the crash of any process; an OS crash or power loss can take
 those made since the file's last fsync (any power-safe commit on the file, by any
 process, or a checkpoint: the WAL is one log, so each fsync covers every frame before
 it). What it takes back goes whole, results together with their offsets, so those
-requests are replayed again (at-least-once). On the two-core bench machine that fsync,
-about 50 a second per replayer, cost two replayer processes sharing the file 6-11 % of
-their throughput (bench/replayer.py's scale figure).
+requests are replayed again (at-least-once). In exchange the replayer's frequent
+flushes no longer wait for an fsync each, which two replayer processes sharing the file
+felt most (bench/replayer.py's scale figure).
 
 Groups: each consumer is a row in ``members`` with a heartbeat it refreshes while it
 polls; a member silent for ``session_timeout_ms`` is dead. The partitions of the
@@ -29,7 +29,7 @@ few batch rows (``batches``: the first offset, the count, the largest timestamp,
 timestamps and lengths packed as int64, the keys and values concatenated), at most
 ``BATCH_MAX_MESSAGES`` messages and ``BATCH_MAX_BYTES`` of keys and values each (one
 larger message gets a batch of its own). One row per message cost a b-tree insert into
-the table and two indexes per message, more than twice the CPU. A poll reads the batch
+the table and two indexes per message, and an interpreter-lock round trip per row. A poll reads the batch
 holding its position and the ones after it; a time seek finds the first batch whose
 largest timestamp reaches T (an index), then the first message in it that does. Schema
 version 1 (one row per message) is converted in place, in one transaction, when opened.

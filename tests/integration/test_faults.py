@@ -4,8 +4,8 @@ Every stage runs as ``python -m shadowreplay.cli collect|replay`` so it can be S
 SIGSTOPped or starved of disk; clients are the project's own acking forward client
 (collector/forward_client.py); backends are bench/backend.py in another process, counting
 each replayed request by its X-Shadow-Replay id. Each test prints one ``RELIABILITY``
-line with its figures (run with ``-s`` to see them; the README's Reliability table comes
-from them). The guarantee under test is at-least-once: duplicates are allowed, counted
+line with its figures (run with ``-s`` to see them; docs/reliability.md describes
+each fault and what it requires). The guarantee under test is at-least-once: duplicates are allowed, counted
 and bounded; a loss fails the test.
 """
 

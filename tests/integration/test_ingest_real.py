@@ -1,4 +1,4 @@
-"""Real access logs, end to end: real nginx (README's LTSV log_format with its default
+"""Real access logs, end to end: real nginx (docs/ingest.md's LTSV log_format with its default
 escaping, and ``combined``) and real Apache write the logs, ``shadowreplay tail`` ships
 them to a real collector, the replayer sends the records to a raw-socket backend — and
 the bytes that arrive are the bytes the client sent to the web server."""
@@ -109,7 +109,7 @@ async def test_nginx_logs_keep_every_byte_from_client_to_replay(tmp_path: Path, 
             assert rec.method == sent.method
             assert to_bytes(rec.target) == sent.target
             assert to_bytes(rec.header("User-Agent") or "") == sent.agent
-            if fmt == "ltsv" and sent.body:  # README's LTSV format logs $request_body
+            if fmt == "ltsv" and sent.body:  # docs/ingest.md's LTSV format logs $request_body
                 assert rec.body == sent.body and len(rec.body) in (9, 256)
 
         await _replay(collector.bus, records[0].ts, backend.url)

@@ -179,7 +179,7 @@ def test_combined_lines_give_back_the_bytes(escape: Callable[[bytes], bytes], re
 
 @given(body=st.binary(max_size=300), agent=st.binary(max_size=60))
 def test_ltsv_with_nginx_default_escaping_gives_back_the_bytes(body: bytes, agent: bytes) -> None:
-    # README's LTSV log_format has no escape=: nginx's default escaping (a tab is \x09).
+    # docs/ingest.md's LTSV log_format has no escape=: nginx's default escaping (a tab is \x09).
     line = b"msec:1.5\trequest_body:" + nginx_default_escape(body) + b"\thttp_user_agent:" + nginx_default_escape(agent)
     rec = parse_ltsv_line(as_logged(line))
     assert as_bytes(rec["request_body"]) == body and as_bytes(rec["http_user_agent"]) == agent
