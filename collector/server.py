@@ -33,6 +33,7 @@ from collector.commit import GroupCommit
 from collector.formats import LogFormat, make_format
 from collector.forward import ForwardDecoder, Frame, encode_ack
 from collector.handshake import Handshake, Secrets
+from collector.sequence import IngestClock, stamping
 from collector.metrics import AUTH_REASONS, CollectorMetrics
 from collector.tls import server_context
 from shadowreplay.bus.aio import AsyncProducer
@@ -79,6 +80,7 @@ class CollectorServer:
         self._topic = topic
         self._metrics = metrics
         self._format = make_format(config.format, config.fields, config.redact)
+        self._clock = IngestClock()  # stamps each record's seq (log order of equal times)
         self._commit = GroupCommit(producer, topic)
         security = config.security
         self._secrets: Secrets | None = None
@@ -278,7 +280,7 @@ class _Connection:
         self._server = server
         self._metrics = server._metrics
         self._format: LogFormat = server._format
-        self._to_bus: Callable[[str, int, dict[Any, Any]], Item] = server._format.to_bus
+        self._to_bus: Callable[[str, int, dict[Any, Any]], Item] = stamping(server._format.to_bus, server._clock)
         self._reader = reader
         self._writer = writer
         self._task = task

@@ -78,6 +78,10 @@ class RequestRecord:
     body: bytes | None = None
     client: str | None = None
     origin: Origin | None = None
+    # The collector's ingest clock (ns since the epoch, strictly increasing within one
+    # collector process): the log order of records whose ``ts`` is equal. None when the
+    # producer set none (then offset order stands in).
+    seq: int | None = None
 
     @property
     def path(self) -> str:
@@ -97,7 +101,7 @@ class RequestRecord:
         return (self.client or self.id).encode()
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "id": self.id,
             "ts": self.ts,
@@ -111,6 +115,9 @@ class RequestRecord:
             "client": self.client,
             "origin": self.origin.to_wire() if self.origin is not None else None,
         }
+        if self.seq is not None:  # absent, not null: records without one encode as before
+            wire["seq"] = self.seq
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> RequestRecord:
@@ -132,6 +139,7 @@ class RequestRecord:
             body=_unb64(obj.get("body"), "body"),
             client=_opt(obj, "client", str),
             origin=Origin.from_wire(obj.get("origin")),
+            seq=_opt(obj, "seq", int),
         )
 
 
@@ -271,11 +279,12 @@ def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecor
     orjson decodes them), or None: then the general path decides (and names the fault)."""
     get = obj.get
     id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
-    tag, scheme, host, client = get("tag"), get("scheme"), get("host"), get("client")
+    tag, scheme, host, client, seq = get("tag"), get("scheme"), get("host"), get("client"), get("seq")
     if not (
         type(id_) is str and type(ts) is int and type(method) is str and type(target) is str
         and (tag is None or type(tag) is str) and (scheme is None or type(scheme) is str)
         and (host is None or type(host) is str) and (client is None or type(client) is str)
+        and (seq is None or type(seq) is int)
     ):
         return None
     wire_headers = get("headers")
@@ -306,6 +315,7 @@ def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecor
         body=None if body is None else _unb64(body, "body"),
         client=client,
         origin=None if origin is None else Origin.from_wire(origin),
+        seq=seq,
     )
 
 
