@@ -16,10 +16,12 @@ back as a ``Response`` whose ``error`` names the kind and whose ``status`` is No
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
@@ -181,6 +183,24 @@ class TargetClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def as_sent(self, record: RequestRecord) -> RequestRecord:
+        """``record`` as this target gets it (what a result records): the request-target
+        on the wire (the target URL's path prefix + the logged one), Host first (the
+        target's unless kept), the headers after the safety rewrites of
+        ``outgoing_headers``, and Content-Length when a body goes out."""
+        parts = urlsplit(self.base_url)
+        default = 443 if parts.scheme == "https" else 80
+        name = parts.hostname or ""
+        name = f"[{name}]" if ":" in name else name
+        authority = name if (parts.port or default) == default else f"{name}:{parts.port}"
+        host = (logged_host(record) if self._keep_host else "") or authority
+        headers = [("Host", host), *outgoing_headers(record, keep_host=False)]
+        body = record.body
+        if body or (body is not None and record.method in ("POST", "PUT", "PATCH")):
+            headers.append(("Content-Length", str(len(body))))
+        target = parts.path.rstrip("/") + origin_form(record.target)
+        return dataclasses.replace(record, host=host, target=target, headers=tuple(headers))
 
     async def send(self, record: RequestRecord) -> Response:
         """Replay ``record`` on this target. Never raises for network or HTTP failures."""

@@ -1,8 +1,11 @@
 """``replay --workers N``: N replayer processes on this machine, one consumer group.
 
-The parent publishes the group's anchor on the bus (unless ``--anchor bus``: then the
-one ``replay start`` set is used), starts N children with ``--anchor bus`` so they all
-schedule from it, forwards SIGINT/SIGTERM to them and waits. Each child has its own
+The parent makes sure the group has an anchor on the bus (unless ``--anchor bus``: then
+the one in force is used): the one in force if still in use (``replay start``'s, or a
+running group's), else it claims one a little ahead, so the children have time to join.
+It starts N children with ``--anchor bus`` so they all schedule from it (or, when the
+group has nothing to replay yet, with ``--anchor auto``: the first to get records claims
+it), forwards SIGINT/SIGTERM to them and waits. Each child has its own
 event loop and serves its own ``/metrics`` on consecutive ports (``metrics.listen``
 port + i; port 0: each picks a free one).
 
@@ -22,7 +25,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from replayer.control import start_anchor
+from replayer.control import ensure_anchor
 from shadowreplay.bus import open_bus
 from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig, parse_hostport
 from shadowreplay.errors import ConfigError
@@ -68,7 +71,7 @@ def worker_share(r: ReplayerConfig, worker: str) -> ReplayerConfig:
                                targets=dataclasses.replace(r.targets, **targets))
 
 
-def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
+def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config, anchor: str = "bus") -> list[str]:
     """The command line of child ``i``: the parent's, with its own metrics port and anchor,
     and ``--worker i/n`` (its share of the rate and concurrency)."""
     out: list[str] = []
@@ -83,7 +86,7 @@ def child_argv(argv: Sequence[str], i: int, n: int, cfg: Config) -> list[str]:
             continue
         out.append(arg)
     host, port = parse_hostport(cfg.metrics.listen, "metrics.listen")
-    out += ["--workers", "1", "--anchor", "bus", "--metrics-listen", f"{host}:{port + i if port else 0}",
+    out += ["--workers", "1", "--anchor", anchor, "--metrics-listen", f"{host}:{port + i if port else 0}",
             "--worker", f"{i}/{n}"]
     return out
 
@@ -92,18 +95,20 @@ def run_workers(cfg: Config, argv: Sequence[str]) -> int:
     """Run ``cfg.replayer.workers`` children; their highest exit status is returned."""
     n = cfg.replayer.workers
     check_split(cfg.replayer, n)
+    mode = "bus"
     if cfg.replayer.anchor != "bus":
         kind = "kafka" if cfg.bus.url.startswith("kafka://") else "sqlite"
         bus = open_bus(cfg.bus.url, cfg.bus.partitions)
         try:
             bus.ensure_topic(cfg.bus.requests_topic, cfg.bus.partitions)
             bus.ensure_topic(cfg.bus.results_topic, cfg.bus.partitions)
-            start_anchor(bus, cfg.bus.requests_topic, cfg.replayer,
-                         lead_seconds=max(LEAD_SECONDS[kind], cfg.replayer.lead_seconds))
+            if ensure_anchor(bus, cfg.bus.requests_topic, cfg.replayer,
+                             lead_seconds=max(LEAD_SECONDS[kind], cfg.replayer.lead_seconds)) is None:
+                mode = "auto"
         finally:
             bus.close()
     children = [
-        subprocess.Popen([sys.executable, "-m", "shadowreplay.cli", *child_argv(argv, i, n, cfg)])
+        subprocess.Popen([sys.executable, "-m", "shadowreplay.cli", *child_argv(argv, i, n, cfg, mode)])
         for i in range(n)
     ]
     log.info("started %d replayer workers: pids %s; each takes 1/%d of the rate and of the concurrency cap",

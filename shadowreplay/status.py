@@ -30,6 +30,9 @@ SAMPLES = {
     "shadow_replay_inflight": "inflight",
     "shadow_compare_compared_total": "compared",
     "shadow_compare_matched_total": "matched",
+    "shadow_replay_dropped_total": "dropped",
+    "shadow_replay_skipped_total": "skipped",
+    "shadow_replay_late_total": "late",
 }
 
 
@@ -46,6 +49,9 @@ class Snapshot:
     inflight: float = 0.0
     compared: float = 0.0
     matched: float = 0.0
+    dropped: float = 0.0
+    skipped: float = 0.0
+    late: float = 0.0
 
 
 def snapshot(registry: CollectorRegistry, at: float | None = None) -> Snapshot:
@@ -78,6 +84,10 @@ def format_status(prev: Snapshot, cur: Snapshot) -> str:
     ]
     if cur.rejected:
         parts.append(f"rejected {cur.rejected:.0f}")
+    # Records the replayer did not send on time, or at all (late counts dropped ones too).
+    for name in ("late", "dropped", "skipped"):
+        if getattr(cur, name):
+            parts.append(f"{name} {getattr(cur, name):.0f}")
     return " · ".join(parts)
 
 
