@@ -258,6 +258,7 @@ class Replayer:
             # by some of the window's own: read from there, skip what is before it.
             await self._consumer.seek_to_time(self._window_from - self._lateness_ns)
         if self.anchor is not None:
+            self._log_anchor(self.anchor)
             self._start_pacer(self.anchor)
         scheduler = asyncio.create_task(self._schedule_loop(), name="replayer-scheduler")
         flusher = asyncio.create_task(self._flush_loop(), name="replayer-flusher")
@@ -531,13 +532,17 @@ class Replayer:
 
     def _anchored(self, anchor: Anchor) -> None:
         self.anchor = anchor
-        log.info("schedule anchored: log %d ns -> wall %d ns at speed %s",
-                 anchor.log_t0_ns, anchor.wall_t0_ns, anchor.speed)
+        self._log_anchor(anchor)
         self._start_pacer(anchor)
         buffered, self._prebuffer = self._prebuffer, []
         for record, slot in buffered:
             if not slot.dropped:
                 self._push(record, slot)
+
+    @staticmethod
+    def _log_anchor(anchor: Anchor) -> None:
+        log.info("schedule anchored: log %d ns -> wall %d ns at speed %s",
+                 anchor.log_t0_ns, anchor.wall_t0_ns, anchor.speed)
 
     def _start_pacer(self, anchor: Anchor) -> None:
         cfg = self._config

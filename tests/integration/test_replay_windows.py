@@ -11,7 +11,6 @@ minutes.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -160,8 +159,3 @@ async def test_without_lateness_a_disordered_log_loses_records(bus_url: str, uni
     total = sum(len(ids) for ids in sent)
     inside = sum(1 for ts, _ in lines if windows[0][0] <= ts < windows[-1][1])
     assert total < inside
-
-
-def test_the_default_lateness_is_several_minutes() -> None:
-    assert ReplayerConfig().lateness_seconds >= 180
-    assert dataclasses.replace(ReplayerConfig(), lateness_seconds=5).lateness_seconds == 5
