@@ -140,6 +140,13 @@ class TargetClient:
         self.concurrency = concurrency
         self._tls_verify = tls_verify
         self.base_url = base_url
+        # The Host and path prefix a request to this target carries (see as_sent).
+        parts = urlsplit(base_url)
+        name = parts.hostname or ""
+        name = f"[{name}]" if ":" in name else name
+        port, default = parts.port, 443 if parts.scheme == "https" else 80
+        self._authority = name if port in (None, default) else f"{name}:{port}"
+        self._prefix = parts.path.rstrip("/")
         self._timeout_seconds = timeout_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_body_bytes = max_body_bytes
@@ -189,18 +196,13 @@ class TargetClient:
         on the wire (the target URL's path prefix + the logged one), Host first (the
         target's unless kept), the headers after the safety rewrites of
         ``outgoing_headers``, and Content-Length when a body goes out."""
-        parts = urlsplit(self.base_url)
-        default = 443 if parts.scheme == "https" else 80
-        name = parts.hostname or ""
-        name = f"[{name}]" if ":" in name else name
-        authority = name if (parts.port or default) == default else f"{name}:{parts.port}"
-        host = (logged_host(record) if self._keep_host else "") or authority
+        host = (logged_host(record) if self._keep_host else "") or self._authority
         headers = [("Host", host), *outgoing_headers(record, keep_host=False)]
         body = record.body
         if body or (body is not None and record.method in ("POST", "PUT", "PATCH")):
             headers.append(("Content-Length", str(len(body))))
-        target = parts.path.rstrip("/") + origin_form(record.target)
-        return dataclasses.replace(record, host=host, target=target, headers=tuple(headers))
+        return dataclasses.replace(record, host=host, target=self._prefix + origin_form(record.target),
+                                   headers=tuple(headers))
 
     async def send(self, record: RequestRecord) -> Response:
         """Replay ``record`` on this target. Never raises for network or HTTP failures."""
