@@ -16,7 +16,6 @@ back as a ``Response`` whose ``error`` names the kind and whose ``status`` is No
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import ssl
 import time
@@ -201,8 +200,10 @@ class TargetClient:
         body = record.body
         if body or (body is not None and record.method in ("POST", "PUT", "PATCH")):
             headers.append(("Content-Length", str(len(body))))
-        return dataclasses.replace(record, host=host, target=self._prefix + origin_form(record.target),
-                                   headers=tuple(headers))
+        # Built field by field: dataclasses.replace costs three times as much, once per request.
+        return RequestRecord(record.id, record.ts, record.method, self._prefix + origin_form(record.target),
+                             record.tag, record.scheme, host, tuple(headers), record.body, record.client,
+                             record.origin, record.seq)
 
     async def send(self, record: RequestRecord) -> Response:
         """Replay ``record`` on this target. Never raises for network or HTTP failures."""
