@@ -366,10 +366,13 @@ class KafkaBusConsumer:
         owned = list(self._consumer.assignment())
         self._consumer.pause(*owned)
         try:
-            self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=1)
+            taken = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=1)
         finally:
             self._consumer.resume(*(tp for tp in owned if tp in self._consumer.assignment()))
-            # Partitions gained during this poll start unpaused (they are new state).
+        for tp, records in taken.items():
+            # A partition gained during this poll was not paused: give back what it read.
+            if records and tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
         fresh = self._take_fresh()
         if fresh and self._min_ts is not None:
             self._seek(sorted(fresh), self._min_ts, keep_committed=True)
@@ -412,9 +415,14 @@ class KafkaBusConsumer:
         owed = {tp: om for tp, om in self._owed.items() if tp in revoked}
         if not owed:
             return
-        coordinator = self._consumer._coordinator
+        commit = getattr(getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async", None)
+        if commit is None:  # kafka-python's internals changed: say what is not committed
+            log.warning("kafka bus: group %s: cannot commit before a rebalance with this kafka-python; %s "
+                        "not committed, their next owner replays from the offsets committed before",
+                        self.group, _describe(owed))
+            return
         try:
-            await coordinator._commit_offsets_sync_async(owed, timeout_ms=self._timeout_ms)
+            await commit(owed, timeout_ms=self._timeout_ms)
         except KafkaError as exc:
             log.warning("kafka bus: group %s: could not commit %s before giving the partitions up (%s): "
                         "their next owner replays from the offsets committed before", self.group,
