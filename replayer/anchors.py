@@ -28,7 +28,7 @@ import orjson
 from replayer.schedule import Anchor
 from shadowreplay.bus import read_to_end
 from shadowreplay.bus.base import Bus, Message
-from shadowreplay.errors import ConfigError
+from shadowreplay.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,13 @@ class AnchorStore:
             producer.close()
 
     def _read_all(self) -> list[Message]:
-        reader = self._bus.reader([self._topic])
         try:
-            out = [m for batch in read_to_end(reader) for m in batch]
-        finally:
-            reader.close()
+            reader = self._bus.reader([self._topic])
+            try:
+                out = [m for batch in read_to_end(reader) for m in batch]
+            finally:
+                reader.close()
+        except BusError as exc:  # never a silent local anchor: say which read failed
+            raise BusError(f"cannot read the replay anchors on {self._topic!r}: {exc}", retriable=exc.retriable) from exc
         out.sort(key=lambda m: m.offset)
         return out

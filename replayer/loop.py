@@ -98,6 +98,9 @@ ANCHOR_WAIT_SECONDS = 0.5
 WINDOW_IDLE_EXIT_SECONDS = 2.0
 # The gap cutter reads the log at most this far (log time) past what the scheduler asked for.
 TIMELINE_AHEAD_SECONDS = 600.0
+# While the group rebalances, the scheduler looks again this often; one log line per rebalance.
+REBALANCE_WAIT_SECONDS = 0.05
+REBALANCE_LOG_SECONDS = 5.0
 
 _Item = tuple[bytes | None, bytes, int | None]
 _TP = tuple[str, int]
@@ -219,6 +222,8 @@ class Replayer:
         self._capacity = asyncio.Event()  # a commit freed room for more polling
         self._closing = False
         self._skip_logged: set[str] = set()
+        self._rebalance_noted = -REBALANCE_LOG_SECONDS
+        self._held = False  # sends held across a rebalance (see _schedule_loop)
         self._failure: BaseException | None = None
         # Metric children looked up once, not per request.
         self._ok: dict[str, Counter] = {n: metrics.requests.labels(target=n, outcome="ok") for n in self._names}
@@ -345,7 +350,7 @@ class Replayer:
                 continue
             messages = await self._poll(min(POLL_MAX_RECORDS, room))
             now = time.monotonic()
-            if now >= next_assignment_check or self.anchor is None:
+            if now >= next_assignment_check or self.anchor is None or self._held:
                 next_assignment_check = now + ASSIGNMENT_CHECK_SECONDS
                 await self._check_assignment()
             if messages:
@@ -383,15 +388,20 @@ class Replayer:
             return []
 
     async def _check_assignment(self) -> None:
+        # Assignments change only inside a poll, and the poll loop (this caller) is the only
+        # one polling: a group settled before this read is settled for the assignment read.
+        settled = not self._consumer.rebalancing()
         assigned = set(await self._consumer.assignment())
-        if assigned == self._assigned:
-            return
-        lost = self._assigned - assigned
-        self._assigned = assigned
-        self._metrics.assigned_partitions.set(len(assigned))
-        log.info("replayer owns partitions %s", sorted(p for _, p in assigned))
-        if lost:
-            self._forget(lost)
+        if assigned != self._assigned:
+            lost = self._assigned - assigned
+            self._assigned = assigned
+            self._metrics.assigned_partitions.set(len(assigned))
+            log.info("replayer owns partitions %s", sorted(p for _, p in assigned))
+            if lost:
+                self._forget(lost)
+        if settled and self._held:
+            self._held = False
+            self._kick()
 
     def _forget(self, lost: set[_TP]) -> None:
         """Drop what is buffered for partitions this member no longer owns."""
@@ -632,6 +642,15 @@ class Replayer:
             if remaining > EARLY_TOLERANCE_NS:
                 await self._sleep(remaining / 1e9)  # timers may fire early: the loop re-checks
                 continue
+            if self._held or self._consumer.rebalancing():
+                # The group is moving partitions: what is sent now may belong to one this
+                # member loses, and its commit would not land, so its next owner would send
+                # it again. Hold on until the partitions are dealt and the lost ones
+                # forgotten (_check_assignment); what was due meanwhile goes out late.
+                self._held = True
+                self._note_rebalance()
+                await self._sleep(REBALANCE_WAIT_SECONDS)
+                continue
             # Due: wait for a slot first. A request that had to wait for one is over the
             # concurrency cap, and that is never a reason to drop it (it is sent late).
             waited = self._sem.locked()
@@ -661,6 +680,12 @@ class Replayer:
             task = asyncio.create_task(self._replay(record, slot, due))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _note_rebalance(self) -> None:
+        now = time.monotonic()
+        if now - self._rebalance_noted > REBALANCE_LOG_SECONDS:
+            log.info("the group is rebalancing: sends held until its partitions are dealt")
+        self._rebalance_noted = now
 
     def _warn_stale_anchor(self, late_seconds: float) -> None:
         assert self.anchor is not None

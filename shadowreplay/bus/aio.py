@@ -111,6 +111,10 @@ class AsyncConsumer(_OnOwnThread):
         """A read of the consumer's own state (no bus call): safe from the event loop."""
         return self._consumer.joined()
 
+    def rebalancing(self) -> bool:
+        """As ``joined``: a read of the consumer's own state."""
+        return self._consumer.rebalancing()
+
     async def close(self) -> None:
         await self._call(self._consumer.close)
         self._shutdown()

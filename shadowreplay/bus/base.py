@@ -81,6 +81,12 @@ class Consumer(Protocol):
         """Whether this member has joined its group: its assignment (possibly empty) is
         known, and ``assignment()`` says what it owns."""
 
+    def rebalancing(self) -> bool:
+        """Whether the group is moving partitions right now and this member does not yet
+        know which it keeps: work done meanwhile on what it polled may not be committable
+        (Kafka refuses commits until the group has settled), so its next owner would do it
+        again. Callers hold back new work while it is True."""
+
     def commit(self, messages: Sequence[Message]) -> None:
         """Mark ``messages`` done: each of their partitions' committed offset becomes
         the highest offset given + 1. Call only when all earlier messages of those

@@ -283,17 +283,23 @@ class _Listener(AsyncConsumerRebalanceListener):
     def __init__(self, owner: KafkaBusConsumer) -> None:
         self._owner = owner
         self.joined = False
+        # From the revocation to the next assignment: the partitions this member had may
+        # go to another, and nothing it commits meanwhile lands (see Consumer.rebalancing).
+        self.rebalancing = False
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.rebalancing = True
         await self._owner._commit_before_revoke(set(revoked))
 
     async def on_partitions_lost(self, lost: Any) -> None:
         # Evicted (a session timeout): the broker already gave them away, no commit can land.
+        self.rebalancing = True
         self._owner._lost(set(lost))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.joined = True
         self._owner._forget_unowned(set(assigned))
+        self.joined = True
+        self.rebalancing = False
 
 
 # Commit errors that mean "the group is changing": the offsets are kept and committed
@@ -472,6 +478,9 @@ class KafkaBusConsumer:
 
     def joined(self) -> bool:
         return self._listener.joined
+
+    def rebalancing(self) -> bool:
+        return self._listener.rebalancing
 
     def close(self) -> None:
         with self._lock:

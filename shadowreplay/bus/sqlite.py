@@ -742,6 +742,11 @@ class SqliteConsumer:
         """True from the first poll on: its rebalance step deals this member its partitions."""
         return self._joined
 
+    def rebalancing(self) -> bool:
+        """Never: a partition changes hands only once its owner has let go of it, and a
+        commit made by a member that just let go still lands."""
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
