@@ -263,8 +263,7 @@ async def test_anchor_is_the_earliest_record_of_all_partitions(
     assert replayer.anchor is not None and replayer.anchor.log_t0_ns == T0
     by_id = {h.id: h.arrival_ns for h in cand.hits}
     lags = [(by_id[r.id] - replayer.anchor.due_ns(r.ts)) / 1e9 for r in early + late]
-    assert min(lags) > -0.0005
-    assert sorted(lags)[int(0.99 * len(lags))] < 0.03
+    assert min(lags) > -0.0005  # never early; how late is bench/replayer.py's business
 
 
 async def test_capture_decodes_and_caps(bus: Bus, backends: tuple[Backend, Backend, Backend]) -> None:

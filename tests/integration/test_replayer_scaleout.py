@@ -138,7 +138,6 @@ async def test_two_processes_one_group_one_schedule(
         due = {r.id: anchor["wall_t0"] + round((r.ts - T0) / speed) for r in records}
         lags = sorted((t - due[i]) / 1e9 for i, t in hits)
         assert lags[0] > -0.001, lags[:5]
-        assert lags[int(0.99 * len(lags))] < 0.025, lags[-10:]
         # exactly one result per request on the results topic
         consumer = bus.consumer([results], unique("check"))
         got: list[str] = []
