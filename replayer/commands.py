@@ -34,13 +34,20 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
                    help="per-request timeout (default 10)")
     g.add_argument("--from", metavar="TIME", dest="window_from",
                    help="replay from TIME: ISO 8601, epoch seconds or relative (--from=-1h: note the =)")
-    g.add_argument("--to", metavar="TIME", dest="window_to", help="stop at TIME (same forms)")
+    g.add_argument("--to", metavar="TIME", dest="window_to",
+                   help="stop at TIME (same forms); consecutive windows --from A --to B, --from B --to C "
+                        "replay every record once")
+    g.add_argument("--lateness", type=float, metavar="SECONDS", dest="lateness_seconds",
+                   help="how far out of time order the log may be (default 300): a window reads this far "
+                        "before --from and past --to so that no record of it is missed")
     g.add_argument("--follow", action="store_true", default=None,
                    help="after catching up at N×, follow real time (live replay)")
     g.add_argument("--max-gap-seconds", type=float, metavar="S", help="cut idle gaps in the schedule to S seconds")
     g.add_argument("--late-policy", choices=("send", "drop"), help="what to do with late records (default send)")
     g.add_argument("--anchor", choices=("auto", "bus", "local"),
-                   help="schedule anchor: the group's from the bus (`replay start`), or this process's own")
+                   help="schedule anchor: auto (default): the group's on the bus, claimed by the first replayer "
+                        "if none is in force; bus: wait for the group's (e.g. from `replay start`); local: this "
+                        "process's own, shared with nobody")
     g.add_argument("--methods", metavar="M,M", help="methods allowed (default GET,HEAD,OPTIONS)")
     g.add_argument("--keep-host", action="store_true", default=None, help="send the logged Host header")
     g.add_argument("--insecure", action="store_true", help="do not verify the targets' TLS certificates")
@@ -94,6 +101,7 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         timeout_seconds=getattr(args, "timeout_seconds", None),
         window_from=getattr(args, "window_from", None),
         window_to=getattr(args, "window_to", None),
+        lateness_seconds=getattr(args, "lateness_seconds", None),
         follow=getattr(args, "follow", None),
         max_gap_seconds=getattr(args, "max_gap_seconds", None),
         late_policy=getattr(args, "late_policy", None),

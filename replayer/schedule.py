@@ -11,8 +11,10 @@ Two layers:
   It is a pure function of its fields, which is what several processes share.
 * ``Pacer`` is applied in dispatch order on top of it: ``--rate`` (open model: request
   i is due ``i / rate`` after the previous pacing base, never earlier than the speed
-  schedule allows) and ``--max-gap-seconds`` (an idle gap longer than the cap is cut to
-  the cap; the cut shifts every later due time by the same amount).
+  schedule allows).
+
+``--max-gap-seconds`` is not a per-process matter: the cuts come from the whole group's
+log (``replayer/gaps.py``) and enter here as the ``shift_ns`` of ``Anchor.due_ns``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ EARLY_TOLERANCE_NS = 200_000
 LATE_AFTER_NS = 10_000_000
 # Default head start given to a replay anchored "now", so the first records are not late.
 DEFAULT_LEAD_SECONDS = 0.05
+# Under an anchor, a first record due this long ago means the anchor is left over from
+# an earlier replay (a claimed one is then replaced; see replayer/control.py).
+STALE_ANCHOR_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,20 @@ class Anchor:
         if self.follow_delay_ns is not None and self.follow_delay_ns < 0:
             raise ConfigError("replayer.follow_delay_seconds: must be >= 0")
 
-    def due_ns(self, ts_ns: int) -> int:
-        """The wall time (ns since epoch) at which the record logged at ``ts_ns`` is due."""
-        num, den = self._ratio  # type: ignore[attr-defined]
-        delta = ts_ns - self.log_t0_ns
-        due = self.wall_t0_ns + (2 * delta * den + num) // (2 * num)
+    def due_ns(self, ts_ns: int, shift_ns: int = 0) -> int:
+        """The wall time (ns since epoch) at which the record logged at ``ts_ns`` is due;
+        ``shift_ns``: idle time cut from the schedule before it (``--max-gap-seconds``)."""
+        due = self.wall_t0_ns + self.wall_delta_ns(ts_ns - self.log_t0_ns) - shift_ns
         if self.follow_delay_ns is not None and self.speed > 1:
             live = ts_ns + self.follow_delay_ns
             if live > due:  # the speed schedule has caught up with the present
                 return live
         return due
+
+    def wall_delta_ns(self, log_delta_ns: int) -> int:
+        """How long ``log_delta_ns`` of log takes to replay (rounded to the ns, exactly)."""
+        num, den = self._ratio  # type: ignore[attr-defined]
+        return (2 * log_delta_ns * den + num) // (2 * num)
 
     def catch_up_log_ns(self) -> int | None:
         """With follow: the log time from which records are due in real time, else None."""
@@ -113,19 +122,18 @@ class Anchor:
 
 
 class Pacer:
-    """Rate pacing and gap capping, applied to speed-schedule due times in dispatch order.
+    """Rate pacing, applied to speed-schedule due times in dispatch order.
 
     ``peek(base)`` says when the next record (whose speed-schedule due time is ``base``)
-    is due without changing anything; ``take(base)`` says the same and advances. With
-    neither a rate nor a gap cap both return ``base``. ``ceiling=False`` (a rate without
-    a speed): the speed schedule only orders the records, the rate alone times them.
+    is due without changing anything; ``take(base)`` says the same and advances. Without
+    a rate both return ``base``. ``ceiling=False`` (a rate without a speed): the speed
+    schedule only orders the records, the rate alone times them.
     """
 
     def __init__(
         self,
         *,
         rate: float = 0.0,
-        max_gap_ns: int = 0,
         rate_t0_ns: int | None = None,
         ceiling: bool = True,
     ) -> None:
@@ -133,29 +141,19 @@ class Pacer:
             raise ConfigError("replayer.speed: 0 (no speed ceiling) needs a rate")
         if rate < 0:
             raise ConfigError("replayer.rate: must be >= 0")
-        if max_gap_ns < 0:
-            raise ConfigError("replayer.max_gap_seconds: must be >= 0")
         self.rate = rate
-        self.max_gap_ns = max_gap_ns
         self.ceiling = ceiling
-        self.shift_ns = 0  # total idle time cut so far
-        self._last_due: int | None = None
         # Rate pacing: the k-th record after the base is due at base + k / rate (absolute).
         self._rate_base: int | None = rate_t0_ns
         self._rate_count = 0
 
-    def _compute(self, base_ns: int) -> tuple[int, int, int | None, int]:
-        """(due, shift, rate base, rate count of the record after this one)."""
-        shift = self.shift_ns
+    def _compute(self, base_ns: int) -> tuple[int, int | None, int]:
+        """(due, rate base, rate count of the record after this one)."""
         if not self.ceiling:
             first = base_ns if self._rate_base is None else self._rate_base
             count = self._rate_count
-            return first + round(count * 1e9 / self.rate), shift, first, count + 1
-        due = base_ns - shift
-        if self.max_gap_ns and self._last_due is not None and due - self._last_due > self.max_gap_ns:
-            cut = due - self._last_due - self.max_gap_ns
-            shift += cut
-            due -= cut
+            return first + round(count * 1e9 / self.rate), first, count + 1
+        due = base_ns
         rate_base, count = self._rate_base, self._rate_count
         if self.rate > 0:
             paced = due if rate_base is None else rate_base + round(count * 1e9 / self.rate)
@@ -164,19 +162,18 @@ class Pacer:
                 rate_base, count, paced = due, 0, due
             due = paced
             count += 1
-        return due, shift, rate_base, count
+        return due, rate_base, count
 
     @property
     def trivial(self) -> bool:
-        """Neither a rate nor a gap cap: every due time is the speed schedule's."""
-        return self.rate <= 0 and not self.max_gap_ns
+        """No rate: every due time is the speed schedule's."""
+        return self.rate <= 0
 
     def peek(self, base_ns: int) -> int:
         return self._compute(base_ns)[0]
 
     def take(self, base_ns: int) -> int:
-        due, self.shift_ns, self._rate_base, self._rate_count = self._compute(base_ns)
-        self._last_due = due
+        due, self._rate_base, self._rate_count = self._compute(base_ns)
         return due
 
 

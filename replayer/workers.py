@@ -1,10 +1,13 @@
 """``replay --workers N``: N replayer processes on this machine, one consumer group.
 
-The parent publishes the group's anchor on the bus (unless ``--anchor bus``: then the
-one ``replay start`` set is used), starts N children with ``--anchor bus`` so they all
-schedule from it, forwards SIGINT/SIGTERM to them and waits. Each child has its own
-event loop; how it serves ``/metrics`` is the caller's ``ChildMetrics`` (the CLI's:
-on a socket the parent bound, the parent serving them all on ``--metrics-listen``, see
+The parent makes sure the group has an anchor on the bus (unless ``--anchor bus``: then
+the one in force is used): the one in force if still in use (``replay start``'s, or a
+running group's), else it claims one a little ahead, so the children have time to join.
+It starts N children with ``--anchor bus`` so they all schedule from it (or, when the
+group has nothing to replay yet, with ``--anchor auto``: the first to get records claims
+it), forwards SIGINT/SIGTERM to them and waits. Each child has its own event loop; how it
+serves ``/metrics`` is the caller's ``ChildMetrics`` (the CLI's: on a socket the parent
+bound, the parent serving them all on ``--metrics-listen``, see
 shadowreplay/workermetrics.py); without one, each child takes a free loopback port.
 
 ``--rate`` and ``--concurrency`` (and each target's own concurrency) stay totals: child i
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Protocol
 
-from replayer.control import start_anchor
+from replayer.control import ensure_anchor
 from shadowreplay.bus import open_bus
 from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig
 from shadowreplay.errors import ConfigError
@@ -81,8 +84,8 @@ def worker_share(r: ReplayerConfig, worker: str) -> ReplayerConfig:
                                targets=dataclasses.replace(r.targets, **targets))
 
 
-def child_argv(argv: Sequence[str], i: int, n: int, metrics_args: Sequence[str]) -> list[str]:
-    """The command line of child ``i``: the parent's, with the bus anchor, ``--worker i/n``
+def child_argv(argv: Sequence[str], i: int, n: int, metrics_args: Sequence[str], anchor: str = "bus") -> list[str]:
+    """The command line of child ``i``: the parent's, with its anchor mode, ``--worker i/n``
     (its share of the rate and concurrency) and ``metrics_args`` (how it serves /metrics)."""
     out: list[str] = []
     skip = False
@@ -95,7 +98,7 @@ def child_argv(argv: Sequence[str], i: int, n: int, metrics_args: Sequence[str])
             skip = "=" not in arg
             continue
         out.append(arg)
-    out += ["--workers", "1", "--anchor", "bus", "--worker", f"{i}/{n}", *metrics_args]
+    out += ["--workers", "1", "--anchor", anchor, "--worker", f"{i}/{n}", *metrics_args]
     return out
 
 
@@ -103,20 +106,22 @@ def run_workers(cfg: Config, argv: Sequence[str], metrics: ChildMetrics | None =
     """Run ``cfg.replayer.workers`` children; their highest exit status is returned."""
     n = cfg.replayer.workers
     check_split(cfg.replayer, n)
+    mode = "bus"
     if cfg.replayer.anchor != "bus":
         kind = "kafka" if cfg.bus.url.startswith("kafka://") else "sqlite"
         bus = open_bus(cfg.bus.url, cfg.bus.partitions)
         try:
             bus.ensure_topic(cfg.bus.requests_topic, cfg.bus.partitions)
             bus.ensure_topic(cfg.bus.results_topic, cfg.bus.partitions)
-            start_anchor(bus, cfg.bus.requests_topic, cfg.replayer,
-                         lead_seconds=max(LEAD_SECONDS[kind], cfg.replayer.lead_seconds))
+            if ensure_anchor(bus, cfg.bus.requests_topic, cfg.replayer,
+                             lead_seconds=max(LEAD_SECONDS[kind], cfg.replayer.lead_seconds)) is None:
+                mode = "auto"
         finally:
             bus.close()
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "shadowreplay.cli",
-             *child_argv(argv, i, n, metrics.child_args(i) if metrics else ["--metrics-listen", "127.0.0.1:0"])],
+             *child_argv(argv, i, n, metrics.child_args(i) if metrics else ["--metrics-listen", "127.0.0.1:0"], mode)],
             pass_fds=metrics.pass_fds() if metrics else (),
         )
         for i in range(n)

@@ -29,7 +29,7 @@ from comparer.metrics import ComparerMetrics
 from comparer.store import DivergenceStore, resolve_store_path
 from comparer.verdict import verdict_rules
 from comparer.web import DivergencePage
-from replayer.control import resolve_anchor
+from replayer.control import GroupSchedule
 from replayer.loop import Replayer
 from replayer.metrics import CONSUMER_LAG as REPLAYER_LAG
 from replayer.metrics import ReplayerMetrics, ScheduleCollector
@@ -235,15 +235,16 @@ class Pipeline:
             self._watch_lag("comparer", consumer, cfg.comparer.group, COMPARER_LAG)
             self._tasks.append(asyncio.create_task(self.comparer.run(self._stage_stop("comparer")), name="comparer"))
         if "replay" in self.stages:
+            # The group's schedule first (read without joining any group), then the one join.
+            schedule = await GroupSchedule.open(bus, cfg.replayer, cfg.bus.requests_topic)
             consumer = await self._consumer([cfg.bus.requests_topic], cfg.replayer.group)
             # Results can be made again (their offsets are committed with them), so their
             # flushes need not survive power loss: see Bus.producer.
             producer = await self._producer(power_safe=False)
-            anchor = await resolve_anchor(bus, cfg.replayer)  # the group's shared anchor, if set
             targets = tuple(name for name in TARGET_NAMES if getattr(cfg.replayer, name))
             self.replayer = Replayer(
                 cfg.replayer, consumer, producer, cfg.bus.results_topic,
-                ReplayerMetrics(self.registry, targets=targets), anchor,
+                ReplayerMetrics(self.registry, targets=targets), schedule=schedule,
             )
             ScheduleCollector(self.registry, self.replayer.schedule_position)
             self._watch_lag("replayer", consumer, cfg.replayer.group, REPLAYER_LAG)
@@ -278,6 +279,9 @@ class Pipeline:
                 )
         if self.bus is not None:
             checks["bus"] = await probe_bus(self.bus)
+        if self._consumers:  # a stage that reads the bus is ready once its group has dealt it partitions
+            joining = [c.group for c in self._consumers if not c.joined()]
+            checks["bus group"] = f"still joining consumer group {', '.join(joining)}" if joining else None
         if "replay" in self.stages:
             r = self.cfg.replayer
             for name in TARGET_NAMES:

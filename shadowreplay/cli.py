@@ -8,8 +8,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,14 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bus = sub.add_parser("bus", help="inspect the bus", description="Inspect the bus.").add_subparsers(
         dest="bus_command", required=True, metavar="SUBCOMMAND")
-    dump = bus.add_parser("dump", help="print a topic's messages as JSON lines (from the beginning)",
-                          description="Print a topic's messages as JSON lines, from the beginning, as a "
-                                      "consumer group of its own (nothing is committed for other groups).")
+    dump = bus.add_parser("dump", help="print a topic's messages as JSON lines, from the beginning to its end "
+                                        "as of now (joins no consumer group)",
+                          description="Print a topic's messages as JSON lines, from the beginning to its end as "
+                                      "of now. It reads the partitions directly: it joins no consumer group and "
+                                      "commits nothing.")
     dump.add_argument("--config", metavar="FILE", help="TOML config file (for bus.url and the partitions)")
     dump.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
     dump.add_argument("--topic", required=True, metavar="T", help="e.g. shadow.requests or shadow.results")
     dump.add_argument("--limit", type=int, default=0, metavar="N", help="stop after N messages (default: all)")
-    dump.add_argument("--idle-seconds", type=float, default=2.0, metavar="S", help="stop when nothing new for S seconds")
+    dump.add_argument("--idle-seconds", type=float, default=10.0, metavar="S",
+                      help="give up with an error when the bus answers nothing for S seconds (default 10)")
     dump.add_argument("--meta", action="store_true", help="wrap each message with partition, offset and timestamp")
 
     # -- collector commands (tail, ...) --
@@ -273,37 +274,34 @@ def _run_workers(cfg: Config, args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) -> int:
-    from shadowreplay.bus import open_bus
+    """Print ``topic``'s messages, read without joining a group, up to its end as of now."""
+    from shadowreplay.bus import open_bus, read_to_end
 
     bus = open_bus(cfg.bus.url, cfg.bus.partitions)
-    consumer = bus.consumer([topic], f"shadowreplay-dump-{uuid.uuid4().hex[:12]}")
-    count = 0
-    last = time.monotonic()
     out = sys.stdout.buffer
+    count = 0
     try:
-        while not limit or count < limit:
-            batch = consumer.poll(max_records=500, timeout_seconds=0.5)
-            if not batch:
-                if time.monotonic() - last > idle_seconds:
+        reader = bus.reader([topic])
+        try:
+            for batch in read_to_end(reader, stall_seconds=max(idle_seconds, 0.5)):
+                for m in batch[: (limit - count) if limit else None]:
+                    if meta:
+                        try:
+                            value = orjson.loads(m.value)
+                        except orjson.JSONDecodeError:
+                            value = m.value.decode("utf-8", "replace")
+                        line = orjson.dumps({"partition": m.partition, "offset": m.offset,
+                                             "timestamp_ns": m.timestamp_ns, "value": value})
+                    else:
+                        line = m.value
+                    out.write(line + b"\n")
+                    count += 1
+                out.flush()
+                if limit and count >= limit:
                     break
-                continue
-            last = time.monotonic()
-            for m in batch[: (limit - count) if limit else None]:
-                if meta:
-                    try:
-                        value = orjson.loads(m.value)
-                    except orjson.JSONDecodeError:
-                        value = m.value.decode("utf-8", "replace")
-                    line = orjson.dumps(
-                        {"partition": m.partition, "offset": m.offset, "timestamp_ns": m.timestamp_ns, "value": value}
-                    )
-                else:
-                    line = m.value
-                out.write(line + b"\n")
-                count += 1
-            out.flush()
+        finally:
+            reader.close()
     finally:
-        consumer.close()
         bus.close()
     return count
 
@@ -311,6 +309,9 @@ def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    from shadowreplay.bus import quiet_client_logs
+
+    quiet_client_logs(logging.getLogger().level)
     try:
         from replayer.commands import use_uvloop_if_asked, wants_dispatch
 

@@ -223,6 +223,12 @@ class TargetOptions:
 
 # The replay targets, in the order results and pages list them.
 TARGET_NAMES = ("candidate", "baseline", "secondary")
+# Request headers the replayer sets or drops whatever the rules say (see README, "These
+# happen whatever the config says"): a rule that sets one could never take effect.
+REPLAY_MANAGED_HEADERS = frozenset({
+    "host", "content-length", "x-forwarded-for", "x-shadow-replay",
+    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+})
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,9 @@ class ReplayerConfig:
     lead_seconds: float = 0.2  # head start of a locally anchored schedule
     window_from: str = ""  # ISO time, epoch seconds or "-1h"; empty: where the group stands
     window_to: str = ""  # same forms; empty: no end
+    # How far out of timestamp order the records of one partition may be: a window seeks
+    # this far before window_from and reads this far past window_to (see docs/replayer.md).
+    lateness_seconds: float = 300.0
     follow: bool = False  # after catching up at N×, follow real time
     follow_delay_seconds: float = 1.0
     anchor: str = "auto"  # auto (bus anchor if set, else local) | bus (wait for one) | local
@@ -647,7 +656,7 @@ def _validate_replayer(r: ReplayerConfig) -> None:
     _validate_streams(r.streams, r.max_body_bytes)
     if r.anchor not in ("auto", "bus", "local"):
         raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
-    for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds"):
+    for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds", "lateness_seconds"):
         if getattr(r, key) < 0:
             raise ConfigError(f"replayer.{key}: must be >= 0")
     if r.workers < 1:
@@ -661,6 +670,15 @@ def _validate_replayer(r: ReplayerConfig) -> None:
     for i, rule in enumerate(r.rules):
         if rule.kind not in known:
             raise ConfigError(f"replayer.rules[{i}].kind: unknown {rule.kind!r} (known: {', '.join(known)})")
+        managed = rule.name.strip().lower()
+        if rule.kind == "set_header" and (managed in REPLAY_MANAGED_HEADERS or managed.startswith("proxy-")):
+            hint = " (keep_host = true sends the logged Host; or point the target URL at the host)" \
+                if managed == "host" else ""
+            raise ConfigError(f"replayer.rules[{i}]: set_header {rule.name!r} cannot take effect: the replayer "
+                              f"sets or drops that header itself{hint}")
+        if rule.kind == "remove_header" and managed in ("host", "content-length", "x-forwarded-for", "x-shadow-replay"):
+            raise ConfigError(f"replayer.rules[{i}]: remove_header {rule.name!r} cannot take effect: the replayer "
+                              "sets that header itself")
         if rule.pattern:
             try:
                 re.compile(rule.pattern)

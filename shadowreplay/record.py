@@ -107,6 +107,10 @@ class RequestRecord:
     body: bytes | None = None
     client: str | None = None
     origin: Origin | None = None
+    # The collector's ingest clock (ns since the epoch, strictly increasing within one
+    # collector process): the log order of records whose ``ts`` is equal. None when the
+    # producer set none (then offset order stands in).
+    seq: int | None = None
 
     @property
     def path(self) -> str:
@@ -131,7 +135,7 @@ class RequestRecord:
         return (self.client or self.id).encode("utf-8", "surrogateescape")
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {
+        wire: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "id": self.id,
             "ts": self.ts,
@@ -145,6 +149,8 @@ class RequestRecord:
             "client": self.client,
             "origin": self.origin.to_wire() if self.origin is not None else None,
         }
+        if self.seq is not None:  # absent, not null: records without one encode as before
+            wire["seq"] = self.seq
         if self.has_raw_bytes():
             add_raw(wire)
         return wire
@@ -171,6 +177,7 @@ class RequestRecord:
             body=_unb64(obj.get("body"), "body"),
             client=_opt(obj, "client", str),
             origin=Origin.from_wire(obj.get("origin")),
+            seq=_opt(obj, "seq", int),
         )
 
 
@@ -390,11 +397,12 @@ def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecor
     if get("raw") is not None:
         return None
     id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
-    tag, scheme, host, client = get("tag"), get("scheme"), get("host"), get("client")
+    tag, scheme, host, client, seq = get("tag"), get("scheme"), get("host"), get("client"), get("seq")
     if not (
         type(id_) is str and type(ts) is int and type(method) is str and type(target) is str
         and (tag is None or type(tag) is str) and (scheme is None or type(scheme) is str)
         and (host is None or type(host) is str) and (client is None or type(client) is str)
+        and (seq is None or type(seq) is int)
     ):
         return None
     wire_headers = get("headers")
@@ -425,6 +433,7 @@ def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecor
         body=None if body is None else _unb64(body, "body"),
         client=client,
         origin=None if origin is None else Origin.from_wire(origin),
+        seq=seq,
     )
 
 

@@ -34,6 +34,9 @@ SAMPLES = {
     "shadow_compare_compared_total": "compared",
     "shadow_compare_matched_total": "matched",
     "shadow_compare_consumer_lag_records": "unread",
+    "shadow_replay_dropped_total": "dropped",
+    "shadow_replay_skipped_total": "skipped",
+    "shadow_replay_late_total": "late",
 }
 STAGES = ("collect", "replay", "compare")
 
@@ -52,6 +55,9 @@ class Snapshot:
     compared: float = 0.0
     matched: float = 0.0
     unread: float = 0.0
+    dropped: float = 0.0
+    skipped: float = 0.0
+    late: float = 0.0
 
 
 def snapshot(registry: CollectorRegistry, at: float | None = None) -> Snapshot:
@@ -84,6 +90,10 @@ def format_status(prev: Snapshot, cur: Snapshot, stages: tuple[str, ...] = STAGE
             f"behind {cur.behind:.2f}s",
             f"inflight {cur.inflight:.0f}",
         ]
+        # Records the replayer did not send on time, or at all (late counts dropped ones too).
+        for name in ("late", "dropped", "skipped"):
+            if getattr(cur, name):
+                parts.append(f"{name} {getattr(cur, name):.0f}")
     if "compare" in stages:
         diverged = cur.compared - cur.matched
         share = f"{100.0 * diverged / cur.compared:.1f}%" if cur.compared else "-"

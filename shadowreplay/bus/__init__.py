@@ -10,12 +10,16 @@ ConfigError. Backends are imported lazily: kafka-python is loaded only for kafka
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qsl
 
-from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, next_positions
+from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader, next_positions, read_to_end
 from shadowreplay.errors import ConfigError
 
-__all__ = ["Bus", "Consumer", "Message", "PartitionLag", "Producer", "next_positions", "open_bus", "parse_options"]
+__all__ = [
+    "Bus", "Consumer", "Message", "PartitionLag", "Producer", "Reader", "next_positions", "open_bus", "parse_options",
+    "quiet_client_logs", "read_to_end",
+]
 
 
 def parse_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, int]:
@@ -55,3 +59,17 @@ def open_bus(url: str, partitions: int = 4) -> Bus:
         options = parse_options(url, query, kafka.OPTIONS)
         return kafka.KafkaBus(url, servers, partitions, **options)
     raise ConfigError(f"bus.url: {url!r} is neither sqlite:///path nor kafka://host:port")
+
+
+def quiet_client_logs(level: int) -> None:
+    """Keep kafka-python's own log lines out of the way below DEBUG.
+
+    It logs every connection step and rebalance at INFO, and each retry of a broker it
+    cannot reach at WARNING and ERROR (dozens of lines before giving up). What matters
+    reaches the user as our own messages: a BusError naming the failure, the consumer's
+    lines about commits and rebalances. So kafka-python logs at WARNING and its network
+    layer not at all, unless ``level`` is DEBUG: then everything.
+    """
+    debug = level <= logging.DEBUG
+    logging.getLogger("kafka").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("kafka.net").setLevel(logging.DEBUG if debug else logging.CRITICAL)

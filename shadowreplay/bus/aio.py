@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer
+from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader
 
 T = TypeVar("T")
 
@@ -91,6 +91,7 @@ class AsyncProducer(_OnOwnThread):
 class AsyncConsumer(_OnOwnThread):
     def __init__(self, bus: Bus, topics: Sequence[str], group: str) -> None:
         super().__init__("bus-consumer")
+        self.group = group
         self._consumer: Consumer = self._executor.submit(bus.consumer, topics, group).result()
 
     async def poll(self, max_records: int = 500, timeout_seconds: float = 0.5) -> list[Message]:
@@ -109,6 +110,33 @@ class AsyncConsumer(_OnOwnThread):
     async def lag(self) -> list[PartitionLag]:
         return await self._call(self._consumer.lag)
 
+    def joined(self) -> bool:
+        """A read of the consumer's own state (no bus call): safe from the event loop."""
+        return self._consumer.joined()
+
+    def rebalancing(self) -> bool:
+        """As ``joined``: a read of the consumer's own state."""
+        return self._consumer.rebalancing()
+
     async def close(self) -> None:
         await self._call(self._consumer.close)
+        self._shutdown()
+
+
+class AsyncReader(_OnOwnThread):
+    """A ``Bus.reader`` on a thread of its own."""
+
+    def __init__(self, reader: Reader) -> None:
+        super().__init__("bus-reader")
+        self._reader = reader
+
+    async def poll(self, max_records: int = 500, timeout_seconds: float = 0.5) -> list[Message]:
+        return await self._call(self._reader.poll, max_records, timeout_seconds)
+
+    async def progress(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int | None]]:
+        """(positions, ends) in one hop to the reader's thread."""
+        return await self._call(lambda: (self._reader.positions(), self._reader.ends()))
+
+    async def close(self) -> None:
+        await self._call(self._reader.close)
         self._shutdown()

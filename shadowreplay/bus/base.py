@@ -13,8 +13,13 @@ The interface is synchronous (kafka-python and sqlite3 both are). Async code use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, Protocol
+
+from shadowreplay.errors import BusError
+
+TP = tuple[str, int]
 
 
 class Message(NamedTuple):
@@ -79,12 +84,29 @@ class Consumer(Protocol):
 
         Messages of one partition come in offset order. Polling again continues after
         the last message returned, whether or not it was committed.
+
+        ``max_records=0`` takes no message: it only keeps the membership alive
+        (heartbeats, taking part in a rebalance) for up to the timeout. A caller that
+        cannot take more messages for a while calls it instead of not polling at all,
+        so the group neither waits for this member nor declares it dead.
         """
+
+    def joined(self) -> bool:
+        """Whether this member has joined its group: its assignment (possibly empty) is
+        known, and ``assignment()`` says what it owns."""
+
+    def rebalancing(self) -> bool:
+        """Whether the group is moving partitions right now and this member does not yet
+        know which it keeps: work done meanwhile on what it polled may not be committable
+        (Kafka refuses commits until the group has settled), so its next owner would do it
+        again. Callers hold back new work while it is True."""
 
     def commit(self, messages: Sequence[Message]) -> None:
         """Mark ``messages`` done: each of their partitions' committed offset becomes
         the highest offset given + 1. Call only when all earlier messages of those
-        partitions are done too."""
+        partitions are done too. A group that is rebalancing may defer the commit: the
+        backend then commits it once the rebalance is over, or before it gives the
+        partitions up, and logs the partitions it could not commit before they moved."""
 
     def seek_to_time(self, timestamp_ns: int) -> None:
         """Position every assigned partition at (or before) its first message whose
@@ -101,6 +123,49 @@ class Consumer(Protocol):
 
     def close(self) -> None:
         """Leave the group and release resources. Does not commit."""
+
+
+class Reader(Protocol):
+    """Reads every partition of some topics directly: it joins no consumer group (so
+    it never makes one rebalance, and needs no join to start) and commits nothing."""
+
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        """Up to ``max_records`` messages (none after the timeout), each partition's in
+        offset order."""
+
+    def positions(self) -> dict[TP, int]:
+        """The offset of the next message to read, per partition."""
+
+    def ends(self) -> dict[TP, int | None]:
+        """Each partition's end offset (its next message's) as last learned from the
+        bus; None until known (Kafka learns it from the first fetch)."""
+
+    def close(self) -> None: ...
+
+
+def read_to_end(reader: Reader, max_records: int = 500, stall_seconds: float = 30.0) -> Iterator[list[Message]]:
+    """Yield ``reader``'s messages until every partition has been read up to the end it
+    had when its end was first learned: what was on the topic when reading began.
+    A bus that answers nothing for ``stall_seconds`` is a retriable BusError."""
+    targets: dict[TP, int] = {}
+    deadline = time.monotonic() + stall_seconds
+    while True:
+        batch = reader.poll(max_records, 0.2)
+        if batch:
+            deadline = time.monotonic() + stall_seconds
+            yield batch
+        ends = reader.ends()
+        for tp, end in ends.items():
+            if end is not None and tp not in targets:
+                targets[tp] = end
+                deadline = time.monotonic() + stall_seconds
+        positions = reader.positions()
+        if len(targets) == len(ends) and all(positions.get(tp, 0) >= end for tp, end in targets.items()):
+            return
+        if time.monotonic() >= deadline:
+            missing = sorted(tp for tp in ends if tp not in targets)
+            raise BusError(f"reading {missing or sorted(targets)} to the end: the bus did not answer "
+                           f"for {stall_seconds:.0f}s", retriable=True)
 
 
 class Bus(Protocol):
@@ -121,5 +186,12 @@ class Bus(Protocol):
         ...
 
     def consumer(self, topics: Sequence[str], group: str) -> Consumer: ...
+
+    def reader(self, topics: Sequence[str], *, group: str | None = None, from_ns: int | None = None) -> Reader:
+        """A Reader of every partition of ``topics`` (which must exist): from the
+        beginning, or from ``group``'s committed offsets (read, never changed); with
+        ``from_ns``, from the first message whose timestamp is >= it (the later of the
+        two), and messages older than ``from_ns`` are left out."""
+        ...
 
     def close(self) -> None: ...

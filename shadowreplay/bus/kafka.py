@@ -7,14 +7,21 @@ nanoseconds ride along in a ``ts_ns`` header (8 bytes, big-endian) and are prefe
 read, so our own messages keep their nanoseconds; foreign ones are exact to the ms.
 
 Consumer: a group member with manual commits (``enable_auto_commit=False``), starting at
-the earliest offset when the group has none. ``seek_to_time`` asks the broker
-(``offsets_for_times``) and verifies the answer by reading the records around it; when
-the broker's answer is wrong (Tansu answers offset 0 for every time, and its end
-offsets are the last batch's base), it binary-searches the partition with a short-lived
-probe consumer. Sought consumers also drop every message older than the seek time, so
-the window is exact whatever the broker does. Partitions assigned after the seek (the
-group assigns inside ``poll``) start at the later of the group's committed offset and
-the sought one.
+the earliest offset when the group has none. Group settings default to
+``GROUP_DEFAULTS`` (a first join in about 3 s; kafka-python's own defaults take 23 s on
+Tansu); the URL's options override them. A commit the broker refuses because the group
+is rebalancing is kept and made again once the group has settled, or, by the rebalance
+listener, before the partitions are given up, so their next owner does not redo work
+this member finished. ``seek_to_time`` asks the broker (``offsets_for_times``) and
+verifies the answer by reading the records around it; when the broker's answer is wrong
+(Tansu answers offset 0 for every time, and its end offsets are the last batch's base),
+it binary-searches the partition with a short-lived probe consumer. Sought consumers
+also drop every message older than the seek time, so the window is exact whatever the
+broker does. Partitions assigned after the seek (the group assigns inside ``poll``)
+start at the later of the group's committed offset and the sought one.
+
+Reader (``Bus.reader``): manual assignment of every partition, no group join, nothing
+committed; it learns each partition's end from the high watermark of its fetches.
 
 Topics are created on first use with the bus's partition count.
 
@@ -35,7 +42,8 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka import errors as kafka_errors
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.partitioner.default import murmur2
@@ -50,6 +58,13 @@ TS_HEADER = "ts_ns"
 CLIENT_ID = "shadowreplay"
 DEFAULT_FETCH_MAX_WAIT_MS = 100
 LAG_TIMEOUT_MS = 5000  # each request of Consumer.lag
+# Group settings when the URL names none. kafka-python's session timeout (45 s) makes a
+# first join wait about half of it on brokers that hold the JoinGroup open for late
+# members (Tansu: 23 s); 6 s (the least Kafka brokers accept by default) joins in about
+# 3 s. The replayer polls (or keeps alive, see Consumer.poll) every fraction of a second,
+# so a 30 s poll interval, which is also the rebalance timeout, is ample; heartbeats
+# every second let members notice a rebalance, and so let a joining member in, sooner.
+GROUP_DEFAULTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 30_000}
 
 _PRODUCER_OPTIONS = ("linger_ms", "max_block_ms", "delivery_timeout_ms", "batch_size")
 _CONSUMER_OPTIONS = (
@@ -64,6 +79,11 @@ def _boundary(what: str) -> Iterator[None]:
     """Translate kafka-python's errors into BusError."""
     try:
         yield
+    except kafka_errors.KafkaTimeoutError as exc:
+        if "bootstrap" in str(exc).lower():  # one clear line instead of kafka-python's retries
+            raise BusError(f"kafka bus: {what}: no Kafka broker answered ({exc}); is the address right "
+                           "and the broker up?", retriable=True) from exc
+        raise BusError(f"kafka bus: {what} failed: {exc}", retriable=True) from exc
     except KafkaError as exc:
         raise BusError(f"kafka bus: {what} failed: {exc}", retriable=bool(exc.retriable)) from exc
     except OSError as exc:
@@ -126,6 +146,9 @@ class KafkaBus:
 
     def consumer(self, topics: Sequence[str], group: str) -> KafkaBusConsumer:
         return KafkaBusConsumer(self, topics, group)
+
+    def reader(self, topics: Sequence[str], *, group: str | None = None, from_ns: int | None = None) -> KafkaBusReader:
+        return KafkaBusReader(self, topics, group, from_ns)
 
     def close(self) -> None:
         with self._lock:
@@ -254,35 +277,52 @@ class KafkaBusProducer:
                 log.warning("kafka bus: producer did not close cleanly: %s", exc)
 
 
-class _Listener(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO loop: only notes what was assigned, never blocks."""
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO loop, inside the consumer's ``poll``: notes that the
+    member joined, and commits what the consumer still owes before partitions are
+    given up (``KafkaBusConsumer._commit_before_revoke``)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._assigned: set[TopicPartition] = set()
+    def __init__(self, owner: KafkaBusConsumer) -> None:
+        self._owner = owner
+        self.joined = False
+        # From the revocation to the next assignment: the partitions this member had may
+        # go to another, and nothing it commits meanwhile lands (see Consumer.rebalancing).
+        self.rebalancing = False
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        with self._lock:
-            self._assigned.difference_update(revoked)
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.rebalancing = True
+        await self._owner._commit_before_revoke(set(revoked))
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        with self._lock:
-            self._assigned.update(assigned)
+    async def on_partitions_lost(self, lost: Any) -> None:
+        # Evicted (a session timeout): the broker already gave them away, no commit can land.
+        self.rebalancing = True
+        self._owner._lost(set(lost))
 
-    def take(self) -> set[TopicPartition]:
-        """The partitions assigned since the last call."""
-        with self._lock:
-            taken, self._assigned = self._assigned, set()
-        return taken
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owner._forget_unowned(set(assigned))
+        self.joined = True
+        self.rebalancing = False
+
+
+# Commit errors that mean "the group is changing": the offsets are kept and committed
+# again once it has settled, or before the partitions are given up.
+_REBALANCING = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.RebalanceInProgressError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+)
 
 
 class KafkaBusConsumer:
-    """A consumer-group member; see the module docstring for ``seek_to_time``."""
+    """A consumer-group member; see the module docstring for ``seek_to_time`` and for
+    the group settings used when the URL names none."""
 
     def __init__(self, bus: KafkaBus, topics: Sequence[str], group: str) -> None:
         if not topics:
             raise ConfigError("bus consumer: at least one topic is required")
         self._bus = bus
+        self.group = group
         for topic in topics:
             bus.ensure_topic(topic, bus.partitions)
         self._timeout_ms = bus.client_config().get("request_timeout_ms", 30_000)
@@ -290,10 +330,14 @@ class KafkaBusConsumer:
         # that answers a waiting fetch as soon as data arrives (Kafka) is unaffected, but
         # Tansu answers only when the wait is over, so each hop through the bus added up to
         # the whole wait to the end-to-end latency (bench/pipeline.py).
-        config = {"fetch_max_wait_ms": DEFAULT_FETCH_MAX_WAIT_MS} | bus.client_config(_CONSUMER_OPTIONS)
-        self._listener = _Listener()
+        config = {"fetch_max_wait_ms": DEFAULT_FETCH_MAX_WAIT_MS} | GROUP_DEFAULTS | bus.client_config(_CONSUMER_OPTIONS)
+        self._listener = _Listener(self)
         self._lock = threading.Lock()
         self._min_ts: int | None = None
+        self._known: set[TopicPartition] = set()  # the assignment as of the last poll
+        # Offsets asked for by commit() that the broker has not taken yet (the group was
+        # rebalancing): committed at the next commit, or before the partitions go.
+        self._owed: dict[TopicPartition, OffsetAndMetadata] = {}
         with _boundary("connect consumer"):
             self._consumer = KafkaConsumer(
                 group_id=group,
@@ -307,10 +351,12 @@ class KafkaBusConsumer:
 
     def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
         with self._lock, _boundary("poll"):
+            if max_records <= 0:
+                return self._keep_alive(timeout_seconds)
             batches = self._consumer.poll(
                 timeout_ms=int(timeout_seconds * 1000), max_records=max_records
             )
-            fresh = self._listener.take() & self._consumer.assignment()
+            fresh = self._take_fresh()
             if fresh and self._min_ts is not None:
                 # Newly assigned partitions: whatever came from their committed offsets
                 # is dropped; the seek below fetches them again from the right place.
@@ -325,23 +371,100 @@ class KafkaBusConsumer:
                         out.append(Message(tp.topic, tp.partition, rec.offset, rec.key, rec.value, ts))
             return out
 
+    def _keep_alive(self, timeout_seconds: float) -> list[Message]:
+        """A poll that takes nothing: every owned partition is paused around it (kafka-python
+        keeps what it already fetched for them), so the group's business (heartbeats, a
+        rebalance) goes on while the caller has no room for messages."""
+        owned = list(self._consumer.assignment())
+        self._consumer.pause(*owned)
+        try:
+            taken = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=1)
+        finally:
+            self._consumer.resume(*(tp for tp in owned if tp in self._consumer.assignment()))
+        for tp, records in taken.items():
+            # A partition gained during this poll was not paused: give back what it read.
+            if records and tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
+        fresh = self._take_fresh()
+        if fresh and self._min_ts is not None:
+            self._seek(sorted(fresh), self._min_ts, keep_committed=True)
+        return []
+
+    def _take_fresh(self) -> set[TopicPartition]:
+        """Partitions owned now that were not at the last look. A partition kept across a
+        rebalance keeps its position (kafka-python keeps its state), so it is not fresh."""
+        now = set(self._consumer.assignment())
+        fresh = now - self._known
+        self._known = now
+        return fresh
+
     def commit(self, messages: Sequence[Message]) -> None:
-        """Commit; a BusError(retriable=False) here means the group rebalanced meanwhile:
-        the partitions' new owner will get the uncommitted messages again."""
+        """Commit. While the group rebalances the broker refuses commits: the offsets are
+        kept, committed again at the next commit once the group has settled, or before
+        their partitions are given up (see ``_commit_before_revoke``)."""
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
             for (t, p), o in next_positions(messages).items()
         }
-        if not offsets:
+        if not offsets and not self._owed:
             return
         with self._lock, _boundary("commit"):
-            self._consumer.commit(offsets, timeout_ms=self._timeout_ms)
+            self._owed.update(offsets)
+            owed = dict(self._owed)
+            try:
+                self._consumer.commit(owed, timeout_ms=self._timeout_ms)
+            except _REBALANCING as exc:
+                log.debug("kafka bus: group %s is rebalancing; commit of %s deferred: %s",
+                          self.group, _describe(owed), exc)
+                return
+            for tp, done in owed.items():
+                if self._owed.get(tp) is done:
+                    del self._owed[tp]
+
+    async def _commit_before_revoke(self, revoked: set[TopicPartition]) -> None:
+        """On kafka-python's IO loop, before the member gives ``revoked`` up: commit
+        what is owed for them, so their next owner starts after it."""
+        owed = {tp: om for tp, om in self._owed.items() if tp in revoked}
+        if not owed:
+            return
+        commit = getattr(getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async", None)
+        if commit is None:  # kafka-python's internals changed: say what is not committed
+            log.warning("kafka bus: group %s: cannot commit before a rebalance with this kafka-python; %s "
+                        "not committed, their next owner replays from the offsets committed before",
+                        self.group, _describe(owed))
+            return
+        try:
+            await commit(owed, timeout_ms=self._timeout_ms)
+        except KafkaError as exc:
+            log.warning("kafka bus: group %s: could not commit %s before giving the partitions up (%s): "
+                        "their next owner replays from the offsets committed before", self.group,
+                        _describe(owed), exc)
+        else:
+            log.info("kafka bus: group %s: committed %s before the rebalance", self.group, _describe(owed))
+            for tp in owed:
+                if self._owed.get(tp) is owed[tp]:
+                    del self._owed[tp]
+
+    def _lost(self, lost: set[TopicPartition]) -> None:
+        owed = {tp: om for tp, om in self._owed.items() if tp in lost}
+        if owed:
+            log.warning("kafka bus: group %s dropped this member (session timeout?): %s not committed; "
+                        "their next owner replays from the offsets committed before", self.group, _describe(owed))
+        for tp in owed:
+            del self._owed[tp]
+
+    def _forget_unowned(self, assigned: set[TopicPartition]) -> None:
+        """After an assignment: what is owed for partitions no longer owned cannot be
+        committed by this member any more (the revoke step logged it)."""
+        owned = set(self._consumer.assignment()) | assigned
+        for tp in [tp for tp in self._owed if tp not in owned]:
+            del self._owed[tp]
 
     def seek_to_time(self, timestamp_ns: int) -> None:
         with self._lock, _boundary("seek"):
             self._min_ts = int(timestamp_ns)
-            self._listener.take()  # what is assigned now is sought exactly, below
-            assigned = sorted(self._consumer.assignment())
+            self._known = set(self._consumer.assignment())  # what is assigned now is sought exactly, below
+            assigned = sorted(self._known)
             if assigned:
                 self._seek(assigned, self._min_ts, keep_committed=False)
 
@@ -383,12 +506,103 @@ class KafkaBusConsumer:
                 for tp in tps
             ]
 
+    def joined(self) -> bool:
+        return self._listener.joined
+
+    def rebalancing(self) -> bool:
+        return self._listener.rebalancing
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owed:  # offsets the caller asked for: leaving the group is the last chance
+                try:
+                    self._consumer.commit(dict(self._owed), timeout_ms=self._timeout_ms)
+                    self._owed.clear()
+                except KafkaError as exc:
+                    log.warning("kafka bus: group %s: %s not committed at close (%s): they are replayed again",
+                                self.group, _describe(self._owed), exc)
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("kafka bus: consumer did not leave its group cleanly: %s", exc)
+
+
+def _describe(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(f"partition {tp.partition} of {tp.topic} up to offset {om.offset}"
+                     for tp, om in sorted(offsets.items()))
+
+
+class KafkaBusReader:
+    """Reads every partition of some topics by manual assignment, without joining a
+    group (see ``Bus.reader``)."""
+
+    def __init__(self, bus: KafkaBus, topics: Sequence[str], group: str | None, from_ns: int | None) -> None:
+        self._bus = bus
+        self._timeout_ms = bus.client_config().get("request_timeout_ms", 30_000)
+        self._min_ts = from_ns
+        self._lock = threading.Lock()
+        config = {"fetch_max_wait_ms": DEFAULT_FETCH_MAX_WAIT_MS} | bus.client_config(("fetch_max_wait_ms",))
+        with _boundary("open reader"):
+            # group_id only to read the group's committed offsets: a manually assigned
+            # consumer never joins its group and commits nothing here.
+            self._consumer = KafkaConsumer(
+                group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **config
+            )
+        try:
+            with _boundary("open reader"):
+                tps: list[TopicPartition] = []
+                for topic in sorted(set(topics)):
+                    partitions = self._consumer.partitions_for_topic(topic)
+                    if not partitions:
+                        raise BusError(f"kafka bus: no topic {topic!r}", retriable=False)
+                    tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+                self._tps = tps
+                self._consumer.assign(tps)
+                starts = dict.fromkeys(tps, 0)
+                starts.update(self._consumer.beginning_offsets(tps, timeout_ms=self._timeout_ms))
+                if group is not None:
+                    for tp in tps:
+                        committed = self._consumer.committed(tp, timeout_ms=self._timeout_ms)
+                        if committed is not None:
+                            starts[tp] = max(starts[tp], committed)
+                if from_ns is not None:
+                    sought = _offsets_for_time(bus, self._consumer, tps, from_ns, self._timeout_ms)
+                    starts = {tp: max(start, sought[tp]) for tp, start in starts.items()}
+                for tp, start in starts.items():
+                    self._consumer.seek(tp, start)
+        except BaseException:
+            self._consumer.close(autocommit=False)
+            raise
+
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        with self._lock, _boundary("read"):
+            batches = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=max_records)
+            min_ts = self._min_ts
+            out: list[Message] = []
+            for tp in sorted(batches):
+                for rec in batches[tp]:
+                    ts = _timestamp_ns(rec)
+                    if min_ts is None or ts >= min_ts:
+                        out.append(Message(tp.topic, tp.partition, rec.offset, rec.key, rec.value, ts))
+            return out
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        with self._lock, _boundary("read positions"):
+            return {(tp.topic, tp.partition): self._consumer.position(tp, timeout_ms=self._timeout_ms)
+                    for tp in self._tps}
+
+    def ends(self) -> dict[tuple[str, int], int | None]:
+        # The high watermark of the last fetch: Tansu's ListOffsets "latest" answers the
+        # last batch's base offset, not the end, so that answer is not used.
+        with self._lock:
+            return {(tp.topic, tp.partition): self._consumer.highwater(tp) for tp in self._tps}
+
     def close(self) -> None:
         with self._lock:
             try:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
-                log.warning("kafka bus: consumer did not leave its group cleanly: %s", exc)
+                log.warning("kafka bus: reader did not close cleanly: %s", exc)
 
 
 def _offsets_for_time(

@@ -363,6 +363,48 @@ def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Mes
         )
 
 
+def _offset_for_time(conn: sqlite3.Connection, topic_id: int, partition: int, timestamp_ns: int) -> int:
+    """The partition's first offset whose timestamp is >= ``timestamp_ns`` (or its end)."""
+
+    def seek() -> int:
+        # Every batch before the first one whose largest timestamp reaches T is older.
+        row = conn.execute(
+            "SELECT base, meta FROM batches WHERE topic = ? AND part = ? AND max_ts >= ?"
+            " ORDER BY base LIMIT 1", (topic_id, partition, timestamp_ns)).fetchone()
+        if row is None:
+            return _end_offset(conn, topic_id, partition)
+        base, meta = row
+        return int(base) + next(i for i, ts in enumerate(_meta(meta)[0::3]) if ts >= timestamp_ns)
+
+    return _read("seek", seek)
+
+
+def _fetch(conn: sqlite3.Connection, topic_ids: dict[str, int], positions: dict[tuple[str, int], int],
+           order: Sequence[tuple[str, int]], max_records: int, min_ts: int | None) -> tuple[list[Message], bool]:
+    """Read up to ``max_records`` from the partitions in ``order``, moving ``positions``;
+    leave out messages older than ``min_ts``. Also say whether any position moved."""
+    out: list[Message] = []
+    moved = False
+    for topic, partition in order:
+        room = max_records - len(out)
+        if room <= 0:
+            break
+        position = positions[(topic, partition)]
+        args = (conn, topic, topic_ids[topic], partition, position, room)
+        try:
+            rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
+        except BusError:
+            if out:
+                break  # hand over what was read (positions moved past it); the next poll raises again
+            raise
+        if not rows:
+            continue
+        moved = True
+        positions[(topic, partition)] = rows[-1].offset + 1
+        out.extend(rows if min_ts is None else (m for m in rows if m.timestamp_ns >= min_ts))
+    return out, moved
+
+
 class SqliteBus:
     """A bus in one SQLite file. Producers and consumers each open their own connection."""
 
@@ -420,6 +462,9 @@ class SqliteBus:
 
     def consumer(self, topics: Sequence[str], group: str) -> SqliteConsumer:
         return SqliteConsumer(self, topics, group)
+
+    def reader(self, topics: Sequence[str], *, group: str | None = None, from_ns: int | None = None) -> SqliteReader:
+        return SqliteReader(self, topics, group, from_ns)
 
     def close(self) -> None:
         with self._lock:
@@ -568,6 +613,7 @@ class SqliteConsumer:
         self._rotate = 0
         self._min_ts: int | None = None
         self._closed = False
+        self._joined = False
         # Join now, so that members created together are dealt partitions together.
         with _write(self._conn, "join group"):
             self._heartbeat(time.time_ns())
@@ -646,47 +692,15 @@ class SqliteConsumer:
 
     def _offset_for_time(self, tp: tuple[str, int], timestamp_ns: int) -> int:
         """The partition's first offset whose timestamp is >= ``timestamp_ns`` (or its end)."""
-        topic_id = self._topic_ids[tp[0]]
-
-        def seek() -> int:
-            # Every batch before the first one whose largest timestamp reaches T is older.
-            row = self._conn.execute(
-                "SELECT base, meta FROM batches WHERE topic = ? AND part = ? AND max_ts >= ?"
-                " ORDER BY base LIMIT 1", (topic_id, tp[1], timestamp_ns)).fetchone()
-            if row is None:
-                return _end_offset(self._conn, topic_id, tp[1])
-            base, meta = row
-            return int(base) + next(i for i, ts in enumerate(_meta(meta)[0::3]) if ts >= timestamp_ns)
-
-        return _read("seek", seek)
+        return _offset_for_time(self._conn, self._topic_ids[tp[0]], tp[1], timestamp_ns)
 
     def _fetch(self, max_records: int) -> tuple[list[Message], bool]:
         """Read from owned partitions; also say whether any position moved."""
-        out: list[Message] = []
-        moved = False
         tps = sorted(self._positions)
-        if not tps:
-            return out, moved
-        self._rotate = (self._rotate + 1) % len(tps)
-        for topic, partition in tps[self._rotate:] + tps[: self._rotate]:
-            room = max_records - len(out)
-            if room <= 0:
-                break
-            position = self._positions[(topic, partition)]
-            args = (self._conn, topic, self._topic_ids[topic], partition, position, room)
-            try:
-                rows = _read("poll", lambda args=args: _select_rows(*args))  # type: ignore[misc]
-            except BusError:
-                if out:
-                    break  # hand over what was read (positions moved past it); the next poll raises again
-                raise
-            if not rows:
-                continue
-            moved = True
-            self._positions[(topic, partition)] = rows[-1].offset + 1
-            min_ts = self._min_ts
-            out.extend(rows if min_ts is None else (m for m in rows if m.timestamp_ns >= min_ts))
-        return out, moved
+        if tps:
+            self._rotate = (self._rotate + 1) % len(tps)
+        return _fetch(self._conn, self._topic_ids, self._positions, tps[self._rotate:] + tps[:self._rotate],
+                      max_records, self._min_ts)
 
     def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
         deadline = time.monotonic() + timeout_seconds
@@ -697,7 +711,10 @@ class SqliteConsumer:
                 now = time.monotonic()
                 if now >= self._next_rebalance:
                     self._rebalance()
+                    self._joined = True
                     self._next_rebalance = time.monotonic() + self._interval
+                if max_records <= 0:  # keep-alive only: the heartbeat above is all it takes
+                    return []
                 out, moved = self._fetch(max_records)
                 now = time.monotonic()
                 if out or now >= deadline:
@@ -737,6 +754,15 @@ class SqliteConsumer:
 
             return _read("lag", read)
 
+    def joined(self) -> bool:
+        """True from the first poll on: its rebalance step deals this member its partitions."""
+        return self._joined
+
+    def rebalancing(self) -> bool:
+        """Never: a partition changes hands only once its owner has let go of it, and a
+        commit made by a member that just let go still lands."""
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -755,3 +781,62 @@ class SqliteConsumer:
                 log.warning("sqlite bus: could not leave group %s cleanly: %s", self.group, exc)
             finally:
                 self._conn.close()
+
+
+class SqliteReader:
+    """Reads every partition of some topics without joining a group (see ``Bus.reader``)."""
+
+    def __init__(self, bus: SqliteBus, topics: Sequence[str], group: str | None, from_ns: int | None) -> None:
+        self._conn = bus.connect()
+        self._lock = threading.Lock()
+        self._min_ts = from_ns
+        try:
+            self._topic_ids: dict[str, int] = {}
+            self._positions: dict[tuple[str, int], int] = {}
+            for topic in sorted(set(topics)):
+                row = _read("topic lookup", lambda topic=topic: self._conn.execute(  # type: ignore[misc]
+                    "SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone())
+                if row is None:
+                    raise BusError(f"sqlite bus {bus.path}: no topic {topic!r}", retriable=False)
+                self._topic_ids[topic] = int(row[0])
+                for partition in range(int(row[1])):
+                    self._positions[(topic, partition)] = 0
+            if group is not None:
+                committed = _read("read offsets", lambda: self._conn.execute(
+                    "SELECT topic, part, off FROM group_offsets WHERE grp = ?", (group,)).fetchall())
+                for topic, partition, offset in committed:
+                    if (topic, partition) in self._positions:
+                        self._positions[(topic, partition)] = int(offset)
+            if from_ns is not None:
+                for (topic, partition), position in self._positions.items():
+                    at = _offset_for_time(self._conn, self._topic_ids[topic], partition, from_ns)
+                    self._positions[(topic, partition)] = max(position, at)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def poll(self, max_records: int = 500, timeout_seconds: float = 1.0) -> list[Message]:
+        deadline = time.monotonic() + timeout_seconds
+        with self._lock:
+            while True:
+                out, moved = _fetch(self._conn, self._topic_ids, self._positions, sorted(self._positions),
+                                    max_records, self._min_ts)
+                now = time.monotonic()
+                if out or now >= deadline:
+                    return out
+                if not moved:
+                    time.sleep(min(POLL_STEP_SECONDS, deadline - now))
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        with self._lock:
+            return dict(self._positions)
+
+    def ends(self) -> dict[tuple[str, int], int | None]:
+        with self._lock:
+            keys = [(self._topic_ids[t], p) for t, p in self._positions]
+            ends = _read("end offsets", lambda: _end_offsets(self._conn, keys))
+            return {(t, p): ends[(self._topic_ids[t], p)] for t, p in self._positions}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer, TopicPartition
 
-from shadowreplay.bus import Bus, Consumer, Message, open_bus
+from shadowreplay.bus import Bus, Consumer, Message, open_bus, read_to_end
 from shadowreplay.errors import BusError
 
 Unique = Callable[[str], str]
@@ -238,6 +238,59 @@ def test_seek_to_time_rewinds_assigned_partitions(bus: Bus, unique: Unique) -> N
     finally:
         c.close()
     assert sorted(int(m.value) for m in again) == list(range(120, 200))
+
+
+def test_a_reader_joins_no_group_and_starts_at_the_groups_offsets_or_a_time(bus: Bus, unique: Unique) -> None:
+    topic, group = unique("t"), unique("g")
+    bus.ensure_topic(topic, 4)
+    publish(bus, topic, [(b"k%d" % (i % 8), b"v%03d" % i, BASE_NS + i * MS) for i in range(100)])
+    member = bus.consumer([topic], group)
+    try:
+        [first] = drain([member], 100)
+        # commit the first half of what each partition gave
+        by_partition: dict[int, list[Message]] = {}
+        for m in first:
+            by_partition.setdefault(m.partition, []).append(m)
+        done = [ms[len(ms) // 2 - 1] for ms in by_partition.values() if len(ms) >= 2]
+        member.commit(done)
+        left = {m.value for ms in by_partition.values() for m in ms[len(ms) // 2:]}
+
+        def read(**kw: Any) -> list[Message]:
+            reader = bus.reader([topic], **kw)
+            try:
+                return [m for batch in read_to_end(reader) for m in batch]
+            finally:
+                reader.close()
+
+        assert sorted(m.value for m in read()) == sorted(m.value for m in first)  # from the beginning
+        assert {m.value for m in read(group=group)} == left  # from the group's offsets
+        late = read(from_ns=BASE_NS + 70 * MS)
+        assert sorted(m.value for m in late) == [b"v%03d" % i for i in range(70, 100)]
+        reader = bus.reader([topic], group=group)  # open while the member polls on
+        try:
+            assert member.poll(100, 0.5) == []
+            assert len(member.assignment()) == 4  # a reader is no member: nothing was taken away
+        finally:
+            reader.close()
+    finally:
+        member.close()
+
+
+def test_a_keep_alive_poll_takes_nothing(bus: Bus, unique: Unique) -> None:
+    topic = unique("t")
+    bus.ensure_topic(topic, 4)
+    publish(bus, topic, [(b"k%d" % i, b"v%d" % i, BASE_NS + i) for i in range(40)])
+    consumer = bus.consumer([topic], unique("g"))
+    try:
+        deadline = time.monotonic() + 20
+        while len(consumer.assignment()) < 4:  # keep-alive polls alone get the member its partitions
+            assert consumer.poll(0, 0.1) == [] and time.monotonic() < deadline
+        assert consumer.joined()
+        for _ in range(5):
+            assert consumer.poll(0, 0.1) == []
+        assert sorted(m.value for m in drain([consumer], 40)[0]) == sorted(b"v%d" % i for i in range(40))
+    finally:
+        consumer.close()
 
 
 def test_topics_are_independent(bus: Bus, unique: Unique) -> None:

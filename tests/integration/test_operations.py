@@ -66,11 +66,16 @@ async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backend
     async with Pipeline(cfg) as pipeline:
         base = f"http://127.0.0.1:{pipeline.metrics_server.port}"
         assert await get_json(f"{base}/healthz") == (200, {"status": "ok"})
+        deadline = time.monotonic() + 10
         status, body = await get_json(f"{base}/readyz")
+        while status != 200 and time.monotonic() < deadline:  # ready once the consumer groups dealt partitions
+            await asyncio.sleep(0.05)
+            status, body = await get_json(f"{base}/readyz")
         assert status == 200, body
         assert body == {
             "status": "ready",
-            "checks": {"pipeline": "ok", "bus": "ok", "target:candidate": "ok", "target:baseline": "ok"},
+            "checks": {"pipeline": "ok", "bus": "ok", "bus group": "ok", "target:candidate": "ok",
+                       "target:baseline": "ok"},
         }
         await baseline.stop()  # the baseline goes away: not ready, and /readyz says why
         status, body = await get_json(f"{base}/readyz")

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from http_backends import Backend, start_backend
+from http_backends import Backend, serve, start_backend
 from timing import production_gc
 from replayer.loop import Replayer
 from replayer.metrics import ReplayerMetrics
@@ -179,10 +179,42 @@ async def test_late_policy(
     if policy == "send":
         assert replayer.replayed == n and len(cand.hits) == n and len(results) == n
         assert _v(registry, "shadow_replay_dropped_total") == 0
+        assert replayer.summary().startswith(f"{n} records replayed ({n} late)")
     else:
         assert replayer.replayed == 0 and cand.hits == [] and results == []
         assert _v(registry, "shadow_replay_dropped_total") == n
+        assert f"{n} dropped as late" in replayer.summary()  # the exit line tells, not only the metric
     assert _drain(bus, REQUESTS, GROUP) == []
+
+
+async def test_a_request_waiting_for_a_slot_is_never_dropped_as_late(bus: Bus) -> None:
+    """--late-policy drop with --concurrency 1 and a backend slower than the log: requests
+    queue for the one slot and go out late, none dropped (lateness is judged once a slot
+    is free). Stopped before the queue drains, the replayer says they were due."""
+    seen: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        seen.append(request.headers["X-Shadow-Replay"])
+        return web.Response(text="ok")
+
+    url, runner = await serve(slow)
+    n = 200
+    _publish(bus, [_rec(i, T0 + i * 5 * MS) for i in range(n)], key=b"one")  # 1 s of log, one partition
+    cfg = ReplayerConfig(candidate=url, late_policy="drop", concurrency=1)
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(2.0, stop.set)  # the slot can send about 100 by then
+    try:
+        replayer = await _run(bus, cfg, registry, Anchor(T0, time.time_ns() + 200 * MS, 1.0), stop)
+    finally:
+        await runner.cleanup()
+    assert replayer.dropped_late == 0 and _v(registry, "shadow_replay_dropped_total") == 0
+    assert 0 < replayer.replayed < n and seen == [f"r{i:05d}" for i in range(replayer.replayed)]
+    assert replayer.late_sent > 0 and _v(registry, "shadow_replay_late_total") == replayer.late_sent
+    summary = replayer.summary()
+    assert f"{n - replayer.replayed} due but not yet sent" in summary and "not yet due" not in summary, summary
+    assert "dropped" not in summary
 
 
 async def test_window_from_to_seeks_and_stops(bus: Bus, backends: tuple[Backend, Backend, Backend]) -> None:
@@ -231,8 +263,7 @@ async def test_anchor_is_the_earliest_record_of_all_partitions(
     assert replayer.anchor is not None and replayer.anchor.log_t0_ns == T0
     by_id = {h.id: h.arrival_ns for h in cand.hits}
     lags = [(by_id[r.id] - replayer.anchor.due_ns(r.ts)) / 1e9 for r in early + late]
-    assert min(lags) > -0.0005
-    assert sorted(lags)[int(0.99 * len(lags))] < 0.03
+    assert min(lags) > -0.0005  # never early; how late is bench/replayer.py's business
 
 
 async def test_capture_decodes_and_caps(bus: Bus, backends: tuple[Backend, Backend, Backend]) -> None:

@@ -109,14 +109,15 @@ def test_json_log_lines_are_one_object_each() -> None:
 def test_json_logs_of_a_real_command_are_json(tmp_path: object) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "shadowreplay.cli", "--log-format", "json", "--log-level", "debug",
-         "bus", "dump", "--bus", "sqlite:///" + str(tmp_path) + "/bus.db", "--topic", "t", "--idle-seconds", "0.2"],
+         "replay", "start", "--bus", "sqlite:///" + str(tmp_path) + "/bus.db", "--group", "g",
+         "--from", "now", "--at", "now"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.splitlines()
-    logged = [orjson.loads(line) for line in lines[:-1]]  # the last line is the command's own summary
+    logged = [orjson.loads(line) for line in proc.stderr.splitlines()]
     assert logged and all({"time", "level", "logger", "message"} <= set(entry) for entry in logged)
-    assert lines[-1] == "0 messages"
+    assert any(e["logger"] == "replayer.control" and "anchor for group g set" in e["message"] for e in logged)
+    assert orjson.loads(proc.stdout)["group"] == "g"  # the command's own output stays on stdout
 
 
 def test_a_config_error_is_one_line_with_status_2(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:

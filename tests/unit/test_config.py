@@ -93,3 +93,46 @@ def test_redaction_lists_extend_and_shrink_the_defaults(tmp_path: Path) -> None:
     assert "x-internal-key" in headers and "cookie" not in headers and "authorization" in headers
     assert "sig" not in r.effective("query_params") and "x-amz-signature" in r.effective("query_params")
     assert {"pin", "password"} <= r.effective("body_fields")
+
+
+@pytest.mark.parametrize(
+    "kind, name, refused",
+    [
+        ("set_header", "Host", True),
+        ("set_header", "x-forwarded-for", True),
+        ("set_header", "Connection", True),
+        ("set_header", "Proxy-Authorization", True),
+        ("remove_header", "Host", True),
+        ("set_header", "X-Env", False),
+        ("remove_header", "Cookie", False),
+        ("remove_header", "Connection", False),  # dropped anyway: the rule holds
+    ],
+)
+def test_a_rule_on_a_header_the_replayer_manages_is_refused(tmp_path: Path, kind: str, name: str,
+                                                            refused: bool) -> None:
+    """set_header Host was silently ignored (the replayer sends the target's Host)."""
+    f = tmp_path / "c.toml"
+    f.write_text(f"[[replayer.rules]]\nkind = '{kind}'\nname = '{name}'\nvalue = 'v'\n")
+    if refused:
+        with pytest.raises(ConfigError, match=r"replayer\.rules\[0\]: " + kind + " .*cannot take effect"):
+            configmod.load(f)
+    else:
+        configmod.load(f)
+
+
+def test_config_check_refuses_set_header_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shadowreplay.cli import main
+
+    f = tmp_path / "c.toml"
+    f.write_text("[[replayer.rules]]\nkind = 'set_header'\nname = 'Host'\nvalue = 'staging.example.com'\n")
+    assert main(["config", "check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "set_header 'Host' cannot take effect" in err and "keep_host" in err
+
+
+def test_lateness_has_a_default_of_minutes_and_must_not_be_negative(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[replayer]\nlateness_seconds = -1\n")
+    with pytest.raises(ConfigError, match=r"replayer\.lateness_seconds"):
+        configmod.load(f)
+    assert configmod.Config().replayer.lateness_seconds == 300.0

@@ -162,16 +162,6 @@ def test_rate_without_ceiling_ignores_the_log_times() -> None:
         Pacer(ceiling=False)
 
 
-def test_max_gap_cuts_idle_gaps_and_shifts_what_follows() -> None:
-    s = 10**9
-    p = Pacer(max_gap_ns=2 * s)
-    assert p.take(0) == 0
-    assert p.take(1 * s) == 1 * s  # under the cap: kept
-    assert p.take(11 * s) == 3 * s  # a 10 s gap cut to 2 s
-    assert p.take(12 * s) == 4 * s  # later records keep their gaps, shifted by the cut
-    assert p.shift_ns == 8 * s
-
-
 def test_late_threshold_is_configurable() -> None:
     assert is_late(0, 2, late_after_ns=1)
     assert not is_late(0, 1, late_after_ns=1)

@@ -110,3 +110,16 @@ async def test_not_a_terminal_logs_instead(caplog: pytest.LogCaptureFixture) -> 
     assert out.getvalue() == ""
     lines = [r.getMessage() for r in caplog.records if r.name == "shadowreplay.status"]
     assert len(lines) >= 2 and all(m.startswith("status: in ") for m in lines)
+
+
+def test_records_not_sent_on_time_or_at_all_are_on_the_line() -> None:
+    """Late sends, drops and skips show, not only in /metrics (they were invisible)."""
+    registry = CollectorRegistry()
+    Counter("shadow_replay_late_total", "", registry=registry).inc(5)
+    Counter("shadow_replay_dropped_total", "", registry=registry).inc(3)
+    skipped = Counter("shadow_replay_skipped_total", "", ["reason"], registry=registry)
+    skipped.labels(reason="outside_window").inc(4)
+    skipped.labels(reason="bad_record").inc(1)
+    line = format_status(Snapshot(at=0.0), snapshot(registry, at=1.0))
+    assert "inflight 0 · late 5 · dropped 3 · skipped 5 · compared" in line, line  # with what the replayer does
+    assert "dropped" not in format_status(Snapshot(at=0.0), Snapshot(at=1.0))
