@@ -650,7 +650,7 @@ PAGE_JS = r"""
     connectFeed();
     document.body.dataset.ready = '1';
   }
-  window.shadowreplay = { selectEndpoint, showDivergence, loadEndpoints, curlCommand, ms };
+  window.shadowreplay = { selectEndpoint, showDivergence, loadEndpoints, curlCommand, ms, svgNode };
   init().catch(fail);
 })();
 """

@@ -453,5 +453,20 @@ async def test_a_stream_divergence_draws_its_arrival_and_reads_in_ms(
         assert await browser.js("document.querySelector('#arrival').hidden") is True
         assert await browser.js("document.querySelectorAll('#detail svg, #arrival-text li').length") == 0
         assert await browser.js("window.violations") == []
+
+        # Markup the chart never holds is refused whole, never half-imported.
+        refused = [
+            "<svg xmlns='http://www.w3.org/2000/svg'><script>window.ran = 1</script></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg' onload='window.ran = 1'><rect/></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><foreignObject><p xmlns='http://www.w3.org/1999/xhtml'>x</p></foreignObject></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><a href='javascript:1'><text>x</text></a></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><rect></svg>",
+            "<html xmlns='http://www.w3.org/1999/xhtml'><img src='x' onerror='window.ran = 1'/></html>",
+            "<svg><rect/></svg>",  # no SVG namespace: not an SVG element
+        ]
+        got = await browser.js(f"{orjson.dumps(refused).decode()}.map((t) => window.shadowreplay.svgNode(t) === null)")
+        assert got == [True] * len(refused)
+        assert await browser.js(f"window.shadowreplay.svgNode({orjson.dumps(detail['arrival_svg']).decode()}).localName") == "svg"
+        assert await browser.js("window.ran === undefined")
     finally:
         await ws.close()
