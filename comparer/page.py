@@ -4,7 +4,7 @@ The script puts every value into the DOM with ``textContent`` / text nodes; noth
 shows is ever parsed as HTML. The one piece of markup it takes from the API, a stream
 divergence's arrival chart (``arrival_svg``, drawn by :mod:`comparer.chart`), is parsed
 as an SVG document with ``DOMParser`` and imported only when it is an ``<svg>`` without
-script, foreign content or event attributes. Served by :mod:`comparer.web`.
+script, foreign content, event or link attributes. Served by :mod:`comparer.web`.
 
 Where to extend: the tables of endpoints, of an endpoint's fields and of one request's
 diffs are drawn from the column lists ``ENDPOINT_COLUMNS``, ``FIELD_COLUMNS`` and

@@ -17,9 +17,8 @@ from typing import Any
 import orjson
 
 from comparer.latency import LatencyVerdict
-from comparer.jsondiff import FieldDiff
 from comparer.store import EndpointView, FieldView, StoreReader
-from comparer.streams import describe
+from comparer.streams import describe_stored
 from comparer.verdict import FIRST_PATHS
 
 TOP_FIELDS = 10
@@ -90,12 +89,6 @@ def latest_line(f: FieldView) -> str | None:
     if f.latest is None or not f.latest.get("text"):
         return None
     return _printable(f"#{f.latest['id']} {f.latest['method']} {f.latest['target']}: {f.latest['text']}")
-
-
-def diff_text(d: dict[str, Any]) -> str | None:
-    """A stored diff (``{"path", "kind", "left", "right"}``) of a stream kind, worded by
-    :func:`comparer.streams.describe`; None for other kinds (shown as left → right)."""
-    return describe(FieldDiff(d["path"], d["kind"], d["left"], d["right"]))
 
 
 def render_terminal(views: Sequence[EndpointView], top_fields: int = 5) -> str:
@@ -185,7 +178,7 @@ def render_markdown(reader: StoreReader, *, title: str = "shadowreplay report", 
             for ex in examples:
                 out.append(f"- #{ex['id']} {code(ex['method'] + ' ' + ex['target'])} at {_when(ex['ts_ns'])}")
                 for d in ex["diffs"][:5]:
-                    if (text := diff_text(d)) is not None:
+                    if (text := describe_stored(d)) is not None:
                         out.append(f"  - {code(d['path'])}: {cell(text)}")
                     else:
                         out.append(f"  - {code(d['path'])} ({cell(d['kind'])}): {code(_value(d['left']))} → {code(_value(d['right']))}")
@@ -261,7 +254,7 @@ def render_html(reader: StoreReader, *, title: str = "shadowreplay report", sinc
             for ex in examples:
                 for i, d in enumerate(ex["diffs"][:5]):
                     head = f"#{ex['id']} {c(ex['method'] + ' ' + ex['target'])}<br><span class='muted'>{e(_when(ex['ts_ns']))}</span>" if i == 0 else ""
-                    text = diff_text(d)
+                    text = describe_stored(d)
                     values = (
                         f"<td colspan='2'>{e(text)}</td>" if text is not None
                         else f"<td>{c(_value(d['left']))}</td><td>{c(_value(d['right']))}</td>"

@@ -49,7 +49,7 @@ from comparer.diff import FieldDiff, Verdict
 from comparer.latency import LatencyVerdict, LogSketch
 from comparer.noise import NOISE
 from comparer.paths import field_key
-from comparer.streams import STREAM_KINDS, describe
+from comparer.streams import STREAM_KINDS, describe_stored
 from comparer.verdict import (
     MAX_FIELDS_PER_ENDPOINT,
     OTHER_FIELDS,
@@ -543,10 +543,9 @@ def latest_diff(row: sqlite3.Row, key: str) -> dict[str, Any] | None:
     wording (``text``: :func:`comparer.streams.describe`, delays in ms)."""
     for d in orjson.loads(row["diffs"]):
         if field_key(d["path"]) == key:
-            diff = FieldDiff(d["path"], d["kind"], d["left"], d["right"])
             return {
                 "id": row["id"], "ts_ns": row["ts_ns"], "method": row["method"], "target": row["target"],
-                "path": diff.path, "kind": diff.kind, "left": diff.left, "right": diff.right, "text": describe(diff),
+                "path": d["path"], "kind": d["kind"], "left": d["left"], "right": d["right"], "text": describe_stored(d),
             }
     return None
 

@@ -58,10 +58,9 @@ import orjson
 from aiohttp import web
 
 from comparer.chart import arrival_svg
-from comparer.jsondiff import FieldDiff
 from comparer.page import PAGE_CSS, PAGE_HTML, PAGE_JS
 from comparer.store import DivergenceStore, Page, QueryTimeout, StoreReader
-from comparer.streams import STREAM_KINDS, describe
+from comparer.streams import STREAM_KINDS, describe_stored
 from shadowreplay.config import WebConfig, parse_hostport
 from shadowreplay.errors import ConfigError, ShadowError
 from shadowreplay.record import Response
@@ -550,7 +549,7 @@ def with_streams(item: dict[str, Any]) -> dict[str, Any]:
     chart of both (``arrival_svg``)."""
     stream = [d for d in item["diffs"] if d["kind"] in STREAM_KINDS]
     for d in stream:
-        d["text"] = describe(FieldDiff(d["path"], d["kind"], d["left"], d["right"]))
+        d["text"] = describe_stored(d)
     responses = item["result"].get("responses") or {}
     if not stream or item.get("reference") != "baseline" or "candidate" not in responses:
         return item
