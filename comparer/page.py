@@ -1,7 +1,10 @@
 """The divergence page's HTML, CSS and script (plain text, no build step).
 
 The script puts every value into the DOM with ``textContent`` / text nodes; nothing it
-shows is ever parsed as HTML. Served by :mod:`comparer.web`.
+shows is ever parsed as HTML. The one piece of markup it takes from the API, a stream
+divergence's arrival chart (``arrival_svg``, drawn by :mod:`comparer.chart`), is parsed
+as an SVG document with ``DOMParser`` and imported only when it is an ``<svg>`` without
+script, foreign content, event or link attributes. Served by :mod:`comparer.web`.
 
 Where to extend: the tables of endpoints, of an endpoint's fields and of one request's
 diffs are drawn from the column lists ``ENDPOINT_COLUMNS``, ``FIELD_COLUMNS`` and
@@ -52,6 +55,11 @@ PAGE_HTML = """<!doctype html>
     <a id="permalink" href="#" title="a link that opens this divergence">link</a>
   </div>
   <table id="diffs"><thead></thead><tbody></tbody></table>
+  <figure id="arrival" hidden>
+    <div id="arrival-chart"></div>
+    <figcaption><b>Body arrival</b> <span class="hint">share of each side's body received over time since the send</span>
+      <ul id="arrival-text"></ul></figcaption>
+  </figure>
   <div class="sides">
     <div class="side" id="side-request"></div>
     <div class="side" id="side-left"></div>
@@ -115,6 +123,11 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .curl input { width: 100%; font: inherit; font-family: ui-monospace, monospace; padding: .2em .3em; margin: .2em 0 .4em; }
 .curl pre { background: #22303f; color: #f1f4f7; padding: .5em; border-radius: 4px; margin: 0; max-height: 24em; overflow-y: auto; overflow-x: hidden; }
 .curl .actions { display: flex; gap: .6em; align-items: baseline; margin-top: .3em; }
+#arrival { display: flex; flex-wrap: wrap; align-items: flex-start; gap: .4em 1.2em; margin: .8em 0 0; }
+#arrival[hidden] { display: none; }
+#arrival svg { display: block; max-width: 100%; height: auto; border: 1px solid #eceff2; border-radius: 4px; background: #fff; }
+#arrival figcaption { flex: 1; min-width: 16em; }
+#arrival ul { margin: .3em 0 0; padding-left: 1.2em; }
 """
 
 PAGE_JS = r"""
@@ -191,7 +204,40 @@ PAGE_JS = r"""
     const text = msValue(l.baseline_p50_ms) + ' → ' + msValue(l.candidate_p50_ms);
     return el('td', { class: 'mono' + (l.regression ? ' rate-hi' : '') }, text);
   }
-  function diffValue(d, v) { return d.kind === 'latency' ? ms(v) : show(v); }
+  // Units per kind: latency is in seconds (shown as ms); the stream kinds carry ms already.
+  function diffValue(d, v) {
+    if (d.kind === 'latency') return ms(v);
+    if (d.kind === 'first_byte_delay') return msValue(v);
+    if (d.kind === 'buffering' && v && typeof v === 'object') return bufferingSide(v);
+    if (d.kind === 'event_count' && typeof v === 'number') return v + ' events';
+    return show(v);
+  }
+  // One side of a buffering diff (comparer.cadence): when its bytes came, in ms.
+  function bufferingSide(v) {
+    if (!v.bytes) return 'nothing within the stream window';
+    const burst = typeof v.largest_burst === 'number' ? Math.round(100 * v.largest_burst) + ' %' : '–';
+    return `first byte ${msValue(v.first_byte_ms)} · average byte ${msValue(v.mean_byte_ms)} · `
+      + `last byte ${msValue(v.last_byte_ms)} · largest burst ${burst} of ${v.bytes} bytes`;
+  }
+  // The arrival chart the API drew (comparer.chart): parsed as SVG, never as HTML, and
+  // taken only when it is an <svg> with nothing in it that could run.
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  function svgNode(text) {
+    const doc = new DOMParser().parseFromString(String(text), 'image/svg+xml');
+    const root = doc.documentElement;
+    if (!root || root.namespaceURI !== SVG_NS || root.localName !== 'svg' || doc.getElementsByTagName('parsererror').length) return null;
+    for (const e of [root, ...root.getElementsByTagName('*')]) {
+      if (e.namespaceURI !== SVG_NS || ['script', 'foreignObject'].includes(e.localName)) return null;
+      for (const a of e.attributes) if (/^on/i.test(a.name) || /href$/i.test(a.name)) return null;
+    }
+    return document.importNode(root, true);
+  }
+  function showArrival(d) {
+    const chart = d.arrival_svg ? svgNode(d.arrival_svg) : null;
+    $('#arrival-chart').replaceChildren(...(chart ? [chart] : []));
+    $('#arrival-text').replaceChildren(...d.diffs.filter((x) => x.text).map((x) => el('li', { class: 'mono' }, x.text)));
+    $('#arrival').hidden = !chart;
+  }
   // Fill a table from rows and a column list; optional columns only when some row has them.
   function fillTable(table, columns, rows, rowAttrs) {
     const cols = columns.filter((c) => !c.optional || rows.some((r) => c.optional(r)));
@@ -548,6 +594,7 @@ PAGE_JS = r"""
     $('#permalink').setAttribute('href', '#d=' + d.id);
     const hl = new Set(d.diffs.map((x) => x.path));
     fillTable($('#diffs'), DIFF_COLUMNS, d.diffs, () => ({ class: 'diff' }));
+    showArrival(d);
     const resp = r.responses || {};
     const reference = d.reference === 'baseline' ? resp.baseline : null;
     const multi = rpcMulti([parsedBody(reference), parsedBody(resp.candidate)]);
@@ -603,7 +650,7 @@ PAGE_JS = r"""
     connectFeed();
     document.body.dataset.ready = '1';
   }
-  window.shadowreplay = { selectEndpoint, showDivergence, loadEndpoints, curlCommand, ms };
+  window.shadowreplay = { selectEndpoint, showDivergence, loadEndpoints, curlCommand, ms, svgNode };
   init().catch(fail);
 })();
 """

@@ -18,6 +18,7 @@ import orjson
 
 from comparer.latency import LatencyVerdict
 from comparer.store import EndpointView, FieldView, StoreReader
+from comparer.streams import describe_stored
 from comparer.verdict import FIRST_PATHS
 
 TOP_FIELDS = 10
@@ -74,9 +75,26 @@ def field_line(f: FieldView) -> str:
     return f"{f.path}  [{', '.join(f.kinds) or '-'}]  {f.state}  {counts}"
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters as escapes: a logged target may hold any byte,
+    and a terminal must not take one for a command."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def latest_line(f: FieldView) -> str | None:
+    """``#12 GET /deploys/7/log: buffering: first byte 2.0 → 2015.0 ms, …``: a stream
+    field's newest stored difference, worded with its delays in ms; None for other fields."""
+    if f.latest is None or not f.latest.get("text"):
+        return None
+    return _printable(f"#{f.latest['id']} {f.latest['method']} {f.latest['target']}: {f.latest['text']}")
+
+
 def render_terminal(views: Sequence[EndpointView], top_fields: int = 5) -> str:
     """Endpoints by real divergence rate, each followed by its fields (status first, then
-    the real ones), its latency in ms and what was not compared."""
+    the real ones), its latency in ms and what was not compared. A stream field is
+    followed by its newest stored difference with its delays in ms."""
     if not views:
         return "no divergences stored and nothing compared yet"
     header = ("endpoint", "compared", "diverged", "rate", "noise", "stored")
@@ -96,6 +114,8 @@ def render_terminal(views: Sequence[EndpointView], top_fields: int = 5) -> str:
         shown += [f for f in v.fields if f not in shown][: max(0, top_fields - len(shown))]
         for f in shown:
             out.append(f"    {field_line(f)}")
+            if (latest := latest_line(f)) is not None:
+                out.append(f"      {latest}")
         rest = [f for f in v.fields if f not in shown]
         if rest:
             real = sum(1 for f in rest if f.real)
@@ -148,13 +168,20 @@ def render_markdown(reader: StoreReader, *, title: str = "shadowreplay report", 
                 f"| {code(f.path)} | {f.state} | {cell(', '.join(f.kinds))} | {f.raw} | {f.noise} | {f.twin} | "
                 f"{f.diverged} | {f.stored} |"
             )
+        streams = [f.latest for f in v.fields[:TOP_FIELDS] if f.latest is not None and f.latest.get("text")]
+        if streams:
+            out += ["", "Streams, newest stored difference:", ""]
+            out += [f"- #{x['id']} {code(x['method'] + ' ' + x['target'])}: {cell(x['text'])}" for x in streams]
         examples = _examples(reader, v, since_ns)
         if examples:
             out += ["", "Examples:", ""]
             for ex in examples:
                 out.append(f"- #{ex['id']} {code(ex['method'] + ' ' + ex['target'])} at {_when(ex['ts_ns'])}")
                 for d in ex["diffs"][:5]:
-                    out.append(f"  - {code(d['path'])} ({cell(d['kind'])}): {code(_value(d['left']))} → {code(_value(d['right']))}")
+                    if (text := describe_stored(d)) is not None:
+                        out.append(f"  - {code(d['path'])}: {cell(text)}")
+                    else:
+                        out.append(f"  - {code(d['path'])} ({cell(d['kind'])}): {code(_value(d['left']))} → {code(_value(d['right']))}")
     return "\n".join(out) + "\n"
 
 
@@ -216,16 +243,23 @@ def render_html(reader: StoreReader, *, title: str = "shadowreplay report", sinc
                 f"<td class='n'>{f.stored}</td></tr>"
             )
         parts.append("</table>")
+        streams = [f.latest for f in v.fields[:TOP_FIELDS] if f.latest is not None and f.latest.get("text")]
+        if streams:
+            parts.append("<p>Streams, newest stored difference:</p><ul>")
+            parts += [f"<li>#{e(str(x['id']))} {c(x['method'] + ' ' + x['target'])}: {e(x['text'])}</li>" for x in streams]
+            parts.append("</ul>")
         examples = _examples(reader, v, since_ns)
         if examples:
             parts.append("<table><tr><th>example</th><th>field</th><th>kind</th><th>reference</th><th>candidate</th></tr>")
             for ex in examples:
                 for i, d in enumerate(ex["diffs"][:5]):
                     head = f"#{ex['id']} {c(ex['method'] + ' ' + ex['target'])}<br><span class='muted'>{e(_when(ex['ts_ns']))}</span>" if i == 0 else ""
-                    parts.append(
-                        f"<tr><td>{head}</td><td>{c(d['path'])}</td><td>{e(str(d['kind']))}</td>"
-                        f"<td>{c(_value(d['left']))}</td><td>{c(_value(d['right']))}</td></tr>"
+                    text = describe_stored(d)
+                    values = (
+                        f"<td colspan='2'>{e(text)}</td>" if text is not None
+                        else f"<td>{c(_value(d['left']))}</td><td>{c(_value(d['right']))}</td>"
                     )
+                    parts.append(f"<tr><td>{head}</td><td>{c(d['path'])}</td><td>{e(str(d['kind']))}</td>{values}</tr>")
             parts.append("</table>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -33,6 +33,7 @@ each read — stored divergences are re-judged as the verdict of their fields ch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -48,6 +49,7 @@ from comparer.diff import FieldDiff, Verdict
 from comparer.latency import LatencyVerdict, LogSketch
 from comparer.noise import NOISE
 from comparer.paths import field_key
+from comparer.streams import STREAM_KINDS, describe_stored
 from comparer.verdict import (
     MAX_FIELDS_PER_ENDPOINT,
     OTHER_FIELDS,
@@ -60,7 +62,7 @@ from comparer.verdict import (
 )
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
-from shadowreplay.record import ReplayResult, Response, readable
+from shadowreplay.record import ReplayResult, readable
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +211,8 @@ def cap_result(result: ReplayResult, max_body_bytes: int) -> dict[str, Any]:
     wire = result.to_wire()
     for name, response in result.responses.items():
         if len(response.body) > max_body_bytes:
-            capped = Response(
-                status=response.status,
-                headers=response.headers,
-                body=response.body[:max_body_bytes],
-                truncated=True,
-                latency=response.latency,
-                ttfb=response.ttfb,
-                error=response.error,
-            )
+            # replace(): every other field (the arrival timeline, the stream flags) stays as received.
+            capped = dataclasses.replace(response, body=response.body[:max_body_bytes], truncated=True)
             wire["responses"][name] = capped.to_wire()
     return wire
 
@@ -510,7 +505,9 @@ class FieldView:
     undecided), ``raw`` requests where the candidate differed there, ``noise`` those
     judged noise, ``twin`` paired requests where the reference and its twin differed
     there, ``diverged`` requests counted as diverged on it, ``stored`` stored divergences
-    touching it (only for real fields)."""
+    touching it (only for real fields). ``latest``: for a real stream field (a kind of
+    ``comparer.streams.STREAM_KINDS``), the newest stored divergence's difference there
+    (:func:`latest_diff`), so its delays can be named."""
 
     path: str
     kinds: list[str]
@@ -521,9 +518,10 @@ class FieldView:
     state: str = "real"
     twin: int = 0
     diverged: int = 0
+    latest: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "path": self.path,
             "real": self.real,
             "verdict": self.state,
@@ -534,6 +532,22 @@ class FieldView:
             "diverged": self.diverged,
             "stored": self.stored,
         }
+        if self.latest is not None:  # an added key, on stream fields only: the documented shape stays
+            out["latest"] = self.latest
+        return out
+
+
+def latest_diff(row: sqlite3.Row, key: str) -> dict[str, Any] | None:
+    """The first difference of a stored divergence (``id``, ``ts_ns``, ``method``,
+    ``target``, ``diffs``) on field ``key``, with its request and, for a stream kind, its
+    wording (``text``: :func:`comparer.streams.describe`, delays in ms)."""
+    for d in orjson.loads(row["diffs"]):
+        if field_key(d["path"]) == key:
+            return {
+                "id": row["id"], "ts_ns": row["ts_ns"], "method": row["method"], "target": row["target"],
+                "path": d["path"], "kind": d["kind"], "left": d["left"], "right": d["right"], "text": describe_stored(d),
+            }
+    return None
 
 
 @dataclass
@@ -712,9 +726,11 @@ class StoreReader:
         field, only those at or after ``since_ns`` when given.
         """
         judged = self.judgements(endpoint)
+        streams = {(name, f.path) for name, j in judged.items() for f in j.fields if any(k in STREAM_KINDS for k in f.kinds)}
         stored: dict[str, int] = {}
         sfields: dict[tuple[str, str], int] = {}
-        for _, ep, keys in self._stored(since_ns or 0, endpoint):
+        newest: dict[tuple[str, str], int] = {}  # a stream field's newest stored divergence
+        for div_id, ep, keys in self._stored(since_ns or 0, endpoint):
             j = judged.get(ep)
             real = [k for k in keys if j is not None and k in j.real_fields]
             if not real:
@@ -722,6 +738,9 @@ class StoreReader:
             stored[ep] = stored.get(ep, 0) + 1
             for k in real:
                 sfields[(ep, k)] = sfields.get((ep, k), 0) + 1
+                if (ep, k) in streams and div_id > newest.get((ep, k), 0):
+                    newest[(ep, k)] = div_id
+        latest = self._latest(newest)
         out = [
             EndpointView(
                 endpoint=name,
@@ -731,7 +750,7 @@ class StoreReader:
                 stored=stored.get(name, 0),
                 fields=[
                     FieldView(f.path, list(f.kinds), f.raw, f.noise, sfields.get((name, f.path), 0), f.real, f.state,
-                              f.twin, f.diverged)
+                              f.twin, f.diverged, latest.get((name, f.path)))
                     for f in j.fields
                 ],
                 paired=j.paired,
@@ -741,6 +760,26 @@ class StoreReader:
             for name, j in judged.items()
         ]
         out.sort(key=lambda e: (-e.rate, not e.latency.regression, -e.diverged, -e.compared, e.endpoint))
+        return out
+
+    def _latest(self, newest: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], dict[str, Any]]:
+        """:func:`latest_diff` of each (endpoint, field) at its divergence id: one query
+        for the few stream fields there are, not a parse of every stored divergence."""
+        ids = sorted(set(newest.values()))
+        if not ids:
+            return {}
+        rows = {
+            int(r["id"]): r
+            for r in self._query(
+                f"SELECT id, ts_ns, method, target, diffs FROM divergences WHERE id IN ({','.join('?' * len(ids))})", ids
+            )
+        }
+        out = {}
+        for (ep, key), div_id in newest.items():
+            row = rows.get(div_id)
+            found = latest_diff(row, key) if row is not None else None  # pruned between the two reads
+            if found is not None:
+                out[(ep, key)] = found
         return out
 
     def endpoints_page(

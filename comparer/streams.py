@@ -7,7 +7,9 @@ Pure, no I/O. The work is done in :mod:`comparer.cadence` (how the body arrived)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from comparer.cadence import CadenceRules, judge
 from comparer.jsondiff import FieldDiff, JsonOptions
@@ -107,6 +109,12 @@ def describe(diff: FieldDiff) -> str | None:
     ]
     burst = f"largest burst {_pct(left.get('largest_burst'))} → {_pct(right.get('largest_burst'))} of the body"
     return "buffering: " + ", ".join([*parts, burst])
+
+
+def describe_stored(diff: Mapping[str, Any]) -> str | None:
+    """:func:`describe` of a diff as the store keeps it and the API serves it
+    (``{"path", "kind", "left", "right"}``)."""
+    return describe(FieldDiff(diff["path"], diff["kind"], diff["left"], diff["right"]))
 
 
 def _ms(value: object) -> str:

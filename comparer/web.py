@@ -7,7 +7,9 @@ Routes (all GET):
   endpoints by divergence rate (the ``shadowreplay diffs --json`` shape), one page of them.
 * ``/api/samples?endpoint=E[&path=P][&limit=N][&before=ID]`` — stored divergences of one
   endpoint, newest first, one page of them.
-* ``/api/divergences/{id}`` — one stored divergence: request, every response, field diffs.
+* ``/api/divergences/{id}`` — one stored divergence: request, every response, field diffs;
+  a stream diff carries its wording (``text``), and a divergence with one the arrival
+  chart of baseline and candidate (``arrival_svg``, :func:`comparer.chart.arrival_svg`).
 * ``/api/totals`` — compared / diverged / stored over the whole store.
 * ``/api/feed`` — Server-Sent Events, one ``divergence`` event per newly stored
   divergence (``id:`` = its store id; ``Last-Event-ID`` resumes), a ``: ping`` comment
@@ -27,7 +29,9 @@ in time, so a slow page request never holds the event loop that the collector an
 replayer of the same process run on.
 
 The page builds every piece of data into the DOM with ``textContent`` (never HTML), and
-the responses carry a Content-Security-Policy allowing only the page's own script.
+the responses carry a Content-Security-Policy allowing only the page's own script. The
+one piece of markup it takes from the API, the arrival chart, is drawn here (numbers and
+escaped text only) and parsed by the page as an SVG document, not as HTML.
 """
 
 from __future__ import annotations
@@ -53,10 +57,13 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
+from comparer.chart import arrival_svg
 from comparer.page import PAGE_CSS, PAGE_HTML, PAGE_JS
 from comparer.store import DivergenceStore, Page, QueryTimeout, StoreReader
+from comparer.streams import STREAM_KINDS, describe_stored
 from shadowreplay.config import WebConfig, parse_hostport
 from shadowreplay.errors import ConfigError, ShadowError
+from shadowreplay.record import Response
 
 log = logging.getLogger(__name__)
 
@@ -521,13 +528,36 @@ class DivergencePage:
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 1 <= int(raw) <= MAX_ID:
             raise BadRequest(f"divergence id: expected an integer from 1 to {MAX_ID}, got {raw[:40]!r}")
         div_id = int(raw)
-        item = await self._query(lambda: self.reader.divergence(div_id))
+
+        def query() -> dict[str, Any] | None:
+            found = self.reader.divergence(div_id)
+            return None if found is None else with_streams(found)
+
+        item = await self._query(query)
         if item is None:
             return _json({"error": "no such divergence (pruned?)"}, 404)
         return _json(item)
 
     async def _totals(self, request: web.Request) -> web.Response:
         return _json(await self._query(self.reader.totals))
+
+
+def with_streams(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored divergence (``StoreReader.divergence``) with each stream diff worded
+    (``text``: :func:`comparer.streams.describe`, delays in ms) and, when it has one and
+    was compared with a baseline that has an arrival timeline on either side, the arrival
+    chart of both (``arrival_svg``)."""
+    stream = [d for d in item["diffs"] if d["kind"] in STREAM_KINDS]
+    for d in stream:
+        d["text"] = describe_stored(d)
+    responses = item["result"].get("responses") or {}
+    if not stream or item.get("reference") != "baseline" or "candidate" not in responses:
+        return item
+    baseline = Response.from_wire(responses["baseline"]).timeline
+    candidate = Response.from_wire(responses["candidate"]).timeline
+    if baseline or candidate:
+        item["arrival_svg"] = arrival_svg(baseline, candidate)
+    return item
 
 
 def _event(item: dict[str, Any]) -> bytes:

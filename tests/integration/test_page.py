@@ -21,8 +21,8 @@ from aiohttp import web
 from browser import Browser, chromium, open_page
 
 from comparer_session import ComparerSession
-from comparer.web import DivergencePage
-from shadowreplay.config import WebConfig
+from comparer.web import CSP, DivergencePage
+from shadowreplay.config import ComparerConfig, WebConfig
 from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response
 
 pytestmark = pytest.mark.integration
@@ -310,3 +310,163 @@ async def test_curl_command_reproduces_the_request_exactly(
     finally:
         await ws.close()
         await recorder.stop()
+
+
+# -- streams: the arrival chart and the delays in ms ------------------------------------------
+
+STREAM_TEXT = (("content-type", "text/plain"),)
+STREAM_BODY = b"".join(b"line %02d of the deploy log\n" % i for i in range(20))
+PROGRESSIVE = tuple((round(0.002 + 0.1 * i, 6), 27 * (i + 1)) for i in range(20))  # 20 lines, 100 ms apart
+HELD = ((2.015, 91),)  # the same body gzipped and held to the end (as nginx with gzip on does)
+LATE = tuple((round(t + 0.8, 6), n) for t, n in PROGRESSIVE)  # the same cadence, 800 ms late
+
+
+def streamed(timeline: tuple[tuple[float, int], ...], **kw: Any) -> Response:
+    return Response(status=200, headers=STREAM_TEXT, body=STREAM_BODY, latency=timeline[-1][0], ttfb=timeline[0][0],
+                    timeline=timeline, **kw)
+
+
+def stream_results() -> list[ReplayResult]:
+    # Eight of each: enough for the endpoint's noise model to call the stream kinds real.
+    out = [make(300 + k, "GET", f"/deploys/{k}/log", "GET /deploys/{id}/log",
+                streamed(PROGRESSIVE, stream=True), streamed(HELD)) for k in range(8)]
+    out += [make(400 + k, "GET", f"/exports/{k}", "GET /exports/{id}",
+                 streamed(PROGRESSIVE, stream=True), streamed(LATE)) for k in range(8)]
+    out.append(make(500, "GET", "/api/orders/1", "GET /api/orders/{id}", jresp({"total": 1}), jresp({"total": 2})))
+    return out
+
+
+@pytest.fixture
+async def stream_page_url(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """A store with a buffered stream, a late stream and a JSON divergence, served on
+    loopback; latency diffs on, so seconds and milliseconds meet in one table."""
+    path = str(tmp_path / "streams.db")
+    config = ComparerConfig(latency_ratio_threshold=1.2, latency_min_delta_seconds=0.05)
+    session = ComparerSession(path, config)
+    ids: dict[str, int] = {}
+    session.store.subscribe(lambda added: ids.update({a["result_id"]: a["id"] for a in added}))
+    session.feed(*stream_results())
+    page = DivergencePage(path, WebConfig(listen="127.0.0.1:0"))
+    await page.start()
+    try:
+        yield f"http://127.0.0.1:{page.port}/", ids
+    finally:
+        await page.stop()
+        session.close()
+
+
+def expected_steps(timeline: tuple[tuple[float, int], ...], end: float, frame: dict[str, float]) -> list[tuple[float, float]]:
+    """Cumulative steps of a timeline in the chart's plot frame: the share of the side's own
+    body over time, flat at 0 until the first byte and flat after the last."""
+    total = timeline[-1][1]
+
+    def xy(t: float, share: float) -> tuple[float, float]:
+        return frame["x"] + frame["width"] * t / end, frame["y"] + frame["height"] * (1 - share)
+
+    out, share = [xy(0, 0)], 0.0
+    for t, n in timeline:
+        out.append(xy(t, share))
+        share = n / total
+        out.append(xy(t, share))
+    return [*out, xy(end, share)]
+
+
+CHART = r"""
+(() => {
+  const svg = document.querySelector('#arrival-chart svg');
+  if (!svg) return null;
+  const r = svg.querySelector('rect');
+  const box = svg.getBoundingClientRect();
+  return {
+    ns: svg.namespaceURI, width: box.width, height: box.height,
+    frame: Object.fromEntries(['x', 'y', 'width', 'height'].map((k) => [k, Number(r.getAttribute(k))])),
+    lines: [...svg.querySelectorAll('polyline, path')].map((p) => (p.getAttribute('points') || '').trim().split(/\s+/)
+      .map((xy) => xy.split(',').map(Number))),
+    text: svg.textContent,
+  };
+})()
+"""
+
+
+async def test_a_stream_divergence_draws_its_arrival_and_reads_in_ms(
+    chromium: tuple[str, aiohttp.ClientSession], stream_page_url: tuple[str, dict[str, int]]
+) -> None:
+    devtools, session = chromium
+    url, ids = stream_page_url
+    held, late, plain = ids["r307"], ids["r407"], ids["r500"]
+    # The API: the chart and the wording with the divergence, nothing of the kind without a stream.
+    async with session.get(f"{url}api/divergences/{held}") as r:
+        detail = await r.json()
+    assert detail["arrival_svg"].startswith("<svg ") and "<script" not in detail["arrival_svg"]
+    assert [d["text"] for d in detail["diffs"] if "text" in d] == [
+        "buffering: first byte 2.0 → 2015.0 ms, average byte 952.0 → 2015.0 ms, last byte 1902.0 → 2015.0 ms, "
+        "largest burst 10 % → 100 % of the body"
+    ]
+    async with session.get(f"{url}api/divergences/{plain}") as r:
+        assert "arrival_svg" not in await r.json()
+    async with session.get(url) as r:
+        assert r.headers["Content-Security-Policy"] == CSP
+
+    browser, ws = await open_page(devtools, session)
+    try:
+        await open_at(browser, f"{url}#d={held}")
+        await browser.js(
+            "window.violations = []; document.addEventListener('securitypolicyviolation', "
+            "(e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI))"
+        )
+        await browser.js(f"window.shadowreplay.showDivergence({held})")  # again, now that violations are watched
+        chart = await browser.wait_for(CHART)
+        assert chart["ns"] == "http://www.w3.org/2000/svg" and chart["width"] > 100 and chart["height"] > 50
+        assert "baseline: 540 B, first byte 2.0 ms" in chart["text"] and "candidate: 91 B, first byte 2.02 s" in chart["text"]
+        end = HELD[-1][0]
+        baseline_line, candidate_line = chart["lines"]
+        for got, timeline in ((baseline_line, PROGRESSIVE), (candidate_line, HELD)):
+            want = expected_steps(timeline, end, chart["frame"])
+            assert len(got) == len(want)
+            assert all(abs(gx - wx) <= 0.1 and abs(gy - wy) <= 0.1 for (gx, gy), (wx, wy) in zip(got, want, strict=True)), (got, want)
+        # The candidate is flat until it jumps at the end; the baseline climbs in twenty steps.
+        assert len({round(y, 1) for _, y in candidate_line}) == 2 and len({round(y, 1) for _, y in baseline_line}) == 21
+
+        rows = await browser.js("[...document.querySelectorAll('#diffs tr.diff')].map(tr => [...tr.cells].map(c => c.textContent))")
+        assert rows == [[
+            "cadence:buffering", "buffering",
+            "first byte 2 ms · average byte 952 ms · last byte 1,902 ms · largest burst 10 % of 540 bytes",
+            "first byte 2,015 ms · average byte 2,015 ms · last byte 2,015 ms · largest burst 100 % of 91 bytes",
+        ]]  # 2.015 s against 1.902 s is no latency diff at a 1.2 ratio
+        caption = await browser.js("document.querySelector('#arrival-text').textContent")
+        assert caption.startswith("buffering: first byte 2.0 → 2015.0 ms")
+        assert (problems := await browser.js(LAYOUT_PROBLEMS)) == [], '\n'.join(problems)
+
+        # A late first byte beside a latency diff: both in ms, each from its own unit.
+        await browser.js(f"window.shadowreplay.showDivergence({late})")
+        await browser.wait_for(f"document.querySelector('#detail-title').textContent.startsWith('#{late} ')")
+        rows = await browser.js("[...document.querySelectorAll('#diffs tr.diff')].map(tr => [...tr.cells].map(c => c.textContent))")
+        cells = {r[0]: r[1:] for r in rows}
+        assert cells["cadence:first_byte"] == ["first_byte_delay", "2 ms", "802 ms"]
+        assert cells["latency"] == ["latency", "1,902 ms", "2,702 ms"]
+        assert await browser.js("document.querySelector('#arrival').hidden") is False
+        assert await browser.js("document.querySelector('#arrival-text').textContent") == "first_byte_delay: first body byte 2.0 → 802.0 ms"
+
+        # No stream, no chart (and the last one is gone).
+        await browser.js(f"window.shadowreplay.showDivergence({plain})")
+        await browser.wait_for(f"document.querySelector('#detail-title').textContent.startsWith('#{plain} ')")
+        assert await browser.js("document.querySelector('#arrival').hidden") is True
+        assert await browser.js("document.querySelectorAll('#detail svg, #arrival-text li').length") == 0
+        assert await browser.js("window.violations") == []
+
+        # Markup the chart never holds is refused whole, never half-imported.
+        refused = [
+            "<svg xmlns='http://www.w3.org/2000/svg'><script>window.ran = 1</script></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg' onload='window.ran = 1'><rect/></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><foreignObject><p xmlns='http://www.w3.org/1999/xhtml'>x</p></foreignObject></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><a href='javascript:1'><text>x</text></a></svg>",
+            "<svg xmlns='http://www.w3.org/2000/svg'><rect></svg>",
+            "<html xmlns='http://www.w3.org/1999/xhtml'><img src='x' onerror='window.ran = 1'/></html>",
+            "<svg><rect/></svg>",  # no SVG namespace: not an SVG element
+        ]
+        got = await browser.js(f"{orjson.dumps(refused).decode()}.map((t) => window.shadowreplay.svgNode(t) === null)")
+        assert got == [True] * len(refused)
+        assert await browser.js(f"window.shadowreplay.svgNode({orjson.dumps(detail['arrival_svg']).decode()}).localName") == "svg"
+        assert await browser.js("window.ran === undefined")
+    finally:
+        await ws.close()
