@@ -437,3 +437,33 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
         assert all(("X-Learn", "1") in r.headers for r in records)
     finally:
         await runner.cleanup()
+
+
+async def test_noise_learn_never_leaves_the_baseline_and_takes_any_logged_header() -> None:
+    """Targets that name another host (``@host``, ``//host``, absolute-form) reach the
+    baseline as paths, and a logged Authorization is sent as a header, not a crash (noise
+    learn built ``base + target`` URLs with aiohttp: issue 18)."""
+    from ingest_peers import RawBackend
+
+    from shadowreplay.commands import noise_learn as learn
+    from shadowreplay.config import Config
+
+    baseline, elsewhere = await RawBackend().start(), await RawBackend().start()
+    other = f"127.0.0.1:{elsewhere.port}"
+    records = [
+        RequestRecord(id=f"h{i}", ts=i, method="GET", target=t, client="10.0.0.9",
+                      headers=(("Authorization", "Basic dXNlcjpwYXNz"), ("Cookie", "a=1")))
+        for i, t in enumerate([f"@{other}/x", f"//{other}/x", f"http://{other}/x", "/plain"])
+    ]
+    try:
+        sample = await learn.learn(Config(), records, f"http://user:secret@127.0.0.1:{baseline.port}")
+    finally:
+        await baseline.close()
+        await elsewhere.close()
+    assert elsewhere.received == []
+    assert sum(sample.requests.values()) == 4 and not sample.failed
+    lines = sorted(r.request_line for r in baseline.received)  # pairs in flight at once: any order
+    assert lines == sorted(f"GET {t} HTTP/1.1".encode() for t in (f"/@{other}/x", f"//{other}/x", "/x", "/plain") * 2)
+    for r in baseline.received:  # the baseline URL's userinfo is never sent; the logged one is
+        assert r.header(b"Authorization") == b"Basic dXNlcjpwYXNz"
+        assert r.header(b"X-Forwarded-For") == b"10.0.0.9"
