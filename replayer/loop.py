@@ -51,7 +51,6 @@ from shadowreplay.endpoint import endpoint_name
 from shadowreplay.errors import BusError, ConfigError, RecordError
 from shadowreplay.record import (
     PROBE,
-    SCHEMA_VERSION,
     ReplayResult,
     RequestRecord,
     Response,
@@ -85,8 +84,6 @@ ANCHOR_WAIT_SECONDS = 0.5
 WINDOW_IDLE_EXIT_SECONDS = 2.0
 # The first record this late means the anchor is probably left over from an earlier replay.
 STALE_ANCHOR_SECONDS = 60.0
-# How encode_request's output starts: a message that does is reused byte for byte.
-_OWN_ENCODING = b'{"v":%d,"id":' % SCHEMA_VERSION
 
 _Item = tuple[bytes | None, bytes, int | None]
 _TP = tuple[str, int]
@@ -99,8 +96,8 @@ class _Slot:
     message: Message
     done: bool = False
     dropped: bool = False  # its partition was revoked before it was sent
-    # The message is already the request's encoding (no rule changed the record): the
-    # result embeds it as is instead of encoding the request again.
+    # The message the request was decoded from, when no rule changed the record (the
+    # result may embed it as is: see encode_result).
     request_json: bytes | None = None
 
 
@@ -384,7 +381,7 @@ class Replayer:
                     reason = ("method_not_allowed" if by == "methods"
                               else "sampled_out" if by.endswith(":sample") else "filtered")
                 else:
-                    if outcome.record is record and message.value.startswith(_OWN_ENCODING):
+                    if outcome.record is record:
                         slot.request_json = message.value
                     records.append((outcome.record, slot))
             if reason is not None:

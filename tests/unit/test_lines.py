@@ -66,6 +66,16 @@ def test_msec_and_iso_are_exact() -> None:
     assert parse_iso8601("1970-01-01T00:00:00.000000001+00:00") == 1
 
 
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), "Infinity", "1e999", "-1", "9" * 20, 2**62, -1, True]
+)
+def test_msec_that_is_no_time_is_a_line_error(value: object) -> None:
+    # A msgpack float can be infinite, a number can be past int64 nanoseconds: refused with
+    # the line's reason, never an OverflowError (or a time the bus cannot carry).
+    with pytest.raises(LineError):
+        parse_msec(value)
+
+
 def test_ltsv() -> None:
     assert parse_ltsv_line("a:1\tb:x:y\tc:\n") == {"a": "1", "b": "x:y", "c": ""}
     for bad in ("", "nolabel", ":v"):
