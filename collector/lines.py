@@ -240,28 +240,23 @@ def _bad_time(value: Any) -> LineError:
     return LineError(f"unreadable time {value!r:.64}", "bad_time_field")
 
 
-# Times are int64 nanoseconds on the bus (until 2262).
-_NS_LIMIT = 2**63
-
-
 def parse_msec(value: Any) -> int:
     """nginx ``$msec`` (seconds with a fractional part) → exact integer nanoseconds."""
     kind = type(value)
-    if kind is int:
-        ns = int(value) * NS
-    elif kind is str or kind is float:
-        text = value if kind is str else repr(value)
-        sec, _dot, frac = text.partition(".")
-        if sec.isdigit() and (not frac or frac.isdigit()) and sec.isascii() and frac.isascii():
-            ns = int(sec) * NS + (int(frac[:9].ljust(9, "0")) if frac else 0)
-        else:
-            try:  # exponent forms and the like
-                ns = int(Decimal(text) * NS)
-            except (InvalidOperation, ValueError, OverflowError) as exc:  # OverflowError: infinity
-                raise _bad_time(value) from exc
-    else:
+    if kind is int and value >= 0:
+        return int(value) * NS
+    if kind is float:
+        value = repr(value)
+    elif kind is not str:
         raise _bad_time(value)
-    if not 0 <= ns < _NS_LIMIT:
+    sec, _dot, frac = value.partition(".")
+    if sec.isdigit() and (not frac or frac.isdigit()) and sec.isascii() and frac.isascii():
+        return int(sec) * NS + (int(frac[:9].ljust(9, "0")) if frac else 0)
+    try:  # exponent forms and the like
+        ns = int(Decimal(value) * NS)
+    except (InvalidOperation, ValueError, OverflowError) as exc:  # OverflowError: infinity
+        raise _bad_time(value) from exc
+    if ns < 0:
         raise _bad_time(value)
     return ns
 
