@@ -35,7 +35,9 @@ from hashlib import blake2b
 from typing import Any, Protocol
 
 from collector.lines import (
+    ESCAPES,
     ESCAPES_DECODE,
+    FORMATS,
     LINE_ID_FIELD,
     TIME_FIELD_FORMATS,
     TIME_PARSERS,
@@ -83,10 +85,7 @@ def make_format(
     """The log format called ``name`` (``collector.format``), mapping ``fields``, reading
     raw lines with ``escapes`` (``collector.escapes``) and redacting per ``redact``
     (default: ``RedactConfig()``); ``on_body_dropped(reason)`` counts dropped bodies."""
-    factory = FORMATS.get(name)
-    if factory is None:
-        raise ConfigError(f"collector.format: unknown format {name!r} (known: {', '.join(FORMATS)})")
-    return factory(fields, redact, escapes=escapes, on_body_dropped=on_body_dropped)
+    return AccessLogFormat(name, fields, redact, escapes=escapes, on_body_dropped=on_body_dropped)
 
 
 def entry_id(tag: str, frame: bytes, index: int) -> str:
@@ -99,24 +98,33 @@ def entry_id(tag: str, frame: bytes, index: int) -> str:
 
 
 class AccessLogFormat:
-    """Maps log records with a FieldMap (see module docstring).
+    """Maps log records of format ``name`` (one of ``collector.lines.FORMATS``) with a
+    FieldMap (see module docstring); ConfigError naming the key for a format, escape mode
+    or time format that does not exist.
 
     Keys starting with ``fields.header_prefix`` (``http_user_agent``) and the explicit
     ``fields.headers`` are request headers (``User-Agent``). The client address is the
     configured field only, never X-Forwarded-For. ``"-"`` and ``""`` mean absent.
     """
 
-    name = "nginx_json"
-
     def __init__(
         self,
+        name: str,
         fields: FieldMap,
         redact: RedactConfig | None = None,
         *,
         escapes: str = ESCAPES_DECODE,
         on_body_dropped: Callable[[str], None] | None = None,
     ) -> None:
-        self._parse_line = line_parser(self.name, escapes)
+        if name not in FORMATS:
+            raise ConfigError(f"collector.format: unknown format {name!r} (known: {', '.join(FORMATS)})")
+        if escapes not in ESCAPES:
+            raise ConfigError(f"collector.escapes: {' or '.join(ESCAPES)}, got {escapes!r}")
+        if fields.time_format not in TIME_PARSERS:
+            raise ConfigError(f"collector.fields.time_format: one of {', '.join(TIME_PARSERS)}, "
+                              f"got {fields.time_format!r}")
+        self.name = name
+        self._parse_line = line_parser(name, escapes)
         self._keys = (
             fields.method,
             fields.target,
@@ -335,24 +343,6 @@ class AccessLogFormat:
         return result
 
 
-class NginxJsonFormat(AccessLogFormat):
-    """nginx ``escape=json`` access-log records."""
-
-    name = "nginx_json"
-
-
-class LtsvFormat(AccessLogFormat):
-    """LTSV records (labels as field names); map labels with ``collector.fields``."""
-
-    name = "ltsv"
-
-
-class CombinedFormat(AccessLogFormat):
-    """nginx/Apache combined and common log lines, parsed into nginx variable names."""
-
-    name = "combined"
-
-
 def _fallback_id(
     tag: str, time_ns: int, client: Any, method: str, host: str, target: str, status: Any, sent: Any,
     frame: bytes | None, index: int,
@@ -567,11 +557,3 @@ def _compile_layout(
 def _line_id(value: Any) -> str | None:
     """The line id ``shadowreplay tail`` sent, or None when there is none to use."""
     return value if type(value) is str and value and value.isascii() else None
-
-
-#: The log formats by their ``collector.format`` name.
-FORMATS: dict[str, type[AccessLogFormat]] = {
-    "nginx_json": NginxJsonFormat,
-    "ltsv": LtsvFormat,
-    "combined": CombinedFormat,
-}

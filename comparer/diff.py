@@ -444,7 +444,9 @@ class Differ:
         self.namer = EndpointNamer(config.routes, config.max_endpoints)
         self._rules: dict[str, Rules] = {}
         self.rules("")  # compile the global patterns now, so bad ones fail at start-up
-        for rule in config.endpoints:
+        for i, rule in enumerate(config.endpoints):
+            for key in ("ignore_paths", "noise_paths", "unordered_paths"):  # each named by its own key
+                _pathset(getattr(rule, key), f"comparer.endpoints[{i}].{key}")
             self.rules(rule.match)
 
     def rules(self, endpoint: str) -> Rules:

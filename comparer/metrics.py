@@ -49,13 +49,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from comparer.diff import KINDS, PROBE, UNREACHED_KINDS, FieldDiff, Verdict
+from comparer.diff import KINDS, UNREACHED_KINDS, FieldDiff, Verdict
 from comparer.endpoints import OVERFLOW
+from comparer.reach import TARGETS
 from shadowreplay.record import ReplayResult
 
 OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed", "not_reached")
-TARGETS = frozenset({"candidate", "baseline", "secondary", PROBE})
 # Fine enough at the bottom for loopback and cache hits (no floor at 5 ms), wide enough
 # at the top that a slow target shows its size.
 LATENCY_BUCKETS = (
