@@ -63,7 +63,6 @@ LATENCY_BUCKETS = (
 )
 # Up to 100x slower (and down to 10x faster): no cap at 10.
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 #: The comparer group's consumer lag (records, seconds), exported by shadowreplay.lag.
 CONSUMER_LAG = ("shadow_compare_consumer_lag_records", "shadow_compare_consumer_lag_seconds")
 

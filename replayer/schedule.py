@@ -24,8 +24,6 @@ from shadowreplay.errors import ConfigError
 
 # A timer that fires earlier than this before the due time is slept on again.
 EARLY_TOLERANCE_NS = 200_000
-# A record dispatched more than this after its due time counts as late.
-LATE_AFTER_NS = 10_000_000
 # Default head start given to a replay anchored "now", so the first records are not late.
 DEFAULT_LEAD_SECONDS = 0.05
 
@@ -63,14 +61,6 @@ class Anchor:
             if live > due:  # the speed schedule has caught up with the present
                 return live
         return due
-
-    def catch_up_log_ns(self) -> int | None:
-        """With follow: the log time from which records are due in real time, else None."""
-        if self.follow_delay_ns is None or self.speed <= 1:
-            return None
-        # wall_t0 + (T - log_t0) / s == T + d  <=>  T = (s (wall_t0 - d) - log_t0) / (s - 1)
-        s = self.speed
-        return int((s * (self.wall_t0_ns - self.follow_delay_ns) - self.log_t0_ns) / (s - 1))
 
     def to_wire(self) -> dict[str, object]:
         return {
@@ -178,13 +168,3 @@ class Pacer:
         due, self.shift_ns, self._rate_base, self._rate_count = self._compute(base_ns)
         self._last_due = due
         return due
-
-
-def remaining_ns(due_ns: int, now_ns: int | None = None) -> int:
-    """Nanoseconds until ``due_ns`` (negative once it has passed)."""
-    return due_ns - (time.time_ns() if now_ns is None else now_ns)
-
-
-def is_late(due_ns: int, sent_ns: int, late_after_ns: int = LATE_AFTER_NS) -> bool:
-    """Whether a record sent at ``sent_ns`` missed its due time by more than the tolerance."""
-    return sent_ns - due_ns > late_after_ns
