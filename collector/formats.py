@@ -11,7 +11,8 @@ One output per record, ``to_bus``: the partition key, the request encoded as
 ``shadowreplay/record.py`` encodes a RequestRecord (``encode_request_fields``, without the
 dataclass) and its time. Secrets are redacted (``collector/redact.py``) on the way. This
 runs once per logged request: it keeps what it learns about a record layout (which keys
-are headers) and the numbers it has converted, both bounded.
+are headers, and ``to_bus_plain`` compiled for exactly those keys) and the numbers it has
+converted, all bounded.
 
 Ids: the logged request id (``fields.request_id``) when the record has one; else the
 line id ``shadowreplay tail`` puts in ``LINE_ID_FIELD`` (file and offset of the line);

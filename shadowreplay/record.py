@@ -58,10 +58,11 @@ Headers = tuple[tuple[str, str], ...]
 #: An origin as ``encode_request_fields`` takes it: (status, bytes, duration, body_sha256).
 OriginFields = tuple[int | None, int | None, float | None, str | None]
 
-# The encoders and decoders below are the only code that names wire members. Each decoder
-# reads the common case (exact JSON types, as orjson decodes them) with one type test per
-# member and hands anything else to a helper that accepts the lenient forms (null for a
-# default, an int where a float is due) or raises RecordError naming the member.
+# The encoders and decoders below are the only Python code that names wire members (the
+# page's script reads stored results as its API returns them). Each decoder reads the
+# common case (exact JSON types, as orjson decodes them) with one type test per member and
+# hands anything else to a helper that accepts the lenient forms (null for a default, an
+# int where a float is due) or raises RecordError naming the member.
 
 
 @dataclass(frozen=True, slots=True)
