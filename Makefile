@@ -28,6 +28,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shadowreplay collector replayer comparer
+	$(VENV)/bin/vulture
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

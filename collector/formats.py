@@ -7,11 +7,12 @@ for JSON and combined, labels for LTSV). A record that carries a raw, unparsed l
 one of ``fields.line_fields`` (Fluent Bit and Fluentd tail without a parser) is parsed
 with the format's line parser (``collector/lines.py``) first.
 
-Two outputs per record: ``to_request`` (a RequestRecord) and the fast path ``to_bus``
-(partition key, the encoded RequestRecord, ts) that builds the wire dict directly; they
-agree exactly: ``decode_request(to_bus(...)[1]) == to_request(...)``. Secrets are
-redacted (``collector/redact.py``) in both. This runs once per logged request, so the
-hot path avoids regexes and caches what it learns about a record layout.
+One output per record, ``to_bus``: the partition key, the request encoded as
+``shadowreplay/record.py`` encodes a RequestRecord (``encode_request_fields``, without the
+dataclass) and its time. Secrets are redacted (``collector/redact.py``) on the way. This
+runs once per logged request: it keeps what it learns about a record layout (which keys
+are headers, and ``to_bus_plain`` compiled for exactly those keys) and the numbers it has
+converted, all bounded.
 
 Ids: the logged request id (``fields.request_id``) when the record has one; else the
 line id ``shadowreplay tail`` puts in ``LINE_ID_FIELD`` (file and offset of the line);
@@ -30,15 +31,14 @@ unreadable time field (``bad_time_field``).
 
 from __future__ import annotations
 
-from binascii import b2a_base64
 from collections.abc import Callable
 from hashlib import blake2b
 from typing import Any, Protocol
 
-import orjson
-
 from collector.lines import (
+    ESCAPES,
     ESCAPES_DECODE,
+    FORMATS,
     LINE_ID_FIELD,
     TIME_FIELD_FORMATS,
     TIME_PARSERS,
@@ -49,7 +49,7 @@ from collector.lines import (
 from collector.redact import Redactor
 from shadowreplay.config import FieldMap, RedactConfig
 from shadowreplay.errors import ConfigError, DecodeError
-from shadowreplay.record import SCHEMA_VERSION, Origin, RequestRecord, add_raw, is_text, readable, stable_id
+from shadowreplay.record import encode_request_fields, is_text, partition_key, readable, stable_id
 
 _ABSENT = ("", "-")
 _HUGE = float("inf")
@@ -58,7 +58,6 @@ _MAX_KEYS = 256
 _MAX_KEY_CHARS = 256
 _MEMO_MAX = 32768
 _MISS = object()
-_dumps = orjson.dumps
 
 BusItem = tuple[bytes, bytes, int]
 # How a header value goes on the bus: as is, redacted whole, or a URL whose query is redacted.
@@ -68,17 +67,12 @@ _Plan = tuple[tuple[Any, str, int], ...]
 
 
 class LogFormat(Protocol):
-    def to_request(
-        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
-    ) -> RequestRecord:
-        """The request ``rec`` logs; DecodeError(fatal=False) when it logs none.
-        ``frame`` and ``index`` say where the record came from (see ``entry_id``)."""
-
     def to_bus(
         self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
     ) -> BusItem:
-        """(partition key, encoded RequestRecord, ts ns) — ``to_request`` without the
-        dataclass; same DecodeError."""
+        """(partition key, encoded RequestRecord, ts ns) of the request ``rec`` logs;
+        DecodeError(fatal=False) when it logs none. ``frame`` and ``index`` say where the
+        record came from (see ``entry_id``)."""
 
 
 def make_format(
@@ -88,14 +82,13 @@ def make_format(
     *,
     escapes: str = ESCAPES_DECODE,
     on_body_dropped: Callable[[str], None] | None = None,
+    seq: Callable[[], int] | None = None,
 ) -> LogFormat:
     """The log format called ``name`` (``collector.format``), mapping ``fields``, reading
     raw lines with ``escapes`` (``collector.escapes``) and redacting per ``redact``
-    (default: ``RedactConfig()``); ``on_body_dropped(reason)`` counts dropped bodies."""
-    factory = _FORMATS.get(name)
-    if factory is None:
-        raise ConfigError(f"collector.format: unknown format {name!r} (known: {', '.join(sorted(_FORMATS))})")
-    return factory(fields, redact, escapes=escapes, on_body_dropped=on_body_dropped)
+    (default: ``RedactConfig()``); ``on_body_dropped(reason)`` counts dropped bodies;
+    ``seq()``, when given, stamps each record's ``seq`` (the collector's ingest clock)."""
+    return AccessLogFormat(name, fields, redact, escapes=escapes, on_body_dropped=on_body_dropped, seq=seq)
 
 
 def entry_id(tag: str, frame: bytes, index: int) -> str:
@@ -108,24 +101,35 @@ def entry_id(tag: str, frame: bytes, index: int) -> str:
 
 
 class AccessLogFormat:
-    """Maps log records with a FieldMap (see module docstring).
+    """Maps log records of format ``name`` (one of ``collector.lines.FORMATS``) with a
+    FieldMap (see module docstring); ConfigError naming the key for a format, escape mode
+    or time format that does not exist.
 
     Keys starting with ``fields.header_prefix`` (``http_user_agent``) and the explicit
     ``fields.headers`` are request headers (``User-Agent``). The client address is the
     configured field only, never X-Forwarded-For. ``"-"`` and ``""`` mean absent.
     """
 
-    name = "nginx_json"
-
     def __init__(
         self,
+        name: str,
         fields: FieldMap,
         redact: RedactConfig | None = None,
         *,
         escapes: str = ESCAPES_DECODE,
         on_body_dropped: Callable[[str], None] | None = None,
+        seq: Callable[[], int] | None = None,
     ) -> None:
-        self._parse_line = line_parser(self.name, escapes)
+        self._seq = seq
+        if name not in FORMATS:
+            raise ConfigError(f"collector.format: unknown format {name!r} (known: {', '.join(FORMATS)})")
+        if escapes not in ESCAPES:
+            raise ConfigError(f"collector.escapes: {' or '.join(ESCAPES)}, got {escapes!r}")
+        if fields.time_format not in TIME_PARSERS:
+            raise ConfigError(f"collector.fields.time_format: one of {', '.join(TIME_PARSERS)}, "
+                              f"got {fields.time_format!r}")
+        self.name = name
+        self._parse_line = line_parser(name, escapes)
         self._keys = (
             fields.method,
             fields.target,
@@ -151,87 +155,42 @@ class AccessLogFormat:
         self._redactor = Redactor(redact if redact is not None else RedactConfig(), on_drop=on_body_dropped)
         self._redact_body = self._redactor.scans_bodies
         self._redact_query = self._redactor.scans_queries
-        # record layout (its keys in order) -> header plan.
+        self._query_needles = self._redactor.query_needles
+        # record layout (its keys in order) -> header plan, and -> to_bus compiled for it.
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._compiled: dict[tuple[Any, ...], Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]] = {}
-        self._int_memo: dict[str, int | None] = {}
-        self._float_memo: dict[str, float | None] = {}
+        # Numbers arrive as text; the few distinct values (statuses, sizes, durations) are
+        # converted once.
+        self._ints: dict[str, int | None] = {}
+        self._floats: dict[str, float | None] = {}
         self._time_field = fields.time
         fmt = fields.time_format
         if fmt == "auto":
             fmt = TIME_FIELD_FORMATS.get(fields.time, "auto")
         self._parse_time = TIME_PARSERS[fmt]
 
-    # -- the two outputs ---------------------------------------------------------------
-
-    def to_request(
-        self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
-    ) -> RequestRecord:
-        rid, ts, method, target, scheme, host, headers, body, client, status, sent, duration = self._parts(
-            tag, time_ns, rec, frame, index
-        )
-        origin = None
-        if status is not None or sent is not None or duration is not None:
-            origin = Origin(status, sent, duration)
-        return RequestRecord(rid, ts, method, target, tag, scheme, host, tuple(headers), body, client, origin)
-
     def to_bus(
         self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
     ) -> BusItem:
-        # One function compiled per record layout (its keys in order; the records of one
-        # log_format share it): the field lookups, conversions and headers unrolled for
-        # exactly the keys present. This runs once per request and is most of the
-        # collector's CPU; the unit tests check it agrees with to_request on every record.
-        layout = tuple(rec)
-        fn = self._compiled.get(layout)
+        # ``to_bus_plain`` compiled per record layout (its keys in order; the records of one
+        # log_format share it), with the lookups, conversions and headers unrolled for the
+        # keys present: this runs once per request and is most of the collector's CPU, and a
+        # plain function measured clearly slower (bench/README.md). The unit tests check the
+        # two agree on every record.
+        fn = self._compiled.get(tuple(rec))
         if fn is None:
-            fn = self._compile(layout)
+            fn = self._compile(tuple(rec))
         return fn(tag, time_ns, rec, frame, index)
 
-    def _bus_from_parts(
+    def to_bus_plain(
         self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None = None, index: int = 0
     ) -> BusItem:
-        """to_bus the slow, general way (odd records, and layouts past the cache)."""
-        rid, ts, method, target, scheme, host, headers, body, client, status, sent, duration = self._parts(
-            tag, time_ns, rec, frame, index
-        )
-        wire = {
-            "v": SCHEMA_VERSION,
-            "id": rid,
-            "ts": ts,
-            "tag": tag,
-            "method": method,
-            "scheme": scheme,
-            "host": host,
-            "target": target,
-            "headers": headers,
-            "body": None if body is None else b2a_base64(body, newline=False).decode("ascii"),
-            "client": client,
-            "origin": (
-                None
-                if status is None and sent is None and duration is None
-                else {"status": status, "bytes": sent, "duration": duration}
-            ),
-        }
-        return (client or rid).encode("utf-8", "surrogateescape"), _encode(wire), ts
-
-    def _compile(self, layout: tuple[Any, ...]) -> Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]:
-        if len(self._compiled) >= _MAX_LAYOUTS or len(layout) > _MAX_KEYS or any(
-            type(k) is str and len(k) > _MAX_KEY_CHARS for k in layout
-        ):
-            return self._bus_from_parts
-        fn = _compile_layout(self, layout)
-        self._compiled[layout] = fn
-        return fn
-
-    # -- mapping -----------------------------------------------------------------------
-
-    def _parts(self, tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes | None, index: int) -> tuple[Any, ...]:
+        """``to_bus`` without the compiled layouts: the reference they are tested against,
+        and the path of records they leave out."""
         method_key, target_key, client_key, host_key, scheme_key, status_key, bytes_key, duration_key, body_key, id_key = (
             self._keys
         )
-        get = rec.get
-        line_id = get(LINE_ID_FIELD)
+        get = line_get = rec.get
         method = get(method_key)
         target = get(target_key)
         if type(target) is bytes:  # msgpack bin (the WSGI/ASGI middleware sends such a target so)
@@ -259,13 +218,23 @@ class AccessLogFormat:
             scheme = _text(scheme) or "http"
         if not scheme.isascii():
             scheme = readable(scheme)
+        ints = self._ints
         status = get(status_key)
-        if type(status) is not int:
+        if type(status) is str:
+            status = ints[status] if status in ints else _remember(ints, status, _int(status))
+        elif type(status) is not int:
             status = _int(status)
         sent = get(bytes_key)
-        if type(sent) is not int:
+        if type(sent) is str:
+            sent = ints[sent] if sent in ints else _remember(ints, sent, _int(sent))
+        elif type(sent) is not int:
             sent = _int(sent)
-        duration = _float(get(duration_key))
+        duration = get(duration_key)
+        if type(duration) is str:
+            floats = self._floats
+            duration = floats[duration] if duration in floats else _remember(floats, duration, _float(duration))
+        else:
+            duration = _float(duration)
         body = get(body_key)
         if type(body) is str:
             body = None if body in _ABSENT else body.encode("utf-8", "surrogateescape")
@@ -274,10 +243,19 @@ class AccessLogFormat:
         if body is not None and self._redact_body:
             body = self._redactor.body(body)
         if self._redact_query:
-            target = self._redactor.target(target)
+            q = target.find("?")
+            if q >= 0:  # Redactor.target's quick test first: most queries hold no listed name
+                query = target[q + 1 :].lower()
+                if "%" in query:
+                    target = self._redactor.target(target)
+                else:
+                    for needle in self._query_needles:
+                        if needle in query:
+                            target = self._redactor.target(target)
+                            break
         rid = get(id_key)
         if type(rid) is not str or rid in _ABSENT or not is_text(rid):
-            rid = _line_id(line_id) or _fallback_id(
+            rid = _line_id(line_get(LINE_ID_FIELD)) or _fallback_id(
                 tag, time_ns, client, method, host, target, status, sent, frame, index
             )
 
@@ -292,16 +270,28 @@ class AccessLogFormat:
                 if value is None or type(value) is dict or type(value) is list:
                     continue
                 value = _value_text(value)
-                if value in _ABSENT:
-                    continue
-            elif value in _ABSENT:
+            if value in _ABSENT:
                 continue
             if mode == _SECRET:
                 value = self._redactor.value(value)
-            elif mode == _URL:
+            elif mode == _URL and "?" in value:
                 value = self._redactor.target(value)
             headers.append((name, value))
-        return rid, time_ns, method, target, scheme, host, headers, body, client, status, sent, duration
+        origin = None if status is None and sent is None and duration is None else (status, sent, duration, None)
+        data = encode_request_fields(
+            rid, time_ns, tag, method, scheme, host, target, headers, body, client, origin,
+            None if self._seq is None else self._seq(),
+        )
+        return partition_key(client, rid), data, time_ns
+
+    def _compile(self, layout: tuple[Any, ...]) -> Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]:
+        if len(self._compiled) >= _MAX_LAYOUTS or len(layout) > _MAX_KEYS or any(
+            type(k) is str and len(k) > _MAX_KEY_CHARS for k in layout
+        ):
+            return self.to_bus_plain
+        fn = _compile_layout(self, layout)
+        self._compiled[layout] = fn
+        return fn
 
     def _request_of(self, rec: dict[Any, Any], parse_line: bool = True) -> tuple[dict[Any, Any], str, str]:
         """Method and target when the configured fields lack them: from the request line
@@ -361,24 +351,6 @@ class AccessLogFormat:
         return result
 
 
-class NginxJsonFormat(AccessLogFormat):
-    """nginx ``escape=json`` access-log records."""
-
-    name = "nginx_json"
-
-
-class LtsvFormat(AccessLogFormat):
-    """LTSV records (labels as field names); map labels with ``collector.fields``."""
-
-    name = "ltsv"
-
-
-class CombinedFormat(AccessLogFormat):
-    """nginx/Apache combined and common log lines, parsed into nginx variable names."""
-
-    name = "combined"
-
-
 def _fallback_id(
     tag: str, time_ns: int, client: Any, method: str, host: str, target: str, status: Any, sent: Any,
     frame: bytes | None, index: int,
@@ -389,14 +361,11 @@ def _fallback_id(
     return stable_id(time_ns, tag, client, method, host, target, status, sent)
 
 
-def _encode(wire: dict[str, Any]) -> bytes:
-    """The JSON of a request's wire dict; values holding bytes that are not UTF-8 (orjson
-    refuses lone surrogates) go into ``raw`` (shadowreplay/record.py)."""
-    try:
-        return _dumps(wire)
-    except TypeError:
-        add_raw(wire)
-        return _dumps(wire)
+def _remember(memo: dict[str, Any], text: str, value: Any) -> Any:
+    """``value`` (``text`` converted), kept in ``memo`` while it has room."""
+    if len(memo) < _MEMO_MAX:
+        memo[text] = value
+    return value
 
 
 def _text(value: Any) -> str | None:
@@ -452,11 +421,12 @@ def _float(value: Any) -> float | None:
 def _compile_layout(
     fmt: AccessLogFormat, layout: tuple[Any, ...]
 ) -> Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem]:
-    """Source for ``to_bus`` on records with exactly the keys ``layout``, compiled.
+    """``to_bus_plain`` unrolled for records with exactly the keys ``layout``, compiled:
+    the field lookups, conversions and headers for exactly the keys present.
 
     Keys and header names enter the source only through ``repr`` of a ``str`` (always a
     plain literal), so record contents cannot inject code. Anything unusual (a method
-    that is not ASCII, an unreadable time) goes to the general path, which decides."""
+    that is not ASCII, an unreadable time) goes to ``to_bus_plain``, which decides."""
     present = {k for k in layout if type(k) is str}
     method_key, target_key, client_key, host_key, scheme_key, status_key, bytes_key, duration_key, body_key, id_key = (
         fmt._keys
@@ -487,7 +457,7 @@ def _compile_layout(
             add(f"    {var} = rec[{key!r}]")
             add(f"    if {var}.__class__ is not str or not {var} or {var} == '-':")
             add(f"        {var} = text({var})" + ("" if default == "None" else f" or {default}"))
-            if var == "client":  # the partition key: the readable text, as to_request has it
+            if var == "client":  # the partition key: the readable text, as to_bus_plain has it
                 add("    if client is not None and not client.isascii():")
                 add("        client = readable(client)")
         else:
@@ -525,8 +495,6 @@ def _compile_layout(
         if fmt._redact_body:
             add("        if body is not None:")
             add("            body = redact_body(body)")
-        add("        if body is not None:")
-        add('            body = b64(body, newline=False).decode("ascii")')
         add("    else:")
         add("        body = None")
     else:
@@ -562,25 +530,14 @@ def _compile_layout(
         add("        v = value_text(v)")
         add("        if v and v != '-':")
         add(f"            append(({name!r}, {value}))")
-    add("    wire = {")
-    add("        'v': V, 'id': rid, 'ts': time_ns, 'tag': tag, 'method': method, 'scheme': scheme,")
-    add("        'host': host, 'target': target, 'headers': headers, 'body': body, 'client': client,")
-    add("        'origin': None if status is None and sent is None and duration is None")
-    add("        else {'status': status, 'bytes': sent, 'duration': duration},")
-    add("    }")
-    add("    try:")
-    add("        data = dumps(wire)")
-    add("    except TypeError:")  # text holding bytes that are not UTF-8: see _encode
-    add("        data = encode(wire)")
-    add("    return (client or rid).encode('utf-8', 'surrogateescape'), data, time_ns")
+    add("    origin = None if status is None and sent is None and duration is None else (status, sent, duration, None)")
+    seq = ", seq()" if fmt._seq is not None else ""
+    add(f"    data = encode(rid, time_ns, tag, method, scheme, host, target, headers, body, client, origin{seq})")
+    add("    return partition_key(client, rid), data, time_ns")
     namespace: dict[str, Any] = {
-        "ABSENT": _ABSENT,
-        "HUGE": _HUGE,
-        "V": SCHEMA_VERSION,
         "LineError": LineError,
-        "b64": b2a_base64,
-        "encode": _encode,
-        "dumps": _dumps,
+        "encode": encode_request_fields,
+        "partition_key": partition_key,
         "fallback_id": _fallback_id,
         "line_id": _line_id,
         "is_text": is_text,
@@ -595,11 +552,12 @@ def _compile_layout(
         "redact_url": fmt._redactor.target,
         "redact_target": fmt._redactor.target,
         "redact_body": fmt._redactor.body,
-        "slow": fmt._bus_from_parts,
-        "INTS": fmt._int_memo,
-        "FLOATS": fmt._float_memo,
+        "slow": fmt.to_bus_plain,
+        "INTS": fmt._ints,
+        "FLOATS": fmt._floats,
         "MISS": _MISS,
         "MEMO_MAX": _MEMO_MAX,
+        "seq": fmt._seq,
     }
     exec(compile("\n".join(src), f"<to_bus layout {len(layout)} keys>", "exec"), namespace)  # noqa: S102
     fn: Callable[[str, int, dict[Any, Any], bytes | None, int], BusItem] = namespace["to_bus"]
@@ -609,10 +567,3 @@ def _compile_layout(
 def _line_id(value: Any) -> str | None:
     """The line id ``shadowreplay tail`` sent, or None when there is none to use."""
     return value if type(value) is str and value and value.isascii() else None
-
-
-_FORMATS: dict[str, type[AccessLogFormat]] = {
-    "nginx_json": NginxJsonFormat,
-    "ltsv": LtsvFormat,
-    "combined": CombinedFormat,
-}

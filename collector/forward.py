@@ -63,9 +63,6 @@ DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
-# What the objects of one decoded record may take per byte of its msgpack, at worst
-# (nested one-key maps; measured with tracemalloc): docs/collector.md's worst case.
-OBJECTS_PER_MSGPACK_BYTE = 120
 # An option map bigger than this refuses its frame (bad_option): options are a few
 # small keys, and this bounds what building one may cost.
 MAX_OPTION_BYTES = 64 * 1024
@@ -1019,13 +1016,6 @@ class _Inflater:
                 raise DecodeError("truncated gzip data", reason="bad_gzip", fatal=False)
             if piece:
                 return piece
-
-
-def gunzip(data: bytes, max_bytes: int) -> bytes:
-    """Decompress every concatenated gzip member of ``data``, refusing to produce more
-    than ``max_bytes`` (DecodeError ``decompressed_too_large``; ``bad_gzip`` if corrupt)."""
-    inflater = _Inflater(data, max_bytes)
-    return b"".join(iter(lambda: inflater.read(1 << 20), b""))
 
 
 _MAX_SECONDS = _MAX_NS // _NS

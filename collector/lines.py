@@ -26,7 +26,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 NS = 1_000_000_000
-FORMATS = ("nginx_json", "ltsv", "combined")
 # The field ``shadowreplay tail`` adds to each record it ships: the line's own id (file
 # identity + offset), so two identical lines keep two ids and a re-sent line keeps its id.
 LINE_ID_FIELD = "shadowreplay_line_id"
@@ -198,11 +197,13 @@ def _same(value: str) -> str:
     return value
 
 
+#: The log formats (``collector.format``, ``tail --format``) and their line parsers.
 LINE_PARSERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "nginx_json": parse_json_line,
     "ltsv": parse_ltsv_line,
     "combined": parse_combined_line,
 }
+FORMATS = tuple(LINE_PARSERS)
 
 
 def line_parser(fmt: str, escapes: str = ESCAPES_DECODE) -> Callable[[str], dict[str, Any]]:
@@ -254,7 +255,7 @@ def parse_msec(value: Any) -> int:
         return int(sec) * NS + (int(frac[:9].ljust(9, "0")) if frac else 0)
     try:  # exponent forms and the like
         ns = int(Decimal(value) * NS)
-    except (InvalidOperation, ValueError) as exc:
+    except (InvalidOperation, ValueError, OverflowError) as exc:  # OverflowError: infinity
         raise _bad_time(value) from exc
     if ns < 0:
         raise _bad_time(value)

@@ -1,16 +1,10 @@
 """The collector's Prometheus metrics, registered on a registry handed in.
 
-Reasons are a small fixed vocabulary (``bad_time``, ``bad_record``, ``bad_entry``,
-``bad_blob``, ``bad_frame``, ``bad_tag``, ``bad_option``, ``chunk_too_large``,
-``decompressed_too_large``, ``bad_gzip``, ``unsupported_compression``, ``not_logs``,
-``missing_method``, ``missing_target``, ``bad_request_line``, ``bad_method``,
-``bad_time_field``, ``bad_encoding``, ...).
+Reasons are a small fixed vocabulary, listed below.
 
 * ``rejected_total{reason}`` counts what was skipped while the connection went on:
-  one per event, or one per refused frame.
-* ``decode_errors_total{reason}`` counts fatal stream errors (``msgpack``,
-  ``chunk_too_large``, ``too_many_records``, ``truncated``, ``tls_on_plain_port``,
-  ``bad_stream``: 100 frames in a row refused):
+  one per event, or one per refused frame (``REJECT_REASONS``).
+* ``decode_errors_total{reason}`` counts fatal stream errors (``DECODE_ERROR_REASONS``):
   each closed one connection.
 * ``limit_hits_total{limit}`` counts hits of ``max_chunk_bytes``,
   ``max_decompressed_bytes``, ``max_record_bytes``, ``max_records_per_chunk``,
@@ -30,15 +24,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-#: Reasons exported at 0 from the start, so the dashboard's rejected panel reads 0, not
-#: "No data", on a healthy pipeline. A reason not listed is still counted when it occurs.
+#: Every reason an event or frame is rejected with, exported at 0 from the start so the
+#: dashboard's rejected panel reads 0, not "No data", on a healthy pipeline (a unit test
+#: checks the collector rejects with no other).
 REJECT_REASONS = (
     "bad_time", "bad_record", "bad_entry", "bad_blob", "bad_frame", "bad_tag", "bad_option",
     "chunk_too_large", "decompressed_too_large", "bad_gzip", "unsupported_compression", "not_logs",
-    "missing_method", "missing_target", "bad_time_field", "bad_encoding",
+    "missing_method", "missing_target", "bad_request_line", "bad_method", "bad_time_field", "bad_encoding",
+    "bad_json", "bad_ltsv", "bad_combined", "record_too_large", "too_many_records",
 )
-DECODE_ERROR_REASONS = ("msgpack", "chunk_too_large", "truncated")
-REFUSAL_REASONS = ("max_connections", "not_allowed")
+DECODE_ERROR_REASONS = ("msgpack", "chunk_too_large", "too_many_records", "truncated", "bad_stream", "tls_on_plain_port")
+REFUSAL_REASONS = ("max_connections", "per_address", "not_allowed")
 
 # PONG failure reason (Fluentd's wording) → metric label.
 AUTH_REASONS = {

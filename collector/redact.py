@@ -132,11 +132,6 @@ class Redactor:
         self._dropped_logged = False
 
     @property
-    def active(self) -> bool:
-        """Whether anything is configured at all."""
-        return bool(self.headers or self._query.names or self._fields.names)
-
-    @property
     def scans_bodies(self) -> bool:
         return bool(self._fields.names)
 

@@ -41,7 +41,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, cast
 
@@ -53,7 +53,7 @@ from collector.commit import GroupCommit
 from collector.formats import make_format
 from collector.forward import ForwardDecoder, Frame, clip, encode_ack
 from collector.handshake import Handshake, Secrets
-from collector.sequence import IngestClock, stamping
+from collector.sequence import IngestClock
 from collector.metrics import AUTH_REASONS, CollectorMetrics
 from collector.tls import looks_like_client_hello, server_context
 from shadowreplay.bus.aio import AsyncProducer
@@ -104,6 +104,21 @@ def ack_for(frame: Frame) -> bytes:
     return encode_ack(frame.chunk, _rejects(frame) if frame.report else None)
 
 
+Normalise = Callable[[str, int, dict[Any, Any], bytes, int], Item]
+
+
+def _compact(to_bus: Normalise) -> Normalise:
+    """``to_bus`` whose encoded record is copied into a bytes object of its own size:
+    orjson's output keeps a 4 KiB allocation however short it is, which would make a
+    batch of small records take many times the memory the budget counts."""
+
+    def normalise(tag: str, time_ns: int, rec: dict[Any, Any], frame: bytes, index: int) -> Item:
+        key, value, ts = to_bus(tag, time_ns, rec, frame, index)
+        return key, bytes(memoryview(value)), ts
+
+    return normalise
+
+
 class _BusFailed(Exception):
     """Publishing failed; the connection closes without acknowledging."""
 
@@ -141,9 +156,9 @@ class CollectorServer:
             config.redact,
             escapes=config.escapes,
             on_body_dropped=lambda reason: metrics.bodies_dropped.labels(reason).inc(),
+            seq=IngestClock().next,  # each record's seq: the log order of equal times
         )
-        self._clock = IngestClock()  # stamps each record's seq (log order of equal times)
-        self._normalise = stamping(self._format.to_bus, self._clock)
+        self._normalise = _compact(self._format.to_bus)
         self._commit = GroupCommit(producer, topic)
         self._budget = MemoryBudget(config.max_memory_bytes)
         security = config.security

@@ -125,10 +125,17 @@ class TailStats:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
 
     def summary(self) -> str:
-        """``N lines shipped in C chunks, M rejected (reason: n, ...)``."""
+        """``N lines shipped in C chunks, M rejected (reason: n, ...)``, then what else
+        happened, when it did: rotations and truncations followed, and chunks the collector
+        acknowledged without saying what it rejected."""
         text = f"{self.lines} lines shipped in {self.chunks} chunks, {self.rejected_total} rejected"
         if self.rejected:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
+        if self.rotations or self.truncations:
+            text += f"; followed {self.rotations} rotations, {self.truncations} truncations"
+        if self.unreported_chunks:
+            text += (f"; {self.unreported_chunks} chunks acknowledged without reject counts "
+                     "(their lines count as shipped, the collector may have skipped some)")
         return text
 
 

@@ -38,6 +38,10 @@ def diffs(cfg: Config, *, store: str | None, endpoint: str | None, since: str | 
     return render_terminal(views) + "\n"
 
 
+#: ``shadowreplay report --format``: HTML (the default) or Markdown.
+REPORT_FORMATS = ("html", "md")
+
+
 def report(
     cfg: Config, *, store: str | None, fmt: str | None, output: str | None, title: str, since: str | None
 ) -> tuple[str, str]:

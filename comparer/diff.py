@@ -9,9 +9,8 @@ id 7. Other paths: ``status``, ``error``, ``latency``, ``size``, ``header:<name>
 ``line:<n>`` (text bodies, 1-based line of the reference, or of the candidate for an
 ``extra`` line).
 
-Entry points: :class:`Differ` (``Differ(config).compare(result) -> Verdict``) is what
-the comparer loop, ``compare --rediff`` and ``noise learn`` use; :func:`compare` is the
-older keyword form, kept for callers that only set header rules.
+Entry point: :class:`Differ` (``Differ(config).compare(result) -> Verdict``), what the
+comparer loop, ``compare --rediff`` and ``noise learn`` use.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import fnmatch
 import hashlib
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
@@ -55,7 +53,6 @@ __all__ = [
     "JsonOptions",
     "Rules",
     "Verdict",
-    "compare",
     "diff_bodies",
     "diff_headers",
     "diff_json",
@@ -111,7 +108,7 @@ class Verdict:
     a second time), or None. ``not_reached`` is ``(target, reason)`` when the candidate
     or the baseline was never reached (``error`` is then ``"not_reached"``): such a
     result is not compared. ``latency_ratio`` is candidate/baseline latency when both
-    were measured. Everything is JSON-serialisable: see :meth:`to_dict` / :meth:`from_dict`.
+    were measured.
     """
 
     endpoint: str
@@ -127,43 +124,6 @@ class Verdict:
     @property
     def diverged(self) -> bool:
         return bool(self.diffs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain JSON-serialisable dict (FieldDiffs as ``{path, kind, left, right}``)."""
-        return {
-            "endpoint": self.endpoint,
-            "reference": self.reference,
-            "error": self.error,
-            "diffs": [_fd_dict(d) for d in self.diffs],
-            "noise": [_fd_dict(d) for d in self.noise],
-            "secondary": [_fd_dict(d) for d in self.secondary],
-            "latency_ratio": self.latency_ratio,
-            "twin": self.twin,
-            "not_reached": list(self.not_reached) if self.not_reached else None,
-        }
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> Verdict:
-        """The inverse of :meth:`to_dict` (missing lists are empty)."""
-        return cls(
-            endpoint=str(obj.get("endpoint", "")),
-            reference=str(obj.get("reference", "")),
-            diffs=tuple(_fd(d) for d in obj.get("diffs") or ()),
-            error=obj.get("error"),
-            noise=tuple(_fd(d) for d in obj.get("noise") or ()),
-            secondary=tuple(_fd(d) for d in obj.get("secondary") or ()),
-            latency_ratio=obj.get("latency_ratio"),
-            twin=obj.get("twin"),
-            not_reached=tuple(obj["not_reached"]) if obj.get("not_reached") else None,  # type: ignore[arg-type]
-        )
-
-
-def _fd_dict(d: FieldDiff) -> dict[str, Any]:
-    return {"path": d.path, "kind": d.kind, "left": d.left, "right": d.right}
-
-
-def _fd(obj: dict[str, Any]) -> FieldDiff:
-    return FieldDiff(str(obj["path"]), str(obj["kind"]), obj.get("left"), obj.get("right"))
 
 
 class DivergenceSink(Protocol):
@@ -216,9 +176,6 @@ class _Body:
     kind: str  # "json", "text", "binary", "truncated"
     raw: bytes
     value: Any = None
-
-
-_NOT_JSON = object()
 
 
 def _view(response: Response) -> _Body:
@@ -448,7 +405,9 @@ class Differ:
         self.namer = EndpointNamer(config.routes, config.max_endpoints)
         self._rules: dict[str, Rules] = {}
         self.rules("")  # compile the global patterns now, so bad ones fail at start-up
-        for rule in config.endpoints:
+        for i, rule in enumerate(config.endpoints):
+            for key in ("ignore_paths", "noise_paths", "unordered_paths"):  # each named by its own key
+                _pathset(getattr(rule, key), f"comparer.endpoints[{i}].{key}")
             self.rules(rule.match)
 
     def rules(self, endpoint: str) -> Rules:
@@ -598,16 +557,3 @@ def _against_origin(origin: Origin, candidate: Response, rules: Rules) -> list[F
         if digest != origin.body_sha256.lower():
             diffs.append(FieldDiff("$", "body_digest", origin.body_sha256, digest))
     return diffs
-
-
-@lru_cache(maxsize=32)
-def _differ_for(ignore_headers: frozenset[str], compare_headers: bool) -> Differ:
-    return Differ(ComparerConfig(ignore_headers=tuple(sorted(ignore_headers)), compare_headers=compare_headers))
-
-
-def compare(result: ReplayResult, *, ignore_headers: frozenset[str], compare_headers: bool) -> Verdict:
-    """``Differ(ComparerConfig(ignore_headers=..., compare_headers=...)).compare(result)``.
-
-    Kept for callers that only set header rules; everything else takes its default.
-    """
-    return _differ_for(frozenset(ignore_headers), compare_headers).compare(result)

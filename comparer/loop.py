@@ -243,12 +243,6 @@ class Comparer:
         """Per-endpoint totals as judged now, highest divergence rate first, then most compared."""
         return [summarise(j) for j in self.judgements()]
 
-    def field_stats(self, endpoint: str) -> list[FieldJudgement]:
-        """The fields of ``endpoint`` (a name as in :meth:`summary`) as judged now, status
-        first, then real ones."""
-        tally = self.tallies.get(endpoint)
-        return judge(endpoint, tally, self.rules).fields if tally is not None else []
-
 
 def format_table(summaries: Sequence[EndpointSummary], top_fields: int = 3) -> str:
     """A plain-text table for the terminal: endpoint, compared, diverged, rate, latency, top fields."""

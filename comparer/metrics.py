@@ -53,14 +53,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from comparer.diff import KINDS, PROBE, UNREACHED_KINDS, FieldDiff, Verdict
+from comparer.diff import KINDS, UNREACHED_KINDS, FieldDiff, Verdict
 from comparer.endpoints import OVERFLOW
+from comparer.reach import TARGETS
 from comparer.streams import STREAM_KINDS
 from shadowreplay.record import ReplayResult
 
 OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed", "not_reached")
-TARGETS = frozenset({"candidate", "baseline", "secondary", PROBE})
 # Fine enough at the bottom for loopback and cache hits (no floor at 5 ms), wide enough
 # at the top that a slow target shows its size.
 LATENCY_BUCKETS = (
@@ -68,7 +68,6 @@ LATENCY_BUCKETS = (
 )
 # Up to 100x slower (and down to 10x faster): no cap at 10.
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 #: The comparer group's consumer lag (records, seconds), exported by shadowreplay.lag.
 CONSUMER_LAG = ("shadow_compare_consumer_lag_records", "shadow_compare_consumer_lag_seconds")
 

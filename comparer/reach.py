@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from comparer.diff import unreached
-from shadowreplay.record import ReplayResult
+from comparer.endpoints import OVERFLOW
+from shadowreplay.config import TARGET_NAMES
+from shadowreplay.record import PROBE, ReplayResult
 
 log = logging.getLogger(__name__)
 
-#: Targets tracked by name; responses under any other name are tracked as "other".
-TARGETS = ("candidate", "baseline", "secondary", "probe")
+#: Targets tracked by name (also the comparer's target labels); responses under any other
+#: name are tracked as OVERFLOW ("other").
+TARGETS = (*TARGET_NAMES, PROBE)
 
 
 @dataclass
@@ -56,7 +59,7 @@ class ReachWatch:
     def observe(self, result: ReplayResult) -> None:
         ts = result.request.ts
         for name, response in result.responses.items():
-            target = name if name in TARGETS else "other"
+            target = name if name in TARGETS else OVERFLOW
             reason = unreached(response)
             outage = self._down.get(target)
             if reason is not None:

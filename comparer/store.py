@@ -33,13 +33,12 @@ each read — stored divergences are re-judged as the verdict of their fields ch
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ from comparer.verdict import (
 )
 from shadowreplay.config import StoreConfig
 from shadowreplay.errors import ShadowError
-from shadowreplay.record import ReplayResult, readable
+from shadowreplay.record import ReplayResult, encode_result, readable
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +205,14 @@ def open_schema(path: str) -> sqlite3.Connection:
     return conn
 
 
-def cap_result(result: ReplayResult, max_body_bytes: int) -> dict[str, Any]:
-    """The result's wire form with every response body cut to ``max_body_bytes`` (marked truncated)."""
-    wire = result.to_wire()
-    for name, response in result.responses.items():
-        if len(response.body) > max_body_bytes:
-            # replace(): every other field (the arrival timeline, the stream flags) stays as received.
-            capped = dataclasses.replace(response, body=response.body[:max_body_bytes], truncated=True)
-            wire["responses"][name] = capped.to_wire()
-    return wire
+def cap_result(result: ReplayResult, max_body_bytes: int) -> ReplayResult:
+    """``result`` with every response body cut to ``max_body_bytes`` (marked truncated)."""
+    capped = {
+        name: replace(response, body=response.body[:max_body_bytes], truncated=True)
+        if len(response.body) > max_body_bytes else response
+        for name, response in result.responses.items()
+    }
+    return replace(result, responses=capped)
 
 
 def diffs_to_json(diffs: Iterable[FieldDiff]) -> list[dict[str, Any]]:
@@ -341,7 +339,7 @@ class DivergenceStore:
                 ",".join(kinds),
                 _dumps(status_first(diffs_to_json(verdict.diffs))),
                 _dumps(status_first(diffs_to_json(verdict.noise))),
-                _dumps(cap_result(result, self._config.max_body_bytes)),
+                encode_result(cap_result(result, self._config.max_body_bytes)),
                 orjson.dumps(keys).decode(),
             ),
         )

@@ -177,7 +177,7 @@ class WebAuth:
         key = "comparer.web."
         bearer = read_secret(config.bearer_token_file, config.bearer_token_env, key + "bearer_token", environ)
         basic = read_secret(config.basic_auth_file, config.basic_auth_env, key + "basic_auth", environ)
-        if basic is not None and not basic.partition(b":")[0]:
+        if basic is not None and (b":" not in basic or not basic.partition(b":")[0]):
             raise ConfigError(f"{key}basic_auth: expected user:password")
         return cls(bearer, basic)
 

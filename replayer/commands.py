@@ -43,12 +43,12 @@ def add_replay_arguments(sp: argparse.ArgumentParser, *, workers: bool) -> None:
     g.add_argument("--follow", action="store_true", default=None,
                    help="after catching up at N×, follow real time (live replay)")
     g.add_argument("--max-gap-seconds", type=float, metavar="S", help="cut idle gaps in the schedule to S seconds")
-    g.add_argument("--late-policy", choices=("send", "drop"), help="what to do with late records (default send)")
-    g.add_argument("--anchor", choices=("auto", "bus", "local"),
+    g.add_argument("--late-policy", choices=configmod.LATE_POLICIES, help="what to do with late records (default send)")
+    g.add_argument("--anchor", choices=configmod.ANCHOR_MODES,
                    help="schedule anchor: auto (default): the group's on the bus, claimed by the first replayer "
                         "if none is in force; bus: wait for the group's (e.g. from `replay start`); local: this "
                         "process's own, shared with nobody")
-    g.add_argument("--methods", metavar="M,M", help="methods allowed (default GET,HEAD,OPTIONS)")
+    g.add_argument("--methods", metavar="M,M", help=f"methods allowed (default {','.join(configmod.SAFE_METHODS)})")
     g.add_argument("--keep-host", action="store_true", default=None, help="send the logged Host header")
     g.add_argument("--insecure", action="store_true", help="do not verify the targets' TLS certificates")
     g.add_argument("--http-client", choices=configmod.HTTP_CLIENTS,

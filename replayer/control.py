@@ -155,7 +155,6 @@ class GroupSchedule:
         self._store = store
         self.anchor: Anchor | None = None if start is None else start.anchor
         self.window_from_ns: int | None = None if start is None else start.from_ns
-        self.shared = store is not None  # False: anchor = local
 
     @property
     def claims(self) -> bool:

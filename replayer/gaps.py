@@ -113,8 +113,3 @@ class Timeline:
             return None
         i = bisect.bisect_right(self._cut_at, ts)
         return self._shift_after[i - 1] if i else 0
-
-    @property
-    def cuts(self) -> list[tuple[int, int]]:
-        """(log time of the first record after a cut gap, total wall ns cut up to it)."""
-        return list(zip(self._cut_at, self._shift_after, strict=True))

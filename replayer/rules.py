@@ -131,6 +131,10 @@ def _step(rule: ReplayRule, where: str) -> Step:  # noqa: C901 - one branch per 
         key_of = _sample_key(rule.key, where)
         return lambda r: r if sample_bucket(key_of(r)) < threshold else None
     if kind == "rewrite_path":
+        try:  # the replacement's group references, checked now rather than on the first record
+            rx.sub(rule.value, "")
+        except re.error as exc:
+            raise ConfigError(f"{where}.value: not a valid replacement {rule.value!r}: {exc}") from exc
 
         def rewrite(r: RequestRecord) -> RequestRecord:
             new = rx.sub(rule.value, r.path, count=1)

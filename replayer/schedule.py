@@ -26,8 +26,6 @@ from shadowreplay.errors import ConfigError
 
 # A timer that fires earlier than this before the due time is slept on again.
 EARLY_TOLERANCE_NS = 200_000
-# A record dispatched more than this after its due time counts as late.
-LATE_AFTER_NS = 10_000_000
 # Default head start given to a replay anchored "now", so the first records are not late.
 DEFAULT_LEAD_SECONDS = 0.05
 # Under an anchor, a first record due this long ago means the anchor is left over from
@@ -72,14 +70,6 @@ class Anchor:
         """How long ``log_delta_ns`` of log takes to replay (rounded to the ns, exactly)."""
         num, den = self._ratio  # type: ignore[attr-defined]
         return (2 * log_delta_ns * den + num) // (2 * num)
-
-    def catch_up_log_ns(self) -> int | None:
-        """With follow: the log time from which records are due in real time, else None."""
-        if self.follow_delay_ns is None or self.speed <= 1:
-            return None
-        # wall_t0 + (T - log_t0) / s == T + d  <=>  T = (s (wall_t0 - d) - log_t0) / (s - 1)
-        s = self.speed
-        return int((s * (self.wall_t0_ns - self.follow_delay_ns) - self.log_t0_ns) / (s - 1))
 
     def to_wire(self) -> dict[str, object]:
         return {
@@ -175,13 +165,3 @@ class Pacer:
     def take(self, base_ns: int) -> int:
         due, self._rate_base, self._rate_count = self._compute(base_ns)
         return due
-
-
-def remaining_ns(due_ns: int, now_ns: int | None = None) -> int:
-    """Nanoseconds until ``due_ns`` (negative once it has passed)."""
-    return due_ns - (time.time_ns() if now_ns is None else now_ns)
-
-
-def is_late(due_ns: int, sent_ns: int, late_after_ns: int = LATE_AFTER_NS) -> bool:
-    """Whether a record sent at ``sent_ns`` missed its due time by more than the tolerance."""
-    return sent_ns - due_ns > late_after_ns

@@ -13,37 +13,44 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from collector.formats import make_format
+from collector.handshake import Secrets
 from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
+from collector.tls import server_context
+from comparer.diff import Differ
 from comparer.loop import Comparer
 from comparer.metrics import CONSUMER_LAG as COMPARER_LAG
 from comparer.metrics import ComparerMetrics
 from comparer.store import DivergenceStore, resolve_store_path
 from comparer.verdict import verdict_rules
-from comparer.web import DivergencePage
+from comparer.web import DivergencePage, WebAuth
 from replayer.control import GroupSchedule
-from replayer.loop import Replayer
+from replayer.loop import Replayer, build_targets
 from replayer.metrics import CONSUMER_LAG as REPLAYER_LAG
 from replayer.metrics import ReplayerMetrics, ScheduleCollector
-from shadowreplay.bus import open_bus
+from replayer.rules import Rules
+from replayer.window import parse_window
+from replayer.workers import check_split
+from shadowreplay.bus import check_bus, open_bus
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.bus.base import Bus
-from shadowreplay.config import METRICS_PORTS, TARGET_NAMES, Config, parse_hostport
+from shadowreplay.config import METRICS_PORTS, STAGES, TARGET_NAMES, Config, parse_hostport, validate
 from shadowreplay.errors import ConfigError, ListenError
 from shadowreplay.health import probe_bus, probe_url
 from shadowreplay.lag import LagMonitor
 
 log = logging.getLogger(__name__)
 
-STAGES = ("collect", "replay", "compare")
 #: How each listening address is named in errors: the flag, then the config key.
 METRICS_FLAG = "--metrics-listen (metrics.listen)"
 #: How long a stage may take to finish its in-flight work on stop before it is cancelled.
@@ -54,6 +61,41 @@ DRAIN_QUIET_SECONDS = 1.5
 DRAIN_MAX_SECONDS = 10.0
 
 Checks = dict[str, str | None]
+
+
+def check(cfg: Config, stages: Iterable[str] = STAGES, *, environ: Mapping[str, str] | None = None) -> None:
+    """Build from ``cfg`` what starting ``stages`` builds, without binding a port, opening
+    the bus or reading its records: every check a stage makes when it is constructed (log
+    format, field map, redaction, TLS files, forward secrets; rules, targets and their
+    stream endpoints, window, worker split; path patterns, routes, verdict rules, the
+    page's credentials), each a ConfigError naming the key. ``config check`` runs it for
+    every stage and ``Pipeline`` before it starts anything. Secrets named in the config are
+    read from ``environ`` (default: this process's environment), as start reads them. The
+    candidate URL is not asked for here: ``Pipeline`` requires it (often given as a flag)."""
+    env = os.environ if environ is None else environ
+    validate(cfg)
+    check_bus(cfg.bus.url, cfg.bus.partitions)
+    stages = tuple(stages)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"unknown stage(s): {', '.join(sorted(unknown))}")
+    if "collect" in stages:
+        c = cfg.collector
+        make_format(c.format, c.fields, c.redact, escapes=c.escapes)
+        server_context(c.tls)
+        if c.security.shared_key_env:
+            Secrets.from_config(c.security, env, socket.gethostname())
+    if "replay" in stages:
+        r = cfg.replayer
+        Rules(r.methods, r.rules)
+        build_targets(r)
+        parse_window(r.window_from, r.window_to)
+        check_split(r, r.workers)
+    if "compare" in stages:
+        Differ(cfg.comparer)
+        verdict_rules(cfg.comparer)
+        if cfg.comparer.web.enabled:
+            WebAuth.from_config(cfg.comparer.web, env)
 
 
 def default_metrics_listen(stages: Iterable[str]) -> str:
@@ -172,9 +214,7 @@ class Pipeline:
         (a ``replay --workers`` child)."""
         self.cfg = cfg
         self.stages = tuple(stages)
-        unknown = set(self.stages) - set(STAGES)
-        if unknown:
-            raise ConfigError(f"unknown stage(s): {', '.join(sorted(unknown))}")
+        check(cfg, self.stages)
         if "replay" in self.stages and not cfg.replayer.candidate:
             raise ConfigError("replayer.candidate: a candidate URL is required to replay (--candidate URL)")
         self.registry = CollectorRegistry()

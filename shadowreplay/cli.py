@@ -14,15 +14,14 @@ from pathlib import Path
 import orjson
 
 from shadowreplay import config as configmod
-from shadowreplay.config import METRICS_PORTS, Config
+from shadowreplay.config import METRICS_PORTS, STAGES, Config
 from shadowreplay.errors import ShadowError
 from shadowreplay.runtime import LOG_FORMATS, LOG_LEVELS, configure_logging, tune_gc
 
 log = logging.getLogger("shadowreplay")
 
 EXAMPLE_CONFIG = Path(__file__).with_name("example.toml")
-STAGE_COMMANDS = {"run": ("collect", "replay", "compare"), "collect": ("collect",), "replay": ("replay",),
-                  "compare": ("compare",)}
+STAGE_COMMANDS = {"run": STAGES, **{stage: (stage,) for stage in STAGES}}
 
 
 def package_version() -> str:
@@ -156,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-diff the stored divergences with the current config (after changing ignore rules), then exit",
     )
     compare_sp.add_argument("--store", metavar="FILE", help="with --rediff: the divergence store (default: comparer.store.path)")
+    from comparer.commands import REPORT_FORMATS, add_gate_arguments
+
     diffs_sp = sub.add_parser(
         "diffs",
         help="print stored divergences: endpoints by divergence rate with their diverging fields",
@@ -173,11 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--since", metavar="T", help="only divergences stored since T: 30m, 2h, 7d, Unix seconds or ISO 8601")
     diffs_sp.add_argument("--endpoint", metavar="E", help='only this endpoint, e.g. "GET /api/products/{id}"')
     diffs_sp.add_argument("--json", action="store_true", help="one JSON object per endpoint (see docs/verdict.md)")
-    report_sp.add_argument("--format", choices=("html", "md"), help="default: from --output's suffix, else html")
+    report_sp.add_argument("--format", choices=REPORT_FORMATS, help="default: from --output's suffix, else html")
     report_sp.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     report_sp.add_argument("--title", default="shadowreplay report", help="heading of the report")
-    from comparer.commands import add_gate_arguments
-
     gate_sp = sub.add_parser(
         "gate",
         help="release gate for CI: exit 1 when an endpoint really diverges or got slower, 2 when there is no verdict",
@@ -198,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_parser("example", help="print a commented example config",
                    description="Print a commented config with every key and its default.")
     check = cfg.add_parser("check", help="validate a config file",
-                           description="Validate a config file as `run` would: unknown keys and bad values are "
-                                       "errors naming the key (exit status 2).")
+                           description="Validate a config file as `run` would, without binding a port or opening "
+                                       "the bus: unknown keys, bad values, log formats and field maps, path patterns, "
+                                       "routes, replay rules, stream endpoints, TLS files that do not load, the "
+                                       "page's credential files and the secrets' environment variables (read from "
+                                       "this environment) are errors naming the key (exit status 2). The candidate "
+                                       "URL is not required (it is often given as --candidate).")
     check.add_argument("file", metavar="FILE", help="the TOML config file to check")
     # -- operations commands --
     from shadowreplay.deploy import add_arguments as add_deploy_arguments
@@ -266,9 +269,10 @@ async def _run_stages(cfg: Config, stages: tuple[str, ...], args: argparse.Names
 def _run_workers(cfg: Config, args: argparse.Namespace, argv: list[str]) -> int:
     """``replay --workers N``: the parent serves its children's /metrics on --metrics-listen."""
     from replayer.commands import dispatch as replay_dispatch
-    from shadowreplay.app import metrics_listen
+    from shadowreplay.app import check, metrics_listen
     from shadowreplay.workermetrics import WorkerMetrics
 
+    check(cfg, ("replay",))  # before any child starts: each would refuse the same way
     with WorkerMetrics(metrics_listen(cfg, ("replay",)), cfg.replayer.workers) as metrics:
         return replay_dispatch(cfg, args, argv, metrics)
 
@@ -392,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.config_command == "example":
                 sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
             else:
-                configmod.load(args.file)
+                from shadowreplay.app import check as check_config
+
+                check_config(configmod.load(args.file))
                 print(f"{args.file}: ok")
     except ShadowError as exc:
         print(f"shadowreplay: error: {exc}", file=sys.stderr)

@@ -223,12 +223,18 @@ class TargetOptions:
 
 # The replay targets, in the order results and pages list them.
 TARGET_NAMES = ("candidate", "baseline", "secondary")
-# Request headers the replayer sets or drops whatever the rules say (see README, "These
-# happen whatever the config says"): a rule that sets one could never take effect.
+# Request headers the replayer sets or drops whatever the rules say (docs/http-client.md,
+# "What goes on the wire"): a rule that sets one could never take effect.
 REPLAY_MANAGED_HEADERS = frozenset({
     "host", "content-length", "x-forwarded-for", "x-shadow-replay",
     "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
 })
+# Methods replayed by default (anything else must be allowed explicitly).
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# replayer.late_policy: what to do with a record later than late_after_seconds.
+LATE_POLICIES = ("send", "drop")
+# replayer.anchor: auto (the group's anchor on the bus if set, else local), bus (wait for one), local.
+ANCHOR_MODES = ("auto", "bus", "local")
 
 
 @dataclass(frozen=True)
@@ -281,14 +287,14 @@ class ReplayerConfig:
     concurrency: int = 64
     timeout_seconds: float = 10.0
     max_body_bytes: int = 1024 * 1024
-    methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    methods: tuple[str, ...] = SAFE_METHODS
     keep_host: bool = False
     http_client: str = "builtin"  # one of HTTP_CLIENTS
     # A replay with no new records for this long is considered caught up by `demo`
     # and by one-shot replays (`--to`); `follow` waits forever.
     idle_exit_seconds: float = 0.0
     max_gap_seconds: float = 0.0  # > 0: idle gaps in the schedule are cut to this
-    late_policy: str = "send"  # send | drop: what to do with a record later than late_after_seconds
+    late_policy: str = "send"  # one of LATE_POLICIES
     late_after_seconds: float = 0.01
     lead_seconds: float = 0.2  # head start of a locally anchored schedule
     window_from: str = ""  # ISO time, epoch seconds or "-1h"; empty: where the group stands
@@ -298,7 +304,7 @@ class ReplayerConfig:
     lateness_seconds: float = 300.0
     follow: bool = False  # after catching up at N×, follow real time
     follow_delay_seconds: float = 1.0
-    anchor: str = "auto"  # auto (bus anchor if set, else local) | bus (wait for one) | local
+    anchor: str = "auto"  # one of ANCHOR_MODES
     control_topic: str = "shadow.control"
     workers: int = 1
     # Without a secondary: this share (percent) of requests, plus the first
@@ -309,7 +315,7 @@ class ReplayerConfig:
     # helps with logged body digests or compare_origin_size).
     noise_probe_percent: float = 3.0
     noise_probe_min_per_endpoint: int = 50
-    noise_probe_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    noise_probe_methods: tuple[str, ...] = SAFE_METHODS
     noise_probe_candidate: bool = False
     rules: tuple[ReplayRule, ...] = ()
     targets: ReplayTargets = field(default_factory=ReplayTargets)
@@ -462,9 +468,11 @@ class ComparerConfig:
     streams: ComparerStreamsConfig = field(default_factory=ComparerStreamsConfig)
 
 
+#: The stages, in pipeline order (also the commands that run one each).
+STAGES = ("collect", "replay", "compare")
 #: Default /metrics port of each stage on 127.0.0.1 (when ``metrics.listen`` is empty), so
 #: the three run side by side on one machine; ``run`` (all three) uses the collector's.
-METRICS_PORTS = {"collect": 9464, "replay": 9465, "compare": 9466}
+METRICS_PORTS = dict(zip(STAGES, (9464, 9465, 9466), strict=True))
 
 
 @dataclass(frozen=True)
@@ -512,7 +520,9 @@ def override(cfg: Config, section: str, **values: Any) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Check values that types alone do not constrain (one function per section)."""
+    """Check values that types alone do not constrain (one function per section). What a
+    stage checks when it is built from its section (regexes, path patterns, log formats,
+    rules, TLS files, secrets) is checked there: ``shadowreplay.app.check`` builds them all."""
     _validate_bus(cfg.bus)
     _validate_collector(cfg.collector)
     _validate_replayer(cfg.replayer)
@@ -530,10 +540,8 @@ def _validate_bus(bus: BusConfig) -> None:
 
 def _validate_collector(c: CollectorConfig) -> None:
     parse_hostport(c.listen, "collector.listen")
-    if c.format not in ("nginx_json", "ltsv", "combined"):
-        raise ConfigError(f"collector.format: unknown format {c.format!r} (known: nginx_json, ltsv, combined)")
-    if c.escapes not in ("decode", "keep"):
-        raise ConfigError(f"collector.escapes: decode or keep, got {c.escapes!r}")
+    # format, escapes and fields.time_format name the collector's parsers: it checks them
+    # (collector.formats.make_format), as `config check` does.
     _validate_fields(c.fields, c.redact)
     if c.max_chunk_bytes < 1024:
         raise ConfigError("collector.max_chunk_bytes: must be >= 1024")
@@ -543,8 +551,6 @@ def _validate_collector(c: CollectorConfig) -> None:
 
 
 def _validate_fields(f: FieldMap, r: RedactConfig) -> None:
-    if f.time_format not in ("auto", "msec", "clf", "iso8601"):
-        raise ConfigError(f"collector.fields.time_format: one of auto, msec, clf, iso8601, got {f.time_format!r}")
     for i, entry in enumerate(f.headers):
         name, sep, src = entry.partition("=")
         if not sep or not name.strip() or not src.strip():
@@ -646,16 +652,16 @@ def _validate_replayer(r: ReplayerConfig) -> None:
         opts: TargetOptions = getattr(r.targets, name)
         if opts.timeout_seconds < 0 or opts.concurrency < 0:
             raise ConfigError(f"replayer.targets.{name}: timeout_seconds and concurrency must be >= 0")
-    if r.late_policy not in ("send", "drop"):
-        raise ConfigError(f"replayer.late_policy: send or drop, got {r.late_policy!r}")
+    if r.late_policy not in LATE_POLICIES:
+        raise ConfigError(f"replayer.late_policy: {' or '.join(LATE_POLICIES)}, got {r.late_policy!r}")
     if r.http_client == "aiohttp":
         raise ConfigError("replayer.http_client: the aiohttp client was removed (it read malformed responses "
                           "differently from the built-in one); use builtin, or remove the key")
     if r.http_client not in HTTP_CLIENTS:
         raise ConfigError(f"replayer.http_client: {' or '.join(HTTP_CLIENTS)}, got {r.http_client!r}")
     _validate_streams(r.streams, r.max_body_bytes)
-    if r.anchor not in ("auto", "bus", "local"):
-        raise ConfigError(f"replayer.anchor: auto, bus or local, got {r.anchor!r}")
+    if r.anchor not in ANCHOR_MODES:
+        raise ConfigError(f"replayer.anchor: one of {', '.join(ANCHOR_MODES)}, got {r.anchor!r}")
     for key in ("max_gap_seconds", "late_after_seconds", "lead_seconds", "follow_delay_seconds", "lateness_seconds"):
         if getattr(r, key) < 0:
             raise ConfigError(f"replayer.{key}: must be >= 0")
@@ -665,11 +671,9 @@ def _validate_replayer(r: ReplayerConfig) -> None:
         raise ConfigError("replayer.noise_probe_percent: must be between 0 and 100")
     if r.noise_probe_min_per_endpoint < 0:
         raise ConfigError("replayer.noise_probe_min_per_endpoint: must be >= 0")
-    known = ("include_path", "exclude_path", "require_header", "exclude_header", "sample",
-             "rewrite_path", "set_header", "remove_header", "set_query")
     for i, rule in enumerate(r.rules):
-        if rule.kind not in known:
-            raise ConfigError(f"replayer.rules[{i}].kind: unknown {rule.kind!r} (known: {', '.join(known)})")
+        # A rule on a header the replayer sets or drops itself could never take effect
+        # (the rule kinds themselves, and their patterns, are checked by replayer.rules).
         managed = rule.name.strip().lower()
         if rule.kind == "set_header" and (managed in REPLAY_MANAGED_HEADERS or managed.startswith("proxy-")):
             hint = " (keep_host = true sends the logged Host; or point the target URL at the host)" \
@@ -679,11 +683,6 @@ def _validate_replayer(r: ReplayerConfig) -> None:
         if rule.kind == "remove_header" and managed in ("host", "content-length", "x-forwarded-for", "x-shadow-replay"):
             raise ConfigError(f"replayer.rules[{i}]: remove_header {rule.name!r} cannot take effect: the replayer "
                               "sets that header itself")
-        if rule.pattern:
-            try:
-                re.compile(rule.pattern)
-            except re.error as exc:
-                raise ConfigError(f"replayer.rules[{i}].pattern: not a valid regex: {exc}") from exc
 
 
 def _validate_streams(s: StreamsConfig, max_body_bytes: int) -> None:

@@ -45,11 +45,3 @@ class BusError(ShadowError):
     def __init__(self, message: str, *, retriable: bool) -> None:
         super().__init__(message)
         self.retriable = retriable
-
-
-class UpstreamError(ShadowError):
-    """A replay target could not be reached or answered badly."""
-
-    def __init__(self, message: str, *, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind

@@ -31,9 +31,10 @@ bytes stay version 1, byte for byte as before.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
+from binascii import Error as Base64Error
+from binascii import a2b_base64, b2a_base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,14 @@ MAX_SCHEMA_VERSION = RAW_SCHEMA_VERSION
 PROBE = "probe"
 
 Headers = tuple[tuple[str, str], ...]
+#: An origin as ``encode_request_fields`` takes it: (status, bytes, duration, body_sha256).
+OriginFields = tuple[int | None, int | None, float | None, str | None]
+
+# The encoders and decoders below are the only Python code that names wire members (the
+# page's script reads stored results as its API returns them). Each decoder reads the
+# common case (exact JSON types, as orjson decodes them) with one type test per member and
+# hands anything else to a helper that accepts the lenient forms (null for a default, an
+# int where a float is due) or raises RecordError naming the member.
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +75,7 @@ class Origin:
     body_sha256: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "bytes": self.bytes, "duration": self.duration}
-        if self.body_sha256 is not None:
-            out["body_sha256"] = self.body_sha256
-        return out
+        return _origin_wire((self.status, self.bytes, self.duration, self.body_sha256))
 
     @classmethod
     def from_wire(cls, obj: Any) -> Origin | None:
@@ -79,17 +85,23 @@ class Origin:
             raise RecordError("origin must be an object or null")
         get = obj.get
         status, size, duration, sha = get("status"), get("bytes"), get("duration"), get("body_sha256")
-        if (  # the common case, as orjson decodes it; anything else takes the checks below
-            (status is None or type(status) is int) and (size is None or type(size) is int)
-            and (duration is None or type(duration) is float) and (sha is None or type(sha) is str)
-        ):
-            return cls(status, size, duration, sha)
-        return cls(
-            status=_opt(obj, "status", int),
-            bytes=_opt(obj, "bytes", int),
-            duration=_opt_float(obj, "duration"),
-            body_sha256=_opt(obj, "body_sha256", str),
-        )
+        if status is not None and type(status) is not int:
+            status = _opt(obj, "status", int)
+        if size is not None and type(size) is not int:
+            size = _opt(obj, "bytes", int)
+        if duration is not None and type(duration) is not float:
+            duration = _opt_float(obj, "duration")
+        if sha is not None and type(sha) is not str:
+            sha = _opt(obj, "body_sha256", str)
+        return cls(status, size, duration, sha)
+
+
+def _origin_wire(origin: OriginFields) -> dict[str, Any]:
+    status, size, duration, sha = origin
+    out: dict[str, Any] = {"status": status, "bytes": size, "duration": duration}
+    if sha is not None:
+        out["body_sha256"] = sha
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +119,9 @@ class RequestRecord:
     body: bytes | None = None
     client: str | None = None
     origin: Origin | None = None
-    # The collector's ingest clock (ns since the epoch, strictly increasing within one
-    # collector process): the log order of records whose ``ts`` is equal. None when the
-    # producer set none (then offset order stands in).
+    # The collector's ingest clock (ns, strictly increasing within one collector): records
+    # with equal ``ts`` are replayed in ``seq`` order, the order they were logged in.
+    # None for records from elsewhere; absent from the JSON then.
     seq: int | None = None
 
     @property
@@ -125,59 +137,47 @@ class RequestRecord:
                 return v
         return None
 
-    def has_raw_bytes(self) -> bool:
-        """Whether the target, host or a header value holds bytes that are not UTF-8
-        (surrogate-escaped; see the module docstring)."""
-        return not (is_text(self.target) and is_text(self.host) and all(is_text(v) for _, v in self.headers))
-
     def partition_key(self) -> bytes:
         """Default partition key: the trusted client address, else the id."""
-        return (self.client or self.id).encode("utf-8", "surrogateescape")
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "v": SCHEMA_VERSION,
-            "id": self.id,
-            "ts": self.ts,
-            "tag": self.tag,
-            "method": self.method,
-            "scheme": self.scheme,
-            "host": self.host,
-            "target": self.target,
-            "headers": [[k, v] for k, v in self.headers],
-            "body": _b64(self.body),
-            "client": self.client,
-            "origin": self.origin.to_wire() if self.origin is not None else None,
-        }
-        if self.seq is not None:  # absent, not null: records without one encode as before
-            wire["seq"] = self.seq
-        if self.has_raw_bytes():
-            add_raw(wire)
-        return wire
+        return partition_key(self.client, self.id)
 
     @classmethod
     def from_wire(cls, obj: Any) -> RequestRecord:
         if not isinstance(obj, dict):
             raise RecordError("request record must be a JSON object")
         _check_version(obj)
-        fast = _request_fast(cls, obj)
-        if fast is not None:
-            return fast
         if obj.get("raw") is not None:
             obj = _with_raw(obj)
+        get = obj.get
+        id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
+        if type(id_) is not str:
+            id_ = _req(obj, "id", str)
+        if type(ts) is not int:
+            ts = _req(obj, "ts", int)
+        if type(method) is not str:
+            method = _req(obj, "method", str)
+        if type(target) is not str:
+            target = _req(obj, "target", str)
+        tag, scheme, host, client = get("tag"), get("scheme"), get("host"), get("client")
+        if type(tag) is not str:
+            tag = _opt(obj, "tag", str, "")
+        if type(scheme) is not str:
+            scheme = _opt(obj, "scheme", str, "http")
+        if type(host) is not str:
+            host = _opt(obj, "host", str, "")
+        if client is not None and type(client) is not str:
+            client = _opt(obj, "client", str)
+        seq = get("seq")
+        if seq is not None and type(seq) is not int:
+            seq = _opt(obj, "seq", int)
+        body = get("body")
+        origin = get("origin")
         return cls(
-            id=_req(obj, "id", str),
-            ts=_req(obj, "ts", int),
-            tag=_opt(obj, "tag", str) or "",
-            method=_req(obj, "method", str),
-            scheme=_opt(obj, "scheme", str) or "http",
-            host=_opt(obj, "host", str) or "",
-            target=_req(obj, "target", str),
-            headers=_headers(obj.get("headers")),
-            body=_unb64(obj.get("body"), "body"),
-            client=_opt(obj, "client", str),
-            origin=Origin.from_wire(obj.get("origin")),
-            seq=_opt(obj, "seq", int),
+            id_, ts, method, target, tag, scheme, host, _headers(get("headers")),
+            None if body is None else _unb64(body, "body"),
+            client,
+            None if origin is None else Origin.from_wire(origin),
+            seq,
         )
 
 
@@ -218,7 +218,7 @@ class Response:
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "status": self.status,
-            "headers": [[k, v] for k, v in self.headers],
+            "headers": self.headers,
             "body": _b64(self.body),
             "truncated": self.truncated,
             "latency": self.latency,
@@ -226,7 +226,7 @@ class Response:
             "error": self.error,
         }
         if self.timeline:
-            out["timeline"] = [[t, n] for t, n in self.timeline]
+            out["timeline"] = self.timeline
         if self.stream:
             out["stream"] = True
         if self.stream_window_reached:
@@ -237,17 +237,28 @@ class Response:
     def from_wire(cls, obj: Any) -> Response:
         if not isinstance(obj, dict):
             raise RecordError("response must be a JSON object")
+        get = obj.get
+        status, body, latency, ttfb, error = get("status"), get("body"), get("latency"), get("ttfb"), get("error")
+        if status is not None and type(status) is not int:
+            status = _opt(obj, "status", int)
+        if latency is not None and type(latency) is not float:
+            latency = _opt_float(obj, "latency")
+        if ttfb is not None and type(ttfb) is not float:
+            ttfb = _opt_float(obj, "ttfb")
+        if error is not None and type(error) is not str:
+            error = _opt(obj, "error", str)
+        timeline = get("timeline")
         return cls(
-            status=_opt(obj, "status", int),
-            headers=_headers(obj.get("headers")),
-            body=_unb64(obj.get("body"), "body") or b"",
-            truncated=bool(obj.get("truncated", False)),
-            latency=_opt_float(obj, "latency"),
-            ttfb=_opt_float(obj, "ttfb"),
-            error=_opt(obj, "error", str),
-            timeline=_timeline(obj.get("timeline")),
-            stream=bool(obj.get("stream", False)),
-            stream_window_reached=bool(obj.get("stream_window_reached", False)),
+            status,
+            _headers(get("headers")),
+            b"" if body is None else _unb64(body, "body"),
+            bool(get("truncated", False)),
+            latency,
+            ttfb,
+            error,
+            () if timeline is None else _timeline(timeline),
+            bool(get("stream", False)),
+            bool(get("stream_window_reached", False)),
         )
 
 
@@ -263,55 +274,99 @@ class ReplayResult:
     responses: dict[str, Response] = field(default_factory=dict)
     origin: Origin | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return self._wire(self.request.to_wire())
-
-    def _wire(self, request: Any) -> dict[str, Any]:
-        return {
-            "v": SCHEMA_VERSION,
-            "id": self.id,
-            "request": request,
-            "endpoint": self.endpoint,
-            "scheduled": self.scheduled,
-            "sent": self.sent,
-            "responses": {name: r.to_wire() for name, r in self.responses.items()},
-            "origin": self.origin.to_wire() if self.origin is not None else None,
-        }
-
     @classmethod
     def from_wire(cls, obj: Any) -> ReplayResult:
         if not isinstance(obj, dict):
             raise RecordError("replay result must be a JSON object")
         _check_version(obj)
-        responses = obj.get("responses") or {}
+        get = obj.get
+        id_, endpoint, scheduled, sent = get("id"), get("endpoint"), get("scheduled"), get("sent")
+        if type(id_) is not str:
+            id_ = _req(obj, "id", str)
+        if type(endpoint) is not str:
+            endpoint = _opt(obj, "endpoint", str, "")
+        if type(scheduled) is not int:
+            scheduled = _req(obj, "scheduled", int)
+        if type(sent) is not int:
+            sent = _req(obj, "sent", int)
+        responses = get("responses") or {}
         if not isinstance(responses, dict):
             raise RecordError("responses must be an object")
+        origin = get("origin")
         return cls(
-            id=_req(obj, "id", str),
-            request=RequestRecord.from_wire(obj.get("request")),
-            endpoint=_opt(obj, "endpoint", str) or "",
-            scheduled=_req(obj, "scheduled", int),
-            sent=_req(obj, "sent", int),
-            responses={str(k): Response.from_wire(v) for k, v in responses.items()},
-            origin=Origin.from_wire(obj.get("origin")),
+            id_,
+            RequestRecord.from_wire(get("request")),
+            endpoint,
+            scheduled,
+            sent,
+            {str(k): Response.from_wire(v) for k, v in responses.items()},
+            None if origin is None else Origin.from_wire(origin),
         )
 
 
+# -- bytes on the bus ------------------------------------------------------------------
+
+
 def encode_request(record: RequestRecord) -> bytes:
-    return orjson.dumps(record.to_wire())
+    o = record.origin
+    return encode_request_fields(
+        record.id, record.ts, record.tag, record.method, record.scheme, record.host, record.target,
+        record.headers, record.body, record.client,
+        None if o is None else (o.status, o.bytes, o.duration, o.body_sha256),
+        record.seq,
+    )
+
+
+def encode_request_fields(
+    id: str, ts: int, tag: str, method: str, scheme: str, host: str, target: str,
+    headers: Sequence[tuple[str, str]], body: bytes | None, client: str | None, origin: OriginFields | None,
+    seq: int | None = None,
+) -> bytes:
+    """``encode_request`` of the RequestRecord these fields make, without making it (the
+    collector encodes every logged request: this saves it the dataclasses)."""
+    wire: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "id": id,
+        "ts": ts,
+        "tag": tag,
+        "method": method,
+        "scheme": scheme,
+        "host": host,
+        "target": target,
+        "headers": headers,  # pairs: orjson writes a tuple as an array
+        "body": None if body is None else _b64(body),
+        "client": client,
+        "origin": None if origin is None else _origin_wire(origin),
+    }
+    if seq is not None:  # absent, not null: records without one encode as before
+        wire["seq"] = seq
+    try:
+        return orjson.dumps(wire)
+    except TypeError:  # a lone surrogate: text holding bytes that are not UTF-8 (module docstring)
+        _add_raw(wire)
+        return orjson.dumps(wire)
 
 
 def decode_request(data: bytes) -> RequestRecord:
     return RequestRecord.from_wire(_loads(data))
 
 
-def encode_result(result: ReplayResult, request_json: bytes | None = None) -> bytes:
-    """``request_json``, when given, is ``encode_request(result.request)`` already made
-    (e.g. the bus message the request was decoded from, when no rule changed it): it is
-    embedded as is instead of being encoded again. The output is the same bytes."""
-    if request_json is None:
-        return orjson.dumps(result.to_wire())
-    return orjson.dumps(result._wire(orjson.Fragment(request_json)))
+def partition_key(client: str | None, id: str) -> bytes:
+    """A request's default partition key: the trusted client address, else the id."""
+    return (client or id).encode("utf-8", "surrogateescape")
+
+
+def encode_result(result: ReplayResult) -> bytes:
+    return orjson.dumps({
+        "v": SCHEMA_VERSION,
+        "id": result.id,
+        "request": orjson.Fragment(encode_request(result.request)),
+        "endpoint": result.endpoint,
+        "scheduled": result.scheduled,
+        "sent": result.sent,
+        "responses": {name: r.to_wire() for name, r in result.responses.items()},
+        "origin": None if result.origin is None else result.origin.to_wire(),
+    })
 
 
 def decode_result(data: bytes) -> ReplayResult:
@@ -342,10 +397,37 @@ def readable(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def add_raw(wire: dict[str, Any]) -> None:
-    """Make a request's wire dict (``RequestRecord.to_wire`` or the collector's own) JSON-safe:
-    a ``target``, ``host`` or header value holding bytes that are not UTF-8 becomes its
-    readable form, its exact bytes go to ``raw`` and the version becomes 2."""
+def stable_id(*parts: object) -> str:
+    """A stable request id from the parts of a log line that identify it."""
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from exc
+
+
+def _check_version(obj: dict[str, Any]) -> None:
+    v = obj.get("v")
+    if type(v) is not int:
+        raise RecordError("missing schema version 'v'")
+    if v > MAX_SCHEMA_VERSION:
+        raise RecordError(f"schema version {v} is newer than this build understands ({MAX_SCHEMA_VERSION})")
+
+
+def _add_raw(wire: dict[str, Any]) -> None:
+    """Make a request's wire dict JSON-safe: a ``target``, ``host`` or header value holding
+    bytes that are not UTF-8 becomes its readable form, its exact bytes go to ``raw`` and
+    the version becomes 2."""
     raw: dict[str, Any] = {}
     for key in ("target", "host"):
         value = wire.get(key)
@@ -369,80 +451,6 @@ def add_raw(wire: dict[str, Any]) -> None:
     if raw:
         wire["raw"] = raw
         wire["v"] = RAW_SCHEMA_VERSION
-
-
-def stable_id(*parts: object) -> str:
-    """A stable request id from the parts of a log line that identify it."""
-    h = hashlib.blake2b(digest_size=12)
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"not JSON: {exc}") from exc
-
-
-def _request_fast(cls: type[RequestRecord], obj: dict[str, Any]) -> RequestRecord | None:
-    """``RequestRecord.from_wire`` for the well-formed common case (exact JSON types, as
-    orjson decodes them), or None: then the general path decides (and names the fault)."""
-    get = obj.get
-    if get("raw") is not None:
-        return None
-    id_, ts, method, target = get("id"), get("ts"), get("method"), get("target")
-    tag, scheme, host, client, seq = get("tag"), get("scheme"), get("host"), get("client"), get("seq")
-    if not (
-        type(id_) is str and type(ts) is int and type(method) is str and type(target) is str
-        and (tag is None or type(tag) is str) and (scheme is None or type(scheme) is str)
-        and (host is None or type(host) is str) and (client is None or type(client) is str)
-        and (seq is None or type(seq) is int)
-    ):
-        return None
-    wire_headers = get("headers")
-    headers: Headers = ()
-    if wire_headers is not None:
-        if type(wire_headers) is not list:
-            return None
-        pairs = []
-        for pair in wire_headers:
-            if type(pair) is not list or len(pair) != 2:
-                return None
-            name, value = pair
-            if type(name) is not str or type(value) is not str:
-                return None
-            pairs.append((name, value))
-        headers = tuple(pairs)
-    body = get("body")
-    origin = get("origin")
-    return cls(
-        id=id_,
-        ts=ts,
-        tag=tag or "",
-        method=method,
-        scheme=scheme or "http",
-        host=host or "",
-        target=target,
-        headers=headers,
-        body=None if body is None else _unb64(body, "body"),
-        client=client,
-        origin=None if origin is None else Origin.from_wire(origin),
-        seq=seq,
-    )
-
-
-def _check_version(obj: dict[str, Any]) -> None:
-    v = obj.get("v")
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise RecordError("missing schema version 'v'")
-    if v > MAX_SCHEMA_VERSION:
-        raise RecordError(f"schema version {v} is newer than this build understands ({MAX_SCHEMA_VERSION})")
 
 
 def _with_raw(obj: dict[str, Any]) -> dict[str, Any]:
@@ -473,10 +481,9 @@ def _with_raw(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _raw_text(value: Any, key: str) -> str:
-    data = _unb64(value, key)
-    if data is None:
+    if value is None:
         raise RecordError(f"field {key!r} must be base64 text")
-    return data.decode("utf-8", "surrogateescape")
+    return _unb64(value, key).decode("utf-8", "surrogateescape")
 
 
 def _req(obj: dict[str, Any], key: str, typ: type) -> Any:
@@ -488,9 +495,10 @@ def _req(obj: dict[str, Any], key: str, typ: type) -> Any:
     return value
 
 
-def _opt(obj: dict[str, Any], key: str, typ: type) -> Any:
+def _opt(obj: dict[str, Any], key: str, typ: type, default: Any = None) -> Any:
+    """Member ``key``: ``default`` when absent or null, else it must be a ``typ``."""
     if obj.get(key) is None:
-        return None
+        return default
     return _req(obj, key, typ)
 
 
@@ -510,20 +518,16 @@ def _headers(value: Any) -> Headers:
         raise RecordError("headers must be a list of [name, value] pairs")
     out = []
     for pair in value:
-        if (
-            not isinstance(pair, list)
-            or len(pair) != 2
-            or not isinstance(pair[0], str)
-            or not isinstance(pair[1], str)
-        ):
+        if type(pair) is not list or len(pair) != 2:
             raise RecordError("headers must be a list of [name, value] string pairs")
-        out.append((pair[0], pair[1]))
+        name, text = pair
+        if type(name) is not str or type(text) is not str:
+            raise RecordError("headers must be a list of [name, value] string pairs")
+        out.append((name, text))
     return tuple(out)
 
 
 def _timeline(value: Any) -> Timeline:
-    if value is None:
-        return ()
     if not isinstance(value, list) or len(value) > MAX_TIMELINE_POINTS:
         raise RecordError(f"timeline must be a list of at most {MAX_TIMELINE_POINTS} [seconds, bytes] pairs")
     out = []
@@ -541,16 +545,14 @@ def _timeline(value: Any) -> Timeline:
     return tuple(out)
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+def _b64(data: bytes) -> str:
+    return b2a_base64(data, newline=False).decode("ascii")
 
 
-def _unb64(value: Any, key: str) -> bytes | None:
-    if value is None:
-        return None
+def _unb64(value: Any, key: str) -> bytes:
     if not isinstance(value, str):
         raise RecordError(f"field {key!r} must be base64 text or null")
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return a2b_base64(value, strict_mode=True)
+    except (Base64Error, ValueError) as exc:
         raise RecordError(f"field {key!r} is not valid base64") from exc

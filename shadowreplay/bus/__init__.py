@@ -11,14 +11,15 @@ ConfigError. Backends are imported lazily: kafka-python is loaded only for kafka
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader, next_positions, read_to_end
 from shadowreplay.errors import ConfigError
 
 __all__ = [
-    "Bus", "Consumer", "Message", "PartitionLag", "Producer", "Reader", "next_positions", "open_bus", "parse_options",
-    "quiet_client_logs", "read_to_end",
+    "Bus", "Consumer", "Message", "PartitionLag", "Producer", "Reader", "check_bus", "next_positions", "open_bus",
+    "parse_options", "quiet_client_logs", "read_to_end",
 ]
 
 
@@ -27,16 +28,27 @@ def parse_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, i
     options: dict[str, int] = {}
     for name, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
         if name not in allowed:
-            raise ConfigError(f"{url}: unknown bus option {name!r} (known: {', '.join(allowed)})")
+            raise ConfigError(f"bus.url: {url!r}: unknown bus option {name!r} (known: {', '.join(allowed)})")
         try:
             options[name] = int(raw)
         except ValueError:
-            raise ConfigError(f"{url}: bus option {name!r} must be an integer, got {raw!r}") from None
+            raise ConfigError(f"bus.url: {url!r}: bus option {name!r} must be an integer, got {raw!r}") from None
     return options
 
 
 def open_bus(url: str, partitions: int = 4) -> Bus:
     """Open the bus named by ``url``; new topics get ``partitions`` partitions."""
+    return _backend(url, partitions)()
+
+
+def check_bus(url: str, partitions: int = 4) -> None:
+    """What ``open_bus`` checks before it opens a file or connects: the URL, its options
+    and, for SQLite, that the file's directory exists. ConfigError names the fault."""
+    _backend(url, partitions)
+
+
+def _backend(url: str, partitions: int) -> Callable[[], Bus]:
+    """The checked opener of the bus named by ``url``."""
     if partitions < 1:
         raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
     base, _, query = url.partition("?")
@@ -47,7 +59,8 @@ def open_bus(url: str, partitions: int = 4) -> Bus:
         if not path or path == ":memory:":
             raise ConfigError(f"bus.url: {url!r} needs a file path (sqlite:///path/to/bus.db)")
         options = parse_options(url, query, sqlite.OPTIONS)
-        return sqlite.SqliteBus(url, path, partitions, **options)
+        sqlite.check_options(url, path, **options)
+        return lambda: sqlite.SqliteBus(url, path, partitions, **options)
     if base.startswith("kafka://"):
         from shadowreplay.bus import kafka
 
@@ -57,7 +70,7 @@ def open_bus(url: str, partitions: int = 4) -> Bus:
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"bus.url: {url!r}: expected kafka://host:port[,host:port]")
         options = parse_options(url, query, kafka.OPTIONS)
-        return kafka.KafkaBus(url, servers, partitions, **options)
+        return lambda: kafka.KafkaBus(url, servers, partitions, **options)
     raise ConfigError(f"bus.url: {url!r} is neither sqlite:///path nor kafka://host:port")
 
 

@@ -39,15 +39,6 @@ class AsyncProducer(_OnOwnThread):
         self.power_safe = power_safe
         self._producer: Producer = self._executor.submit(bus.producer, power_safe=power_safe).result()
 
-    async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]]) -> None:
-        """Queue (key, value, timestamp_ns) items; durable after the next ``flush``."""
-
-        def _publish() -> None:
-            for key, value, ts in items:
-                self._producer.publish(topic, value, key=key, timestamp_ns=ts)
-
-        await self._call(_publish)
-
     async def flush(self, timeout_seconds: float = 30.0) -> None:
         await self._call(self._producer.flush, timeout_seconds)
 

@@ -363,6 +363,18 @@ def _commit_offsets(conn: sqlite3.Connection, group: str, messages: Sequence[Mes
         )
 
 
+def check_options(
+    url: str, path: str, *, session_timeout_ms: int = 10_000, rebalance_interval_ms: int = 500,
+    busy_timeout_ms: int = 30_000,
+) -> None:
+    """What a bus file at ``path`` with these options needs before it is opened."""
+    if rebalance_interval_ms * 2 > session_timeout_ms:
+        raise ConfigError(f"bus.url: {url!r}: rebalance_interval_ms must be at most half of session_timeout_ms")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"bus.url: {url!r}: directory {str(parent)!r} does not exist")
+
+
 def _offset_for_time(conn: sqlite3.Connection, topic_id: int, partition: int, timestamp_ns: int) -> int:
     """The partition's first offset whose timestamp is >= ``timestamp_ns`` (or its end)."""
 
@@ -420,17 +432,16 @@ class SqliteBus:
     ) -> None:
         if partitions < 1:
             raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
-        if rebalance_interval_ms * 2 > session_timeout_ms:
-            raise ConfigError(f"{url}: rebalance_interval_ms must be at most half of session_timeout_ms")
+        check_options(
+            url, path, session_timeout_ms=session_timeout_ms, rebalance_interval_ms=rebalance_interval_ms,
+            busy_timeout_ms=busy_timeout_ms,
+        )
         self.url = url
         self.path = path
         self.partitions = partitions
         self.session_timeout_ms = session_timeout_ms
         self.rebalance_interval_ms = rebalance_interval_ms
         self.busy_timeout_ms = busy_timeout_ms
-        parent = Path(path).parent
-        if not parent.is_dir():
-            raise ConfigError(f"{url}: directory {str(parent)!r} does not exist")
         self._lock = threading.Lock()
         self._conn = _connect(path, busy_timeout_ms)
         try:

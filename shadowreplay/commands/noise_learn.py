@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -85,7 +86,17 @@ def propose(sample: NoiseSample, *, min_rate: float = 0.0) -> str:
     doc: dict[str, Any] = {"ignore_paths": glob}
     if rules:
         doc["comparer"] = {"endpoints": rules}
-    return "".join(f"# {line}\n" for line in notes) + tomli_w.dumps(doc, multiline_strings=False)
+    return "".join(f"# {_one_line(line)}\n" for line in notes) + tomli_w.dumps(doc, multiline_strings=False)
+
+
+# What a TOML comment may not hold: control characters (a newline would end the comment
+# and let a JSON key or an endpoint name write TOML of its own).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` for a comment line: control characters as Python escapes (``\\n``, ``\\x01``)."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
 
 
 def read_sample(cfg: Config, count: int, idle_seconds: float = 2.0) -> list[RequestRecord]:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from comparer.loop import Comparer, format_table
 from comparer.metrics import ComparerMetrics
+from comparer.store import diffs_to_json
 from shadowreplay.bus import Bus, open_bus
 from shadowreplay.bus.aio import AsyncConsumer
 from shadowreplay.config import ComparerConfig, ReplayRule
@@ -263,7 +264,7 @@ class ListSink:
 
     def add(self, result: ReplayResult, verdict: Any, *, real: bool = True) -> None:
         assert verdict.diverged
-        orjson.dumps(verdict.to_dict())  # what the store persists must serialise
+        orjson.dumps(diffs_to_json(verdict.diffs + verdict.noise))  # what the store persists must serialise
         self.added.append((result.id, verdict))
 
     def flush(self) -> None:
@@ -312,12 +313,12 @@ async def test_noise_cancelled_sink_called_and_new_metrics(bus: Bus) -> None:
     (summary,) = comparer.summary()
     assert (summary.compared, summary.diverged, summary.noisy) == (41, 10, 31)
     assert summary.fields == {"$.price": 10}
-    stats = {s.path: s for s in comparer.field_stats(ep)}
+    judged = {j.endpoint: j for j in comparer.judgements()}
+    stats = {s.path: s for s in judged[ep].fields}
     assert (stats["$.price"].raw, stats["$.price"].noise, stats["$.price"].real) == (10, 0, True)
     assert (stats["$.ts"].raw, stats["$.ts"].noise, stats["$.ts"].twin, stats["$.ts"].state) == (40, 40, 40, "noise")
     assert (stats["error"].raw, stats["error"].state) == (1, "undecided")
-    assert [s.path for s in comparer.field_stats(ep)][0] == "error"  # status and error first
-    assert comparer.field_stats("GET /nope") == []
+    assert judged[ep].fields[0].path == "error"  # status and error first
 
     found = samples(registry)
     # As judged on arrival: the first price changes came before the field was known real.

@@ -23,7 +23,7 @@ from browser import Browser, chromium, open_page
 from comparer_session import ComparerSession
 from comparer.web import CSP, DivergencePage
 from shadowreplay.config import ComparerConfig, WebConfig
-from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response
+from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_request
 
 pytestmark = pytest.mark.integration
 __all__ = ["chromium"]  # the fixture, imported for pytest
@@ -291,7 +291,7 @@ async def test_curl_command_reproduces_the_request_exactly(
         records = [("shown", RequestRecord(id="r2", ts=T0, method="PUT", target="/upload/blob",
                                            headers=(("Content-Type", "application/octet-stream"),), body=BINARY), shown)]
         for rec in CURL_CASES:
-            wire = orjson.dumps(rec.to_wire()).decode()
+            wire = encode_request(rec).decode()
             cmd = await browser.js(f"window.shadowreplay.curlCommand({wire}, {orjson.dumps(base).decode()}).command")
             records.append((rec.id, rec, cmd))
         for name, rec, cmd in records:

@@ -187,6 +187,7 @@ async def test_appends_rotations_and_garbage(harness: Harness) -> None:
     append(log, 40, 41)
     await harness.wait_for(ids(range(0, 42)))
     assert tail.stats.truncations == 1
+    assert tail.stats.summary().endswith("rejected (bad_json: 2); followed 1 rotations, 1 truncations")
 
     # The state file holds the acknowledged position of the current file.
     await harness.stop_tail()

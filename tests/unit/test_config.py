@@ -41,7 +41,6 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
         ("[[replayer.streams.endpoints]]\npath = '(('\n", "replayer.streams.endpoints[0].path"),
         ("[[replayer.streams.endpoints]]\npath = '/x'\nwindow_bytes = -1\n", "replayer.streams.endpoints[0].window_bytes"),
         ("[[replayer.streams.endpoints]]\npath = '/x'\nwindw_seconds = 1\n", "replayer.streams.endpoints[0].windw_seconds"),
-        ("[collector]\nescapes = 'json'\n", "collector.escapes"),
         ("[collector.redact]\nkeep_headers = ['X-Unknown']\n", "collector.redact.keep_headers[0]"),
         ("[collector.redact]\nextra_body_fields = [' pin']\n", "collector.redact.extra_body_fields[0]"),
         ("[collector.redact]\nkeep_query_params = ['token', 'nope']\n", "collector.redact.keep_query_params[1]"),

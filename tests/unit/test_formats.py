@@ -1,4 +1,4 @@
-"""nginx JSON access-log records → RequestRecord."""
+"""Access-log records → the RequestRecord on the bus."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from collector.formats import CombinedFormat, LtsvFormat, NginxJsonFormat, entry_id, make_format
+from collector.formats import LogFormat, entry_id, make_format
 from collector.lines import LINE_ID_FIELD
 from shadowreplay.config import FieldMap
 from shadowreplay.errors import ConfigError, DecodeError
-from shadowreplay.record import Origin, decode_request, encode_request, stable_id
+from shadowreplay.record import Origin, RequestRecord, decode_request, encode_request, stable_id
 
 TS = 1464845619_123450040
 
@@ -39,11 +39,17 @@ def nginx(**over: object) -> dict[str, object]:
     return rec
 
 
-FMT = NginxJsonFormat(FieldMap())
+FMT = make_format("nginx_json", FieldMap())
+
+
+def request(fmt: object, tag: str, ts: int, rec: dict[object, object], frame: bytes | None = None,
+            index: int = 0) -> RequestRecord:
+    """The RequestRecord ``fmt`` puts on the bus for ``rec``."""
+    return decode_request(fmt.to_bus(tag, ts, rec, frame, index)[1])  # type: ignore[attr-defined]
 
 
 def test_full_record() -> None:
-    r = FMT.to_request("nginx.access", TS, nginx())
+    r = request(FMT, "nginx.access", TS, nginx())
     assert r.id == "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
     assert r.ts == TS and r.tag == "nginx.access"
     assert (r.method, r.target, r.scheme, r.host) == ("GET", "/search?q=a&q=b&z=1", "https", "shop.example.com")
@@ -55,41 +61,41 @@ def test_full_record() -> None:
 
 
 def test_numbers_as_numbers() -> None:
-    r = FMT.to_request("t", TS, nginx(status=404, body_bytes_sent=0, request_time=1.5))
+    r = request(FMT, "t", TS, nginx(status=404, body_bytes_sent=0, request_time=1.5))
     assert r.origin == Origin(status=404, bytes=0, duration=1.5)
 
 
 def test_unreadable_numbers_become_absent() -> None:
-    r = FMT.to_request("t", TS, nginx(status="-", body_bytes_sent="x", request_time="-"))
+    r = request(FMT, "t", TS, nginx(status="-", body_bytes_sent="x", request_time="-"))
     assert r.origin is None
-    r = FMT.to_request("t", TS, nginx(status="²", body_bytes_sent=True, request_time="0.1"))
+    r = request(FMT, "t", TS, nginx(status="²", body_bytes_sent=True, request_time="0.1"))
     assert r.origin == Origin(status=None, bytes=None, duration=0.1)
 
 
 def test_body_text_and_binary_survive() -> None:
-    r = FMT.to_request("t", TS, nginx(request_method="POST", request_body='{"a": "é"}'))
+    r = request(FMT, "t", TS, nginx(request_method="POST", request_body='{"a": "é"}'))
     assert r.body == '{"a": "é"}'.encode()
     # Bytes that were not UTF-8 arrive surrogate-escaped from the decoder.
     raw = b"\x00\xff\xfebin"
-    r = FMT.to_request("t", TS, nginx(request_body=raw.decode("utf-8", "surrogateescape")))
+    r = request(FMT, "t", TS, nginx(request_body=raw.decode("utf-8", "surrogateescape")))
     assert r.body == raw
-    assert FMT.to_request("t", TS, nginx(request_body="-")).body is None
-    assert FMT.to_request("t", TS, nginx(request_body=b"\x01")).body == b"\x01"
+    assert request(FMT, "t", TS, nginx(request_body="-")).body is None
+    assert request(FMT, "t", TS, nginx(request_body=b"\x01")).body == b"\x01"
 
 
 def test_stable_id_without_request_id() -> None:
     rec = nginx(request_id="-")
-    a = FMT.to_request("t", TS, rec)
-    b = FMT.to_request("t", TS, dict(rec))
+    a = request(FMT, "t", TS, rec)
+    b = request(FMT, "t", TS, dict(rec))
     assert a.id == b.id and len(a.id) == 24
     assert a.id == stable_id(TS, "t", "10.1.2.3", "GET", "shop.example.com", "/search?q=a&q=b&z=1", 200, 512)
-    assert FMT.to_request("t", TS + 1, rec).id != a.id
+    assert request(FMT, "t", TS + 1, rec).id != a.id
     del rec["request_id"]
-    assert FMT.to_request("t", TS, rec).id == a.id
+    assert request(FMT, "t", TS, rec).id == a.id
 
 
 def test_absent_optional_fields() -> None:
-    r = FMT.to_request("t", TS, {"request_method": "HEAD", "request_uri": "/"})
+    r = request(FMT, "t", TS, {"request_method": "HEAD", "request_uri": "/"})
     assert (r.scheme, r.host, r.client, r.headers, r.body, r.origin) == ("http", "", None, (), None, None)
 
 
@@ -105,7 +111,7 @@ def test_absent_optional_fields() -> None:
 )
 def test_records_without_a_request_are_rejected(over: dict[str, object], reason: str) -> None:
     with pytest.raises(DecodeError) as exc:
-        FMT.to_request("t", TS, nginx(**over))
+        request(FMT, "t", TS, nginx(**over))
     assert exc.value.reason == reason and not exc.value.fatal
 
 
@@ -120,20 +126,20 @@ def test_header_names_are_canonical_and_odd_values_handled() -> None:
         "http_dnt": None,
         5: "not a key we know",
     }
-    r = FMT.to_request("t", TS, rec)
+    r = request(FMT, "t", TS, rec)
     assert r.headers == (("Content-Type", "application/json"), ("X-B3-Traceid", "12"))
     assert r.header("content-type") == "application/json"
 
 
 def test_custom_field_map() -> None:
     fields = FieldMap(method="verb", target="uri", client="peer", header_prefix="h_", request_id="rid")
-    fmt = NginxJsonFormat(fields)
-    r = fmt.to_request("t", TS, {"verb": "PUT", "uri": "/x", "peer": "::1", "h_accept": "*/*", "rid": "r1"})
+    fmt = make_format("nginx_json", fields)
+    r = request(fmt, "t", TS, {"verb": "PUT", "uri": "/x", "peer": "::1", "h_accept": "*/*", "rid": "r1"})
     assert (r.method, r.target, r.client, r.headers, r.id) == ("PUT", "/x", "::1", (("Accept", "*/*"),), "r1")
 
 
-def msec_format() -> NginxJsonFormat:
-    return NginxJsonFormat(dataclasses.replace(FieldMap(), time="msec"))
+def msec_format() -> LogFormat:
+    return make_format("nginx_json", dataclasses.replace(FieldMap(), time="msec"))
 
 
 @pytest.mark.parametrize(
@@ -147,13 +153,13 @@ def msec_format() -> NginxJsonFormat:
     ],
 )
 def test_msec_time_is_exact(value: object, ns: int) -> None:
-    assert msec_format().to_request("t", TS, nginx(msec=value)).ts == ns
+    assert request(msec_format(), "t", TS, nginx(msec=value)).ts == ns
 
 
 @pytest.mark.parametrize("value", ["soon", "", None, "-1", "1.2.3"])
 def test_bad_msec_rejected(value: object) -> None:
     with pytest.raises(DecodeError) as exc:
-        msec_format().to_request("t", TS, nginx(msec=value))
+        request(msec_format(), "t", TS, nginx(msec=value))
     assert exc.value.reason == "bad_time_field"
 
 
@@ -167,26 +173,29 @@ def test_bad_msec_rejected(value: object) -> None:
     ],
 )
 def test_iso8601_time(value: str, ns: int) -> None:
-    fmt = NginxJsonFormat(dataclasses.replace(FieldMap(), time="time_iso8601"))
-    assert fmt.to_request("t", TS, nginx(time_iso8601=value)).ts == ns
+    fmt = make_format("nginx_json", dataclasses.replace(FieldMap(), time="time_iso8601"))
+    assert request(fmt, "t", TS, nginx(time_iso8601=value)).ts == ns
 
 
 def test_bad_iso8601_rejected() -> None:
-    fmt = NginxJsonFormat(dataclasses.replace(FieldMap(), time="time_iso8601"))
+    fmt = make_format("nginx_json", dataclasses.replace(FieldMap(), time="time_iso8601"))
     with pytest.raises(DecodeError) as exc:
-        fmt.to_request("t", TS, nginx(time_iso8601="02/Jun/2016:05:33:39 +0000"))
+        request(fmt, "t", TS, nginx(time_iso8601="02/Jun/2016:05:33:39 +0000"))
     assert exc.value.reason == "bad_time_field"
 
 
 def test_make_format() -> None:
-    assert isinstance(make_format("nginx_json", FieldMap()), NginxJsonFormat)
-    assert isinstance(make_format("ltsv", FieldMap()), LtsvFormat)
-    assert isinstance(make_format("combined", FieldMap()), CombinedFormat)
+    for name in ("nginx_json", "ltsv", "combined"):
+        assert make_format(name, FieldMap()).name == name  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="collector.escapes"):
+        make_format("ltsv", FieldMap(), escapes="raw")
+    with pytest.raises(ConfigError, match="collector.fields.time_format"):
+        make_format("ltsv", FieldMap(time_format="unix"))
     with pytest.raises(ConfigError, match="ltsv"):
         make_format("w3c", FieldMap())
 
 
-# -- to_bus: the fast path agrees with to_request -----------------------------------------
+# -- to_bus: the layouts compiled agree with to_bus_plain --------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -233,19 +242,24 @@ _FORMATS = [
 
 
 def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object], frame: bytes | None = None) -> None:
+    """``to_bus`` (compiled per layout) and ``to_bus_plain`` give the same bytes, key and
+    time, or refuse with the same reason; what they publish is a request exactly as
+    ``encode_request`` writes it."""
     try:
-        expected = fmt.to_request(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
+        expected = fmt.to_bus_plain(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
     except DecodeError as exc:
+        assert exc.fatal is False and exc.reason
         with pytest.raises(DecodeError) as again:
             fmt.to_bus(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
         assert again.value.reason == exc.reason
         return
     # Never refused for its encoding: bytes that are not UTF-8 travel in "raw".
-    key, data, bus_ts = fmt.to_bus(tag, ts, rec, frame, 3)  # type: ignore[attr-defined]
-    assert decode_request(data) == expected
-    assert data == encode_request(expected)
-    assert key == expected.partition_key() or key == (expected.client or expected.id).encode("utf-8", "surrogateescape")
-    assert bus_ts == expected.ts
+    assert fmt.to_bus(tag, ts, rec, frame, 3) == expected  # type: ignore[attr-defined]
+    key, data, bus_ts = expected
+    record = decode_request(data)
+    assert data == encode_request(record)
+    assert key == record.partition_key()
+    assert bus_ts == record.ts
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -255,7 +269,7 @@ def _agree(fmt: object, tag: str, ts: int, rec: dict[object, object], frame: byt
     fmt_index=st.integers(0, len(_FORMATS) - 1),
     frame=st.one_of(st.none(), st.binary(min_size=1, max_size=10)),
 )
-def test_to_bus_agrees_with_to_request(rec: dict[object, object], ts: int, fmt_index: int, frame: bytes | None) -> None:
+def test_to_bus_agrees_with_to_bus_plain(rec: dict[object, object], ts: int, fmt_index: int, frame: bytes | None) -> None:
     _agree(_FORMATS[fmt_index], "t.tag", ts, rec, frame)
 
 
@@ -280,13 +294,13 @@ def test_ltsv_record_with_explicit_headers() -> None:
     line = "time:10/Oct/2000:13:55:36 -0700\thost:192.0.2.7\tmethod:POST\turi:/a?x=1\tstatus:201\tsize:12\treqtime:0.25\tua:curl\treferer:-\tvhost:api.example"
     from collector.lines import parse_ltsv_line
 
-    r = fmt.to_request("t", TS, parse_ltsv_line(line))
+    r = request(fmt, "t", TS, parse_ltsv_line(line))
     assert (r.method, r.target, r.client, r.host) == ("POST", "/a?x=1", "192.0.2.7", "api.example")
     assert r.ts == 971211336 * 10**9
     assert r.headers == (("User-Agent", "curl"),)
     assert r.origin == Origin(201, 12, 0.25)
     # The same line, unparsed in Fluent Bit's "log" field, maps the same.
-    assert fmt.to_request("t", TS, {"log": line}) == r
+    assert request(fmt, "t", TS, {"log": line}) == r
 
 
 COMBINED = (
@@ -297,7 +311,7 @@ COMBINED = (
 
 def test_combined_line_via_log_field() -> None:
     fmt = make_format("combined", FieldMap(time="time_local"))
-    r = fmt.to_request("apache", TS, {"log": COMBINED})
+    r = request(fmt, "apache", TS, {"log": COMBINED})
     assert (r.method, r.target, r.client) == ("GET", "/apache_pb.gif?a=1&a=2", "203.0.113.9")
     assert r.ts == parse_clf("10/Oct/2000:13:55:36 -0700") == 971211336 * 10**9
     assert r.headers == (("Referer", "http://www.example.com/start.html"), ("User-Agent", "Mozilla/4.08 [en] (Win98; I ;Nav)"))
@@ -309,21 +323,21 @@ def test_combined_line_via_log_field() -> None:
 def test_combined_garbage_and_bad_request_lines() -> None:
     fmt = make_format("combined", FieldMap())
     with pytest.raises(DecodeError) as exc:
-        fmt.to_request("t", TS, {"log": "not a log line"})
+        request(fmt, "t", TS, {"log": "not a log line"})
     assert exc.value.reason == "bad_combined"
     bad = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01" 400 0 "-" "-"'
     with pytest.raises(DecodeError) as exc:
-        fmt.to_request("t", TS, {"log": bad})
+        request(fmt, "t", TS, {"log": bad})
     assert exc.value.reason == "bad_request_line"  # a TLS ClientHello on port 80 is no request
     empty = '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "-" 400 0 "-" "-"'  # nginx: connection closed early
     with pytest.raises(DecodeError) as exc:
-        fmt.to_request("t", TS, {"log": empty})
+        request(fmt, "t", TS, {"log": empty})
     assert exc.value.reason == "missing_method"
 
 
 def test_request_line_fallback_for_nginx_json() -> None:
     rec = {"request": "DELETE /items/7?force=1 HTTP/1.1", "remote_addr": "10.0.0.1"}
-    r = FMT.to_request("t", TS, rec)
+    r = request(FMT, "t", TS, rec)
     assert (r.method, r.target) == ("DELETE", "/items/7?force=1")
 
 
@@ -331,9 +345,9 @@ def test_raw_json_line_in_log_field() -> None:
     import json
 
     line = json.dumps(nginx())
-    assert FMT.to_request("t", TS, {"log": line}) == FMT.to_request("t", TS, nginx())
+    assert request(FMT, "t", TS, {"log": line}) == request(FMT, "t", TS, nginx())
     with pytest.raises(DecodeError) as exc:
-        FMT.to_request("t", TS, {"log": "{oops"})
+        request(FMT, "t", TS, {"log": "{oops"})
     assert exc.value.reason == "bad_json"
 
 
@@ -360,22 +374,22 @@ def test_secrets_never_reach_the_bus() -> None:
     body = orjson.loads(r.body or b"")
     assert body["user"] == "al" and body["password"].startswith("redacted:hmac:")
     assert body["nested"]["items"][0]["token"].startswith("redacted:hmac:")
-    assert r == fmt.to_request("t", TS, rec)
+    assert r == request(fmt, "t", TS, rec)
     assert r.header("User-Agent") == "curl/8.0"  # others untouched
 
 
 def test_client_is_the_trusted_field_never_x_forwarded_for() -> None:
     rec = nginx(http_x_forwarded_for="6.6.6.6, 7.7.7.7", remote_addr="10.9.8.7")
     for fmt in (FMT, make_format("combined", FieldMap())):
-        r = fmt.to_request("t", TS, rec)
+        r = request(fmt, "t", TS, rec)
         assert r.client == "10.9.8.7" and r.partition_key() == b"10.9.8.7"
     # No trusted field in the record: no client at all, still not the header.
     rec.pop("remote_addr")
-    r = FMT.to_request("t", TS, rec)
+    r = request(FMT, "t", TS, rec)
     assert r.client is None and r.header("X-Forwarded-For") == "6.6.6.6, 7.7.7.7"
     # Combined lines put the connection's address first; a spoofed XFF stays a header.
     line = COMBINED.replace("203.0.113.9", "198.51.100.1")
-    assert make_format("combined", FieldMap()).to_request("t", TS, {"log": line}).client == "198.51.100.1"
+    assert request(make_format("combined", FieldMap()), "t", TS, {"log": line}).client == "198.51.100.1"
 
 
 def test_to_bus_slow_path_past_the_layout_cache(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,7 +428,7 @@ def test_bytes_that_are_not_utf8_are_published_not_refused() -> None:
     for fmt in _FORMATS:
         key, data, _ = fmt.to_bus("t", TS, rec, b"cchunk", 0)
         r = decode_request(data)
-        assert r == fmt.to_request("t", TS, rec, b"cchunk", 0)
+        assert r == request(fmt, "t", TS, rec, b"cchunk", 0)
         assert r.target.encode("utf-8", "surrogateescape") == b"/caf\xe9?q=\xff"
         assert r.host.encode("utf-8", "surrogateescape") == b"shop\xe4.example"
         assert (r.header("User-Agent") or "").encode("utf-8", "surrogateescape") == b"Mozilla/5.0 (\xe4rger)"
@@ -431,7 +445,7 @@ def test_a_line_that_cannot_be_a_request_is_rejected_with_its_reason() -> None:
         ({"request_method": "GET"}, "missing_target"),
     ]
     for rec, reason in cases:
-        for call in (FMT.to_request, FMT.to_bus):
+        for call in (FMT.to_bus_plain, FMT.to_bus):
             with pytest.raises(DecodeError) as exc:
                 call("t", TS, rec)
             assert exc.value.reason == reason, rec
@@ -466,7 +480,7 @@ def test_query_and_referer_secrets_are_redacted_on_both_paths() -> None:
     for secret in (b"=AT", b"=K&", b"=K\"", b"token=T&"):
         assert secret not in data
     r = decode_request(data)
-    assert r == fmt.to_request("t", TS, rec)
+    assert r == request(fmt, "t", TS, rec)
     assert r.target.startswith("/cb?b=2&access_token=redacted:hmac:") and "&b=1&api_key=redacted:hmac:" in r.target
     assert (r.header("Referer") or "").startswith("https://r.example/?token=redacted:hmac:")
 
@@ -477,17 +491,17 @@ def test_an_unparseable_body_with_a_secret_is_dropped_and_counted() -> None:
     rec = nginx(request_method="POST", request_body='{"password": "hunter2", oops')
     key, data, _ = fmt.to_bus("t", TS, rec)
     assert b"hunter2" not in data and decode_request(data).body is None
-    assert fmt.to_request("t", TS, rec).body is None
+    assert request(fmt, "t", TS, rec).body is None
     assert dropped == ["unparseable_secret", "unparseable_secret"]
 
 
 def test_raw_ltsv_and_combined_lines_decode_their_escapes() -> None:
     ltsv = make_format("ltsv", FieldMap(time="msec"))
     line = "msec:1464845619.123\trequest_method:POST\trequest_uri:/a\\x22b\trequest_body:{\\x22a\\x22:\\x22b\\x22}"
-    r = ltsv.to_request("t", TS, {"log": line})
+    r = request(ltsv, "t", TS, {"log": line})
     assert r.target == '/a"b' and r.body == b'{"a":"b"}'
     keep = make_format("ltsv", FieldMap(time="msec"), escapes="keep")
-    assert keep.to_request("t", TS, {"log": line}).body == b"{\\x22a\\x22:\\x22b\\x22}"
+    assert request(keep, "t", TS, {"log": line}).body == b"{\\x22a\\x22:\\x22b\\x22}"
 
 
 _any_text = st.binary(max_size=24).map(lambda b: b.decode("utf-8", "surrogateescape"))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.forward import ForwardDecoder, Frame, encode_ack, gunzip
+from collector.forward import ForwardDecoder, Frame, encode_ack
 from shadowreplay.errors import DecodeError
 
 NOW = 1_700_000_000_000_000_123
@@ -174,15 +174,22 @@ def test_unknown_compression_refused() -> None:
     assert f.error is not None and f.error.reason == "unsupported_compression"
 
 
-def test_gunzip_bounds_and_corruption() -> None:
-    data = gzip.compress(b"a" * 5000) + gzip.compress(b"b" * 7)
-    assert gunzip(data, 5007) == b"a" * 5000 + b"b" * 7
-    with pytest.raises(DecodeError) as exc:
-        gunzip(data, 5006)
-    assert exc.value.reason == "decompressed_too_large"
-    with pytest.raises(DecodeError) as exc:
-        gunzip(data[:-3], 10_000)
-    assert exc.value.reason == "bad_gzip"
+def test_compressed_chunks_are_bounded_and_corruption_refused() -> None:
+    """Several gzip members inflate to their concatenation; past max_decompressed_bytes,
+    or cut short, the chunk is refused (not acknowledged), the connection goes on."""
+    first, second = entries_blob(40), entries_blob(3, start=40)
+    data = gzip.compress(first) + gzip.compress(second)
+    size = len(first) + len(second)
+
+    def frame(blob: bytes, limit: int) -> Frame:
+        return one(packb(["app", blob, {"compressed": "gzip", "chunk": "c"}]), max_decompressed_bytes=limit)
+
+    whole = frame(data, size)
+    assert whole.error is None and [e[1]["i"] for e in whole.events] == list(range(43))
+    too_big = frame(data, size - 1)
+    assert too_big.error is not None and too_big.error.reason == "decompressed_too_large" and not too_big.error.fatal
+    cut = frame(data[:-3], 10 * size)
+    assert cut.error is not None and cut.error.reason == "bad_gzip" and not cut.error.fatal
 
 
 def test_fluent_signal_is_reported_and_its_entries_only_counted() -> None:

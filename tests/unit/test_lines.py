@@ -18,6 +18,7 @@ from collector.lines import (
     parse_iso8601,
     parse_json_line,
     parse_ltsv_line,
+    TIME_PARSERS,
     parse_msec,
     parse_time_auto,
     split_request_line,
@@ -64,6 +65,16 @@ def test_auto(value: object, ns: int) -> None:
 def test_msec_and_iso_are_exact() -> None:
     assert parse_msec("0.000000001") == 1
     assert parse_iso8601("1970-01-01T00:00:00.000000001+00:00") == 1
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), "Infinity", "1e999", "-1", "9" * 20, 2**62, -1, True]
+)
+def test_msec_that_is_no_time_is_a_line_error(value: object) -> None:
+    # A msgpack float can be infinite, a number can be past int64 nanoseconds: refused with
+    # the line's reason, never an OverflowError (or a time the bus cannot carry).
+    with pytest.raises(LineError):
+        TIME_PARSERS["msec"](value)
 
 
 def test_ltsv() -> None:

@@ -117,6 +117,7 @@ async def test_asgi_target_and_headers_keep_their_bytes() -> None:
     # the collector carries them to the replay unchanged.
     from collector.formats import make_format
     from shadowreplay.config import FieldMap
+    from shadowreplay.record import decode_request
 
     sender = RecordingSender()
     shipper = RequestShipper(sender=sender)
@@ -139,6 +140,6 @@ async def test_asgi_target_and_headers_keep_their_bytes() -> None:
     ((_, rec),) = sender.events
     assert rec["request_uri"] == b"/caf\xc3\xa9?q=\xff" and rec["http_user_agent"] == b"M\xe4rz"
     assert rec["http_referer"] == "http://r/é"
-    r = make_format("nginx_json", FieldMap()).to_request("app", 1, rec)
+    r = decode_request(make_format("nginx_json", FieldMap()).to_bus("app", 1, rec)[1])
     assert r.target.encode("utf-8", "surrogateescape") == b"/caf\xc3\xa9?q=\xff"
     assert (r.header("User-Agent") or "").encode("utf-8", "surrogateescape") == b"M\xe4rz"

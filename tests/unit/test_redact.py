@@ -218,7 +218,8 @@ def test_config_lists_extra_and_keep() -> None:
     assert r.body(b'{"token": 1, "password": 2}') == b'{"token": 1, "password": "' + x(b"2") + b'"}'
     assert r.target("/a?session=s&sig=1") == "/a?session=" + expected(b"s") + "&sig=1"
     off = Redactor(RedactConfig(headers=(), query_params=(), body_fields=()), ENV)
-    assert not off.active and off.body(b"password=x") == b"password=x" and off.target("/?token=1") == "/?token=1"
+    assert not (off.headers or off.scans_bodies or off.scans_queries)
+    assert off.body(b"password=x") == b"password=x" and off.target("/?token=1") == "/?token=1"
 
 
 def test_random_key_when_env_unset_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

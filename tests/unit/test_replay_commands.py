@@ -94,8 +94,10 @@ def test_each_worker_takes_its_share_of_rate_and_every_concurrency_cap(tmp_path:
     ],
 )
 def test_bad_replayer_config_names_the_key(raw: dict[str, object], message: str) -> None:
+    from shadowreplay.app import check
+
     with pytest.raises(ConfigError, match=message):
-        configmod.validate(configmod.from_dict({"replayer": raw}))
+        check(configmod.from_dict({"replayer": raw}), ("replay",))
 
 
 def test_rules_and_targets_load_from_toml(tmp_path: object) -> None:

@@ -163,6 +163,20 @@ def test_bodies_are_capped_and_marked_truncated(tmp_path: Path) -> None:
     assert cand.truncated and len(cand.body) == 16
 
 
+def test_a_capped_body_keeps_the_rest_of_its_response(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "d.db", max_body_bytes=16)
+    streamed = dataclasses.replace(
+        resp({"text": "x" * 100}), ttfb=0.002, timeline=((0.002, 60), (0.5, 111)), stream=True,
+        stream_window_reached=True,
+    )
+    add(store, result(1, "GET /big", streamed, resp({"text": "y"})))
+    store.close()
+    detail = StoreReader(str(tmp_path / "d.db")).divergence(1)
+    assert detail is not None
+    cand = ReplayResult.from_wire(detail["result"]).responses["candidate"]
+    assert cand == dataclasses.replace(streamed, body=streamed.body[:16], truncated=True)
+
+
 def test_retention_by_count_and_by_age(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "d.db"

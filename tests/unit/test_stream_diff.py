@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from comparer.cadence import CadenceRules, judge
+from comparer.store import diffs_to_json
 from comparer.diff import KINDS, Differ, FieldDiff
 from comparer.sse import CountTolerance
 from comparer.streams import describe, stream_rules
@@ -62,7 +63,7 @@ def test_a_held_stream_diverges_as_buffering_with_equal_bodies() -> None:
     assert kinds(verdict) == [("cadence:buffering", "buffering")]
     assert verdict.diffs[0].left["first_byte_ms"] == 2.0 and verdict.diffs[0].right["first_byte_ms"] == 2015.0
     # The verdict stays JSON: the store and the page keep it as it is.
-    assert orjson.loads(orjson.dumps(verdict.to_dict()))["diffs"][0]["right"]["largest_burst"] == 1.0
+    assert orjson.loads(orjson.dumps(diffs_to_json(verdict.diffs)))[0]["right"]["largest_burst"] == 1.0
 
 
 def test_the_same_cadence_does_not_diverge() -> None:

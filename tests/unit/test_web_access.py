@@ -106,12 +106,18 @@ def test_a_non_loopback_page_without_a_credential_is_a_config_error(tmp_path: Pa
         configmod.validate(with_web(query_timeout_seconds=0.0))
 
 
-def test_config_check_catches_an_open_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_catches_an_open_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[comparer.web]\nlisten = "0.0.0.0:9470"\n')
     assert main(["config", "check", str(cfg)]) == 2
     assert "comparer.web.listen: 0.0.0.0:9470 is not a loopback address" in capsys.readouterr().err
     cfg.write_text('[comparer.web]\nlisten = "0.0.0.0:9470"\nbearer_token_env = "SHADOWREPLAY_PAGE_TOKEN"\n')
+    monkeypatch.delenv("SHADOWREPLAY_PAGE_TOKEN", raising=False)
+    assert main(["config", "check", str(cfg)]) == 2  # as start, it reads the credential
+    assert "comparer.web.bearer_token_env: environment variable SHADOWREPLAY_PAGE_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("SHADOWREPLAY_PAGE_TOKEN", "s3cret")
     assert main(["config", "check", str(cfg)]) == 0
 
 
