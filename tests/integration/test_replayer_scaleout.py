@@ -152,6 +152,15 @@ async def test_two_processes_one_group_one_schedule(
         await runner.cleanup()
 
 
+def assert_redone_only_in_flight(counts: Counter[str], log: str, cap: int) -> None:
+    """Requests sent twice only when partitions moved while they were in flight (a worker
+    logs "owns partitions" again), and no more than one worker's concurrency share."""
+    redone = sum(n - 1 for n in counts.values())
+    if redone:
+        assert log.count("owns partitions") > 2, (redone, log[-3000:])
+        assert redone <= cap, (redone, cap)
+
+
 async def test_workers_flag_runs_processes_in_one_group(tmp_path: Path) -> None:
     hits: list[tuple[str, int]] = []
     url, runner = await _backend(hits)
@@ -171,9 +180,14 @@ async def test_workers_flag_runs_processes_in_one_group(tmp_path: Path) -> None:
         )
         log = proc.stderr.decode(errors="replace")
         assert proc.returncode == 0, log[-3000:]
-        assert Counter(i for i, _ in hits) == Counter(r.id for r in records)
+        counts = Counter(i for i, _ in hits)
+        assert set(counts) == {r.id for r in records}  # every record, none lost
+        # Exactly once, unless a worker joined after the other had begun (a slow start on a
+        # loaded machine): then what was in flight on the partitions that moved is sent
+        # again by their new owner (at-least-once), at most a worker's concurrency share.
+        assert_redone_only_in_flight(counts, log, cap=32)
         replayed = [int(x) for x in re.findall(r"replayer stopped: (\d+) records replayed", log)]
-        assert len(replayed) == 2 and sum(replayed) == n and min(replayed) > 0, replayed
+        assert len(replayed) == 2 and sum(replayed) == n + sum(counts.values()) - len(counts) and min(replayed) > 0, replayed
         assert log.count("using group g's anchor") == 2
     finally:
         bus.close()
@@ -213,7 +227,9 @@ async def test_workers_share_one_concurrency_cap(tmp_path: Path) -> None:
         )
         log = proc.stderr.decode(errors="replace")
         assert proc.returncode == 0, log[-3000:]
-        assert sorted(seen) == sorted(r.id for r in records)
+        counts = Counter(seen)
+        assert set(counts) == {r.id for r in records}
+        assert_redone_only_in_flight(counts, log, cap=2)
         replayed = [int(x) for x in re.findall(r"replayer stopped: (\d+) records replayed", log)]
         assert len(replayed) == 2 and min(replayed) > 0, replayed
         assert 2 <= peak <= 3, peak
