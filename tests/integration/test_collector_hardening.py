@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.forward_client import ForwardClient
-from collector_harness import StartCollector, collectors
+from collector_harness import RunningCollector, StartCollector, collectors
 from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import ForwardSecurity
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -95,9 +96,11 @@ class WatchedProducer(AsyncProducer):
         self.flushes = 0
         self.durable: set[bytes] = set()
         self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()  # set when the first flush starts (and waits at the gate)
 
     async def publish_and_flush(self, topic: str, items: Sequence[tuple[bytes | None, bytes, int | None]],
                                 timeout_seconds: float = 30.0, commit: Any = None) -> None:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         await super().publish_and_flush(topic, items, timeout_seconds)
@@ -122,8 +125,8 @@ async def test_pipelined_frames_are_committed_together_and_each_ack_follows_its_
     async with server:
         reader, writer = await open_conn(server.port)
         writer.write(message("first", "c-first"))
-        await asyncio.sleep(0)  # the first frame alone, then the rest while its flush waits
-        writer.write(b"".join(message(f"r{i}", f"c{i}") for i in range(n)))
+        await asyncio.wait_for(producer.entered.wait(), DEADLINE_SECONDS)  # the first frame alone is in flight
+        writer.write(b"".join(message(f"r{i}", f"c{i}") for i in range(n)))  # the rest while its flush waits
         await writer.drain()
         producer.gate.set()
         unpacker = msgpack.Unpacker(raw=False)
@@ -142,7 +145,7 @@ async def test_pipelined_frames_are_committed_together_and_each_ack_follows_its_
     assert acks == ["c-first"] + [f"c{i}" for i in range(n)]
     # 601 acked frames; committed one flush each before: a handful of flushes now.
     assert producer.flushes <= 10, producer.flushes
-    got = await read_messages(bus, n + 1, "check", 20, 0.2)
+    got = await read_messages(bus, n + 1, "check")
     assert len({r.id for r, _ in got}) == n + 1
     await producer.close()
     bus.close()
@@ -212,8 +215,9 @@ async def test_per_address_cap_sheds_the_unauthenticated_then_refuses(start: Sta
     assert await read_acks(r0, 1) == ["m0"]
     w0.close()
     await closed(r0)
+    accepted = c.metric("shadow_collector_connections_total")
     silent_r, silent_w = await open_conn(c.port)  # never sends anything
-    await asyncio.sleep(0.05)
+    await until(lambda: c.metric("shadow_collector_connections_total") == accepted + 1, "the silent one accepted")
     new_r, new_w = await open_conn(c.port)
     new_w.write(message("new", "new"))
     assert await read_acks(new_r, 1) == ["new"]
@@ -282,6 +286,13 @@ def big_chunk(tag: str, rid: str, chunk: str, size: int) -> bytes:
     return msgpack.packb([tag, 1_700_000_000, nginx(rid, request_body="x" * size), {"chunk": chunk}])
 
 
+async def holding(c: RunningCollector, size: int) -> None:
+    """Until the collector read the ``size`` bytes of an unfinished frame (the only bytes
+    sent so far) and reserved memory for them."""
+    await until(lambda: c.metric("shadow_collector_received_bytes_total") == size
+                and c.metric("shadow_collector_memory_reserved_bytes") >= size, f"{size} bytes held")
+
+
 async def test_a_spent_memory_budget_makes_big_chunks_wait_not_small_ones(start: StartCollector) -> None:
     # An incomplete frame takes up to twice its size (its bytes, the skimmer's copy of its
     # longest string): each of these needs about 3 MB of the 4 MiB.
@@ -290,7 +301,7 @@ async def test_a_spent_memory_budget_makes_big_chunks_wait_not_small_ones(start:
     a, b = big_chunk("a", "big-a", "a", 1_500_000), big_chunk("b", "big-b", "b", 1_500_000)
     ra, wa = await open_conn(c.port)
     wa.write(a[:-1000])  # holds most of the budget
-    await asyncio.sleep(0.3)
+    await holding(c, len(a) - 1000)
     rb, wb = await open_conn(c.port)
     wb.write(b)  # has to wait for memory
     small_r, small_w = await open_conn(c.port)
@@ -311,7 +322,7 @@ async def test_a_stalled_holder_of_memory_times_out_and_the_waiting_chunk_goes_t
                     max_record_bytes=2 << 20, frame_timeout_seconds=1.0, idle_timeout_seconds=60)
     ra, wa = await open_conn(c.port)
     wa.write(big_chunk("a", "big-a", "a", 1_800_000)[:1_700_000])  # never finished
-    await asyncio.sleep(0.2)
+    await holding(c, 1_700_000)
     rb, wb = await open_conn(c.port)
     wb.write(big_chunk("b", "big-b", "b", 1_500_000))  # waits for memory, then gets it
     assert await read_acks(rb, 1) == ["b"]
@@ -468,7 +479,7 @@ def test_after_the_fuzz_every_acknowledged_good_record_is_on_the_bus(threaded: T
     it acknowledged to a good neighbour is on the bus."""
     send_chunk_blocking(threaded.collector.port, ["good-final"])
     GOOD_SENT.append("good-final")
-    got = threaded.call(threaded.collector.records(len(GOOD_SENT), timeout=20))
+    got = threaded.call(threaded.collector.records(len(GOOD_SENT)))
     assert len(GOOD_SENT) > 20
     assert set(GOOD_SENT) <= set(got)
     assert threaded.unhandled == []

@@ -10,6 +10,7 @@ node and npm the tests fail, saying how to install them."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -89,12 +90,16 @@ def node_fluent_logger() -> Path:
                     "(Debian: apt-get install nodejs npm); the npm package is then installed by the test")
     prefix = _cache_dir()
     modules = prefix / "node_modules"
-    if not all((modules / p.rpartition("@")[0] / "package.json").exists() for p in PACKAGES):
-        prefix.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), *PACKAGES],
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"npm install {' '.join(PACKAGES)} into {prefix} failed: {done.stderr[-2000:]}")
+    prefix.mkdir(parents=True, exist_ok=True)
+    # One install at a time: the cache is shared by the pytest-xdist workers and by any
+    # other test run on this machine.
+    with (prefix / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((modules / p.rpartition("@")[0] / "package.json").exists() for p in PACKAGES):
+            done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), *PACKAGES],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                pytest.fail(f"npm install {' '.join(PACKAGES)} into {prefix} failed: {done.stderr[-2000:]}")
     return prefix
 
 
@@ -119,6 +124,6 @@ async def test_node_logger_sends_10000_events_with_acks_and_no_timeout(
     assert proc.returncode == 0, (out.decode()[-2000:], err.decode()[-2000:])
     result = json.loads(out.decode().strip().splitlines()[-1])
     assert result == {"acked": EVENTS, "errors": 0, "firstErrors": []}, result
-    got = await collector.records(EVENTS, timeout=30)
+    got = await collector.records(EVENTS)
     assert set(got) == {f"node-{i:06d}" for i in range(EVENTS)}
     assert collector.metric("shadow_collector_chunks_acked_total") == EVENTS

@@ -206,7 +206,7 @@ async def test_no_record_accepted_before_authentication(start: Start) -> None:
             data += more
     unpacker.feed(data)
     assert data == pong_refused("invalid ping message")  # and nothing else: no ack
-    assert await c.records(0, timeout=0.5) == {}
+    assert await c.records(0) == {}
     assert c.metric("shadow_collector_auth_failures_total", reason="invalid_ping") == 1
     assert c.metric("shadow_collector_records_total") == 0
 
@@ -316,7 +316,7 @@ async def test_tls_without_client_certificates(start: Start, pki: Path) -> None:
     assert await closed(reader)
     writer.close()
     assert c.metric("shadow_collector_tls_handshake_failures_total") == 1
-    assert "plain-1" not in await c.records(50, timeout=0.5)
+    assert "plain-1" not in await c.records(50)
 
 
 async def test_tls_with_required_client_certificates(start: Start, pki: Path) -> None:
