@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shadowreplay.bus import Consumer, Message, next_positions
+from shadowreplay.bus import Consumer, Message, PartitionLag, next_positions
 from shadowreplay.bus.aio import AsyncConsumer
 
 #: How long a condition may take before the test fails. Only a failing test waits this long.
@@ -49,23 +49,25 @@ async def until(check: Callable[[], bool | Awaitable[bool]], what: str, *,
         await asyncio.sleep(interval_seconds)
 
 
-def _at_end(lags: list[Any], positions: dict[tuple[str, int], int], partitions: int | None) -> bool:
+def _at_end(lags: list[PartitionLag], positions: dict[tuple[str, int], int], partitions: int | None) -> bool:
     if not lags or (partitions is not None and len(lags) < partitions):
         return False  # the group is still forming, or another member still owns some partitions
     return all(max(lag.committed, positions.get((lag.topic, lag.partition), 0)) >= lag.end for lag in lags)
 
 
 def read_to_end(consumer: Consumer, *, want: int = 0, partitions: int | None = None,
+                positions: dict[tuple[str, int], int] | None = None,
                 timeout_seconds: float = DEADLINE_SECONDS) -> list[Message]:
     """Every message from the group's position (without committing) until at least ``want``
     were read and the position of every partition the consumer owns (all ``partitions`` of
     them, when given) reached the partition's end offset. Call it when nothing writes any
-    more: what it returns is then all there is, repeats and strays included.
+    more: what it returns is then all there is, repeats and strays included. A consumer
+    read from more than once keeps its ``positions`` (updated here) between the calls.
 
     The end is checked only after a poll came back empty, so the Kafka consumer has parsed
     every fetch response it holds (its end offsets count on the high watermark they carry)."""
     out: list[Message] = []
-    positions: dict[tuple[str, int], int] = {}
+    positions = {} if positions is None else positions
     deadline = time.monotonic() + timeout_seconds
     while True:
         batch = consumer.poll(max_records=2000, timeout_seconds=0.1)
@@ -79,7 +81,8 @@ def read_to_end(consumer: Consumer, *, want: int = 0, partitions: int | None = N
 
 
 async def aread_to_end(consumer: AsyncConsumer, *, want: int = 0, partitions: int | None = None,
+                       positions: dict[tuple[str, int], int] | None = None,
                        timeout_seconds: float = DEADLINE_SECONDS) -> list[Message]:
     """``read_to_end`` for the asyncio wrapper, run on the consumer's own thread."""
     return await consumer._call(read_to_end, consumer._consumer, want=want, partitions=partitions,
-                                timeout_seconds=timeout_seconds)
+                                positions=positions, timeout_seconds=timeout_seconds)

@@ -25,6 +25,7 @@ from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong
 from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
 from shadowreplay.errors import ConfigError
 from tls_certs import SERVER_EXT, issue, require_openssl
+from waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -142,19 +143,22 @@ async def test_every_case_on_one_connection_in_one_write(start: Start) -> None:
 async def test_empty_heartbeat_connections_and_keepalives_are_quiet(
     start: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    c = await start(security=SECURE)
+    c, plain = await start(security=SECURE), await start()
     caplog.set_level(logging.INFO, logger="collector")
+    caplog.clear()  # what starting logged (the first collector of a process may warn about its redaction key)
     for _ in range(5):  # Fluentd's transport heartbeat: connect, close
         reader, writer = await open_conn(c.port)
         writer.close()
         await writer.wait_closed()
-    plain = await start()
     for _ in range(5):
         reader, writer = await open_conn(plain.port)
         writer.write(b"\xc0\xc0")
         writer.close()
         await writer.wait_closed()
-    await asyncio.sleep(0.2)
+    # Every connection handled to its end (anything logged about one is logged by then).
+    for collector in (c, plain):
+        await until(lambda c=collector: c.metric("shadow_collector_connections_total") == 5
+                    and c.metric("shadow_collector_connections_active") == 0, "the 5 connections closed")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert c.metric("shadow_collector_auth_failures_total", reason="invalid_ping") == 0
     assert plain.metric("shadow_collector_decode_errors_total", reason="truncated") == 0
@@ -422,8 +426,10 @@ async def test_max_chunk_and_max_connections_limits_counted(start: Start) -> Non
     for r, w in held:
         w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
         assert await read_obj(r) == {"ack": "h"}
+    received = c.metric("shadow_collector_received_bytes_total")
+    for r, w in held:
         w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[:10])
-    await asyncio.sleep(0.1)
+    await until(lambda: c.metric("shadow_collector_received_bytes_total") == received + 20, "both inside a frame")
     extra = await open_conn(c.port)
     assert await closed(extra[0])
     extra[1].close()
