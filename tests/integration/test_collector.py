@@ -23,7 +23,7 @@ from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.errors import BusError
 from shadowreplay.record import RequestRecord
-from waiting import until
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def packed_frame(tag: str, ids: Sequence[int], chunk: str, *, gzip_members: int 
 
 async def read_ack(reader: asyncio.StreamReader) -> Any:
     unpacker = msgpack.Unpacker(raw=True)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while True:
             data = await reader.read(4096)
             assert data, "connection closed before the ack"
@@ -203,7 +203,7 @@ async def test_malformed_connection_loses_no_good_records(collector: RunningColl
     assert await read_ack(good2[0]) == {b"ack": b"c1"}
     # The damaged connection gets the ack of its valid frame, then is closed.
     assert await read_ack(bad_reader) == {b"ack": b"b1"}
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await bad_reader.read() == b""
     # The others go on.
     assert await read_ack(good1[0]) == {b"ack": b"a2"}
@@ -265,7 +265,7 @@ async def test_bus_failure_closes_connection_without_ack() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(packed_frame("web", range(5), "never-acked"))
         await writer.drain()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             assert await reader.read() == b""  # closed, no ack
         writer.close()
     assert producer.calls == 1
@@ -283,7 +283,7 @@ async def test_bus_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptu
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(packed_frame("web", range(5), f"chunk-{attempt}"))
             await writer.drain()
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(DEADLINE_SECONDS):
                 if attempt < 3:
                     assert await reader.read() == b""  # refused: closed without ack
                 else:
@@ -308,7 +308,7 @@ async def test_stop_flushes_pending_records(tmp_path: Path) -> None:
     await until(lambda: registry.get_sample_value("shadow_collector_frames_total", {"mode": "message"}) == 1,
                 "the collector to read the frame")
     await server.stop()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await reader.read() == b""
     writer.close()
     got = await consume(bus, 1)
@@ -330,7 +330,7 @@ async def test_max_connections_refuses_extra_connections(tmp_path: Path) -> None
         two = packb(["app", 2, nginx_record(2), {"chunk": "two"}])
         first[1].write(two[:5])
         second = await asyncio.open_connection("127.0.0.1", server.port)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             assert await second[0].read() == b""
         second[1].close()
         first[1].write(two[5:])

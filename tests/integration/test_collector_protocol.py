@@ -25,7 +25,7 @@ from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong
 from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
 from shadowreplay.errors import ConfigError
 from tls_certs import SERVER_EXT, issue, require_openssl
-from waiting import until
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +46,13 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
 
 
 async def open_conn(port: int, ssl_ctx: ssl.SSLContext | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         return await asyncio.open_connection("127.0.0.1", port, ssl=ssl_ctx)
 
 
 async def read_obj(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker | None = None) -> Any:
     unpacker = unpacker or msgpack.Unpacker(raw=False, strict_map_key=False)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while True:
             for obj in unpacker:
                 return obj
@@ -64,7 +64,7 @@ async def read_obj(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker | No
 async def closed(reader: asyncio.StreamReader) -> bool:
     """True when the server closes (or resets) the connection within 10 s."""
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             return await reader.read() == b""
     except ConnectionError:
         return True
@@ -108,7 +108,7 @@ async def test_every_case_over_tcp_acked_byte_for_byte_and_on_the_bus(start: Sta
         reader, writer = await open_conn(c.port)
         writer.write(case.data)
         if case.ack is not None:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(DEADLINE_SECONDS):
                 assert await reader.readexactly(len(case.ack)) == case.ack, case.name
         writer.close()
         await writer.wait_closed()
@@ -133,7 +133,7 @@ async def test_every_case_on_one_connection_in_one_write(start: Start) -> None:
     reader, writer = await open_conn(c.port)
     writer.write(b"".join(case.data for case in CASES))
     want_acks = b"".join(case.ack for case in CASES if case.ack is not None)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await reader.readexactly(len(want_acks)) == want_acks  # in order, exactly
     writer.close()
     expected = {rid for case in CASES for rid, _ in case.events}
@@ -201,7 +201,7 @@ async def test_no_record_accepted_before_authentication(start: Start) -> None:
     await read_obj(reader)  # HELO
     writer.write(chunk_frame("sneaky", ["sneaky-1"], "never"))
     unpacker = msgpack.Unpacker(raw=True)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         data = b""
         while True:
             more = await reader.read(4096)

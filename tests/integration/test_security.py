@@ -46,6 +46,7 @@ from test_collector_protocol import (  # noqa: F401  (pki and start are fixtures
     server_tls,
     start,
 )
+from waiting import DEADLINE_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ async def test_oversized_ping_is_refused_with_the_documented_reason(start: Start
     assert helo[0] == "HELO"
     huge = msgpack.packb(["PING", "h" * (200 * 1024), "salt", "digest", "", ""])
     writer.write(huge + chunk_frame("after", ["after-huge-ping"], "x"))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         data = b""
         while True:
             try:
