@@ -425,9 +425,10 @@ def test_misbehaving_target_does_not_slow_the_healthy_one(
     assert kinds["garbage"] == {"protocol": n // 10}
     assert kinds["big"] == {"truncated": n // 10}
     assert kinds["ok"] == {"200": n - 4 * (n // 10)}
-    # Order, not pace (bench/pipeline.py measures pace): while a baseline request hung (it
-    # cannot end before its timeout), the candidate got every request scheduled in the
-    # second after it. Waiting on the hang first would put them after its timeout.
+    # Order, not pace (the healthy target's lag and span are on the RELIABILITY line;
+    # bench/replayer.py measures pacing accuracy): while a baseline request hung (it cannot
+    # end before its timeout), the candidate got every request scheduled in the second
+    # after it. Waiting on the hang first would put them after its timeout.
     by_index = sorted(got, key=lambda r: r.scheduled)
     for k, hung in enumerate(by_index):
         if hung.request.target.startswith("/hang"):
