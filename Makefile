@@ -8,6 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test venv unit integration lint system-deps clean
 
+# pytest-xdist workers for the integration tests. They mostly wait on their peers (brokers,
+# backends, replays at recorded speed), so more workers than cores pays; each test picks
+# its ports and directories at run time and each worker starts its own test broker.
+# `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS) --dist worksteal
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -20,7 +27,7 @@ run: $(STAMP)
 	$(VENV)/bin/shadowreplay demo
 
 test: lint system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 system-deps:
 	bash tests/system-deps.sh
@@ -34,7 +41,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
 integration: $(STAMP) system-deps
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q $(XDIST) tests/integration
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -9,7 +9,6 @@ install it.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from waiting import DEADLINE_SECONDS, until
 
 CHROMIUM_HINT = "install chromium (make test installs it via tests/system-deps.sh)"
 
@@ -44,9 +44,9 @@ class Browser:
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         msg_id = next(self._ids)
         await self.ws.send_str(orjson.dumps({"id": msg_id, "method": method, "params": params}).decode())
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + DEADLINE_SECONDS
         while time.monotonic() < deadline:
-            msg = await self.ws.receive(timeout=20)
+            msg = await self.ws.receive(timeout=DEADLINE_SECONDS)
             assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
             data = orjson.loads(msg.data)
             if data.get("id") == msg_id:
@@ -59,14 +59,17 @@ class Browser:
         assert "exceptionDetails" not in res, res
         return res["result"].get("value")
 
-    async def wait_for(self, expression: str, seconds: float = 15.0) -> Any:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+    async def wait_for(self, expression: str, seconds: float = DEADLINE_SECONDS) -> Any:
+        """The value of ``expression`` once it is truthy."""
+        value: Any = None
+
+        async def truthy() -> bool:
+            nonlocal value
             value = await self.js(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for: {expression}")
+            return bool(value)
+
+        await until(truthy, expression, timeout_seconds=seconds, interval_seconds=0.05)
+        return value
 
 
 @pytest.fixture
@@ -86,11 +89,12 @@ async def chromium(tmp_path: Path) -> AsyncIterator[tuple[str, aiohttp.ClientSes
     )
     try:
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
+
+        def started() -> bool:
             assert proc.poll() is None, f"chromium exited with {proc.returncode}: {CHROMIUM_HINT}"
-            assert time.monotonic() < deadline, "chromium did not write DevToolsActivePort within 30 s"
-            await asyncio.sleep(0.1)
+            return port_file.exists() and bool(port_file.read_text().strip())
+
+        await until(started, "chromium to write DevToolsActivePort", interval_seconds=0.05)
         port = int(port_file.read_text().split()[0])
         async with aiohttp.ClientSession() as session:
             yield f"http://127.0.0.1:{port}", session

@@ -21,6 +21,7 @@ from shadowreplay.bus import Bus, open_bus
 from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.record import RequestRecord, decode_request
+from waiting import DEADLINE_SECONDS, aread_to_end
 
 TOPIC = "shadow.requests"
 
@@ -33,23 +34,18 @@ def open_sqlite_bus(path: Path, partitions: int) -> Bus:
 
 
 async def read_messages(
-    bus: Bus, want: int, group: str, timeout: float, settle: float
+    bus: Bus, want: int, group: str, timeout: float = DEADLINE_SECONDS
 ) -> list[tuple[RequestRecord, int]]:
-    """(record, bus timestamp) of each message on TOPIC for a new ``group``: polls until
-    ``want`` arrived or ``timeout`` passed, then once more for ``settle`` seconds, so that
-    anything beyond ``want`` (repeats, strays) shows up too."""
+    """(record, bus timestamp) of each message on TOPIC for a new ``group``: at least
+    ``want``, and then everything up to the end of every partition, so that anything beyond
+    ``want`` (repeats, strays) shows up too. Call it once the chunks that matter were
+    acknowledged: the collector acknowledges only what is on the bus."""
     consumer = AsyncConsumer(bus, [TOPIC], group)
-    out: list[tuple[RequestRecord, int]] = []
     try:
-        deadline = time.monotonic() + timeout
-        while len(out) < want and time.monotonic() < deadline:
-            for m in await consumer.poll(1000, 0.2):
-                out.append((decode_request(m.value), m.timestamp_ns))
-        for m in await consumer.poll(1000, settle):
-            out.append((decode_request(m.value), m.timestamp_ns))
+        got = await aread_to_end(consumer, want=want, timeout_seconds=timeout)
     finally:
         await consumer.close()
-    return out
+    return [(decode_request(m.value), m.timestamp_ns) for m in got]
 
 
 class RunningCollector:
@@ -67,10 +63,10 @@ class RunningCollector:
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
-    async def records(self, want: int, timeout: float = 10.0) -> dict[str, int]:
-        """id → ts of every record on the bus (waits for ``want``, then a little more);
-        fails if any id arrived twice."""
-        got = await read_messages(self.bus, want, f"check-{time.monotonic_ns()}", timeout, settle=0.2)
+    async def records(self, want: int, timeout: float = DEADLINE_SECONDS) -> dict[str, int]:
+        """id → ts of every record on the bus (at least ``want``, read to the end of the
+        log: see ``read_messages``); fails if any id arrived twice."""
+        got = await read_messages(self.bus, want, f"check-{time.monotonic_ns()}", timeout)
         out = {r.id: r.ts for r, _ in got}
         dupes = len(got) - len(out)
         assert dupes == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import subprocess
 import time
@@ -67,7 +68,7 @@ class BrokerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        _wait_for_port(self.port, self.proc, self.log_path, 20.0)
+        _wait_for_port(self.port, self.proc, self.log_path, 60.0)
 
     def stop(self) -> None:
         """Terminate; Tansu may linger draining connections, so kill it after 2 s."""
@@ -159,3 +160,26 @@ def loopback_config(bus_path: Path, **replayer: Any) -> Config:
 
 
 # --------------------------------------------------------------------------- end pipeline config
+
+
+# ---------------------------------------------------------------------------
+# Isolation: what one test changes in the process does not reach the next. The suite runs
+# on pytest-xdist workers, so any test may run after any other.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """The CLI's ``configure_logging`` replaces the root logger's handlers, with one on the
+    ``sys.stderr`` of the moment (which pytest closes after the test), and sets its level:
+    both are put back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+# --------------------------------------------------------------------------- end isolation

@@ -25,9 +25,12 @@ from typing import Any
 
 import orjson
 
+import waiting
+
 from collector.forward_client import ForwardClient, ForwardClientError
 from shadowreplay.bus import open_bus
 from shadowreplay.record import decode_request, decode_result
+from waiting import DEADLINE_SECONDS, read_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_SCRIPT = ROOT / "bench" / "backend.py"
@@ -42,12 +45,8 @@ def free_port() -> int:
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
     """Poll ``cond`` until truthy; the seconds it took. AssertionError after ``timeout``."""
     t0 = time.monotonic()
-    while True:
-        if cond():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    waiting.wait_until(cond, what, timeout_seconds=timeout, interval_seconds=interval)
+    return time.monotonic() - t0
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -302,26 +301,17 @@ class AckingClient(threading.Thread):
         return len(self.acked) == sum(len(c) for c in self.chunks)
 
 
-def read_topic(bus_url: str, topic: str, *, want: int = 0, timeout: float = 30.0, idle: float = 1.0) -> list[bytes]:
+def read_topic(bus_url: str, topic: str, *, want: int = 0, timeout: float = DEADLINE_SECONDS) -> list[bytes]:
     """Every message value on ``topic`` (a fresh consumer group reading from the start):
-    until at least ``want`` arrived and nothing more came for ``idle`` seconds."""
+    at least ``want``, and then to the end of every partition (``waiting.read_to_end``).
+    Call it once whatever writes the topic has stopped, or has nothing left to write."""
     bus = open_bus(bus_url)
     consumer = bus.consumer([topic], f"check-{uuid.uuid4().hex[:10]}")
-    out: list[bytes] = []
     try:
-        deadline = time.monotonic() + timeout
-        last = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(max_records=2000, timeout_seconds=0.3)
-            if batch:
-                out.extend(m.value for m in batch)
-                last = time.monotonic()
-            elif len(out) >= want and time.monotonic() - last >= idle:
-                break
+        return [m.value for m in read_to_end(consumer, want=want, timeout_seconds=timeout)]
     finally:
         consumer.close()
         bus.close()
-    return out
 
 
 def request_ids(bus_url: str, topic: str, **kw: Any) -> list[str]:

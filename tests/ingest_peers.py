@@ -19,9 +19,10 @@ import pytest
 
 from collector.tail import Tail, TailOptions
 from tests.conftest import free_port
+from waiting import DEADLINE_SECONDS
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
-START_SECONDS = 15.0
+START_SECONDS = DEADLINE_SECONDS
 
 
 def binary(name: str, package: str) -> str:
@@ -151,7 +152,7 @@ def send_raw(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def wait_for_lines(path: Path, n: int, seconds: float = 10.0) -> list[bytes]:
+def wait_for_lines(path: Path, n: int, seconds: float = DEADLINE_SECONDS) -> list[bytes]:
     """The lines of ``path`` once it holds ``n`` (the server writes after responding)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -225,7 +226,7 @@ class TailThread:
         self.thread = threading.Thread(target=self.tail.run, name="tail", daemon=True)
         self.thread.start()
 
-    async def until(self, done: Callable[[Tail], bool], what: str, seconds: float = 20.0) -> None:
+    async def until(self, done: Callable[[Tail], bool], what: str, seconds: float = DEADLINE_SECONDS) -> None:
         deadline = time.monotonic() + seconds
         while not done(self.tail):
             if time.monotonic() > deadline:

@@ -23,6 +23,7 @@ from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.errors import BusError
 from shadowreplay.record import RequestRecord
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def packed_frame(tag: str, ids: Sequence[int], chunk: str, *, gzip_members: int 
 
 async def read_ack(reader: asyncio.StreamReader) -> Any:
     unpacker = msgpack.Unpacker(raw=True)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while True:
             data = await reader.read(4096)
             assert data, "connection closed before the ack"
@@ -85,8 +86,8 @@ async def read_ack(reader: asyncio.StreamReader) -> Any:
                 return obj
 
 
-async def consume(bus: Bus, want: int, group: str = "test", timeout: float = 20.0) -> list[tuple[RequestRecord, int]]:
-    return await read_messages(bus, want, group, timeout, settle=0.3)
+async def consume(bus: Bus, want: int, group: str = "test") -> list[tuple[RequestRecord, int]]:
+    return await read_messages(bus, want, group)
 
 
 async def test_fluent_logger_message_mode(collector: RunningCollector) -> None:
@@ -125,8 +126,9 @@ async def test_chunks_are_acked_after_records_are_on_the_bus(collector: RunningC
     writer.write(packed_frame("web", range(0, 500), chunk))
     await writer.drain()
     assert await read_ack(reader) == {b"ack": chunk.encode()}
-    # The ack promised durability: the records are readable right now.
-    got = await consume(collector.bus, 500, group="g1", timeout=5)
+    # The ack promised durability: the records are readable right now (want=0: read to
+    # the end of the log as it is at this moment, without waiting for any).
+    got = await consume(collector.bus, 0, group="g1")
     assert sorted(r.ts for r, _ in got) == [BASE_NS + i for i in range(500)]
     assert all(r.ts == ts for r, ts in got)
 
@@ -201,7 +203,7 @@ async def test_malformed_connection_loses_no_good_records(collector: RunningColl
     assert await read_ack(good2[0]) == {b"ack": b"c1"}
     # The damaged connection gets the ack of its valid frame, then is closed.
     assert await read_ack(bad_reader) == {b"ack": b"b1"}
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await bad_reader.read() == b""
     # The others go on.
     assert await read_ack(good1[0]) == {b"ack": b"a2"}
@@ -237,7 +239,7 @@ async def test_unacked_frames_are_flushed_without_closing(collector: RunningColl
     writer.write(b"".join(packb(["app", event_time(BASE_NS + i), nginx_record(i)]) for i in range(10)))
     await writer.drain()
     # The connection stays open; the records still reach the bus within the flush interval.
-    got = await consume(collector.bus, 10, timeout=5)
+    got = await consume(collector.bus, 10)
     assert sorted(r.id for r, _ in got) == [f"req-{i:06d}" for i in range(10)]
     writer.close()
 
@@ -263,7 +265,7 @@ async def test_bus_failure_closes_connection_without_ack() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(packed_frame("web", range(5), "never-acked"))
         await writer.drain()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             assert await reader.read() == b""  # closed, no ack
         writer.close()
     assert producer.calls == 1
@@ -281,7 +283,7 @@ async def test_bus_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptu
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(packed_frame("web", range(5), f"chunk-{attempt}"))
             await writer.drain()
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(DEADLINE_SECONDS):
                 if attempt < 3:
                     assert await reader.read() == b""  # refused: closed without ack
                 else:
@@ -297,17 +299,19 @@ async def test_bus_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptu
 async def test_stop_flushes_pending_records(tmp_path: Path) -> None:
     bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
     producer = AsyncProducer(bus)
-    server = CollectorServer(CollectorConfig(listen="127.0.0.1:0"), producer, TOPIC, CollectorMetrics(CollectorRegistry()))
+    registry = CollectorRegistry()
+    server = CollectorServer(CollectorConfig(listen="127.0.0.1:0"), producer, TOPIC, CollectorMetrics(registry))
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(packb(["app", event_time(BASE_NS), nginx_record(0)]))
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await until(lambda: registry.get_sample_value("shadow_collector_frames_total", {"mode": "message"}) == 1,
+                "the collector to read the frame")
     await server.stop()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await reader.read() == b""
     writer.close()
-    got = await consume(bus, 1, timeout=5)
+    got = await consume(bus, 1)
     assert [r.id for r, _ in got] == ["req-000000"]
     await producer.close()
     bus.close()
@@ -326,7 +330,7 @@ async def test_max_connections_refuses_extra_connections(tmp_path: Path) -> None
         two = packb(["app", 2, nginx_record(2), {"chunk": "two"}])
         first[1].write(two[:5])
         second = await asyncio.open_connection("127.0.0.1", server.port)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             assert await second[0].read() == b""
         second[1].close()
         first[1].write(two[5:])

@@ -1,8 +1,8 @@
 """The attacks of issue 18 against a collector in its own process (bench/abuse.py's,
 smaller): its peak RSS stays below a bound derived from its configured memory budget,
 it stays up, and a good client sending acknowledged records throughout gets every ack
-and finds every record on the bus. Timing is asserted only generously (no ack waits
-seconds: the event loop was once blocked for 114 s)."""
+and finds every record on the bus. Timing is asserted only as liveness (no ack times out:
+the event loop was once blocked for 114 s)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def run(tmp_path: Path, name: str, connections: int, **params: Any) -> dict[str,
     # The good client: every record acknowledged (none refused or lost), all on the bus.
     assert r["good_acked"] > 20 and r["good_failures"] == 0, (r["good_acked"], r["errors"])
     assert r["good_on_bus"] == r["good_acked"]
-    assert r["ack_max_ms"] < 5000, r["ack_max_ms"]
+    # No ack waited longer than the good client's 10 s timeout (it would be a failure
+    # above): a blocked event loop, the bug this guards, holds acks for minutes. How fast
+    # acks are under attack is a figure of bench/abuse.py, not a bound of this test.
     return r
 
 

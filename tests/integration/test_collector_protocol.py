@@ -25,6 +25,7 @@ from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong
 from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
 from shadowreplay.errors import ConfigError
 from tls_certs import SERVER_EXT, issue, require_openssl
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +46,13 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
 
 
 async def open_conn(port: int, ssl_ctx: ssl.SSLContext | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         return await asyncio.open_connection("127.0.0.1", port, ssl=ssl_ctx)
 
 
 async def read_obj(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker | None = None) -> Any:
     unpacker = unpacker or msgpack.Unpacker(raw=False, strict_map_key=False)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while True:
             for obj in unpacker:
                 return obj
@@ -63,7 +64,7 @@ async def read_obj(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker | No
 async def closed(reader: asyncio.StreamReader) -> bool:
     """True when the server closes (or resets) the connection within 10 s."""
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             return await reader.read() == b""
     except ConnectionError:
         return True
@@ -107,7 +108,7 @@ async def test_every_case_over_tcp_acked_byte_for_byte_and_on_the_bus(start: Sta
         reader, writer = await open_conn(c.port)
         writer.write(case.data)
         if case.ack is not None:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(DEADLINE_SECONDS):
                 assert await reader.readexactly(len(case.ack)) == case.ack, case.name
         writer.close()
         await writer.wait_closed()
@@ -132,7 +133,7 @@ async def test_every_case_on_one_connection_in_one_write(start: Start) -> None:
     reader, writer = await open_conn(c.port)
     writer.write(b"".join(case.data for case in CASES))
     want_acks = b"".join(case.ack for case in CASES if case.ack is not None)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         assert await reader.readexactly(len(want_acks)) == want_acks  # in order, exactly
     writer.close()
     expected = {rid for case in CASES for rid, _ in case.events}
@@ -142,19 +143,22 @@ async def test_every_case_on_one_connection_in_one_write(start: Start) -> None:
 async def test_empty_heartbeat_connections_and_keepalives_are_quiet(
     start: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    c = await start(security=SECURE)
+    c, plain = await start(security=SECURE), await start()
     caplog.set_level(logging.INFO, logger="collector")
+    caplog.clear()  # what starting logged (the first collector of a process may warn about its redaction key)
     for _ in range(5):  # Fluentd's transport heartbeat: connect, close
         reader, writer = await open_conn(c.port)
         writer.close()
         await writer.wait_closed()
-    plain = await start()
     for _ in range(5):
         reader, writer = await open_conn(plain.port)
         writer.write(b"\xc0\xc0")
         writer.close()
         await writer.wait_closed()
-    await asyncio.sleep(0.2)
+    # Every connection handled to its end (anything logged about one is logged by then).
+    for collector in (c, plain):
+        await until(lambda c=collector: c.metric("shadow_collector_connections_total") == 5
+                    and c.metric("shadow_collector_connections_active") == 0, "the 5 connections closed")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert c.metric("shadow_collector_auth_failures_total", reason="invalid_ping") == 0
     assert plain.metric("shadow_collector_decode_errors_total", reason="truncated") == 0
@@ -197,7 +201,7 @@ async def test_no_record_accepted_before_authentication(start: Start) -> None:
     await read_obj(reader)  # HELO
     writer.write(chunk_frame("sneaky", ["sneaky-1"], "never"))
     unpacker = msgpack.Unpacker(raw=True)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         data = b""
         while True:
             more = await reader.read(4096)
@@ -206,7 +210,7 @@ async def test_no_record_accepted_before_authentication(start: Start) -> None:
             data += more
     unpacker.feed(data)
     assert data == pong_refused("invalid ping message")  # and nothing else: no ack
-    assert await c.records(0, timeout=0.5) == {}
+    assert await c.records(0) == {}
     assert c.metric("shadow_collector_auth_failures_total", reason="invalid_ping") == 1
     assert c.metric("shadow_collector_records_total") == 0
 
@@ -316,7 +320,7 @@ async def test_tls_without_client_certificates(start: Start, pki: Path) -> None:
     assert await closed(reader)
     writer.close()
     assert c.metric("shadow_collector_tls_handshake_failures_total") == 1
-    assert "plain-1" not in await c.records(50, timeout=0.5)
+    assert "plain-1" not in await c.records(50)
 
 
 async def test_tls_with_required_client_certificates(start: Start, pki: Path) -> None:
@@ -422,8 +426,10 @@ async def test_max_chunk_and_max_connections_limits_counted(start: Start) -> Non
     for r, w in held:
         w.write(chunk_frame("held", [f"held-{id(r)}"], "h"))
         assert await read_obj(r) == {"ack": "h"}
+    received = c.metric("shadow_collector_received_bytes_total")
+    for r, w in held:
         w.write(chunk_frame("held", [f"more-{id(r)}"], "m")[:10])
-    await asyncio.sleep(0.1)
+    await until(lambda: c.metric("shadow_collector_received_bytes_total") == received + 20, "both inside a frame")
     extra = await open_conn(c.port)
     assert await closed(extra[0])
     extra[1].close()

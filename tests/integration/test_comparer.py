@@ -19,6 +19,7 @@ from shadowreplay.bus import Bus, open_bus
 from shadowreplay.bus.aio import AsyncConsumer
 from shadowreplay.config import ComparerConfig, ReplayRule
 from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_result
+from waiting import DEADLINE_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +106,7 @@ def value(
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-async def run_until(comparer: Comparer, total: int, timeout_seconds: float = 15.0) -> None:
+async def run_until(comparer: Comparer, total: int, timeout_seconds: float = DEADLINE_SECONDS) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(comparer.run(stop))
     try:

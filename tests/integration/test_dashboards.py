@@ -12,12 +12,11 @@ return at least one series: renaming a metric a panel uses fails this test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,8 @@ from aiohttp import web
 from shadowreplay.app import Pipeline
 from shadowreplay.demo.backends import Backend
 from shadowreplay.demo.run import feed, load_sample
-from tests.conftest import loopback_config
+from tests.conftest import free_port, loopback_config
+from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,6 @@ INSTALL_HINT = "install Debian's prometheus package (`apt-get install prometheus
 JOBS = ("shadow-collector", "shadow-replayer", "shadow-comparer")
 FEED_LINES = 600
 SPEED = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def regex_escape(value: str) -> str:
@@ -138,16 +132,20 @@ async def query(session: aiohttp.ClientSession, prom: PrometheusProcess, expr: s
     return body
 
 
-async def wait_until(what: str, check: Any, seconds: float, prom: PrometheusProcess | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+async def wait_until(what: str, check: Any, seconds: float = DEADLINE_SECONDS,
+                     prom: PrometheusProcess | None = None) -> None:
+    """``waiting.until``, failing at once with Prometheus's log if it exits meanwhile."""
+
+    async def done() -> bool:
         if prom is not None and prom.proc.poll() is not None:
             pytest.fail(f"prometheus exited with {prom.proc.returncode}: {prom.log_tail()}")
-        if await check():
-            return
-        await asyncio.sleep(0.25)
-    tail = f"\nprometheus log: {prom.log_tail()}" if prom is not None else ""
-    pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}{tail}")
+        return bool(await check())
+
+    try:
+        await until(done, what, timeout_seconds=seconds, interval_seconds=0.25)
+    except AssertionError as exc:
+        tail = f"\nprometheus log: {prom.log_tail()}" if prom is not None else ""
+        pytest.fail(f"{exc}{tail}")
 
 
 class NoisyBackend(Backend):
@@ -196,7 +194,7 @@ async def test_every_panel_and_recording_rule_returns_data(pipeline: Pipeline, t
     async def some_compared() -> bool:
         return comparer.compared >= replayable // 4
 
-    await wait_until("results to be compared", some_compared, 60)
+    await wait_until("results to be compared", some_compared)
 
     prom = PrometheusProcess(prometheus_config(pipeline.metrics_server.port, tmp_path), tmp_path)
     try:
@@ -209,13 +207,13 @@ async def test_every_panel_and_recording_rule_returns_data(pipeline: Pipeline, t
                 except aiohttp.ClientError:
                     return False
 
-            await wait_until("prometheus to be ready", ready, 30, prom)
+            await wait_until("prometheus to be ready", ready, prom=prom)
 
             async def scraped_twice() -> bool:
                 body = await query(session, prom, 'count_over_time(up{job=~"shadow-.*"}[1m]) >= 2')
                 return len(body.get("data", {}).get("result", [])) == len(JOBS)
 
-            await wait_until("two scrapes of every job", scraped_twice, 30, prom)
+            await wait_until("two scrapes of every job", scraped_twice, prom=prom)
             up = await query(session, prom, 'up{job=~"shadow-.*"} == 1')
             assert sorted(r["metric"]["job"] for r in up["data"]["result"]) == sorted(JOBS), up
 
@@ -241,7 +239,7 @@ async def test_every_panel_and_recording_rule_returns_data(pipeline: Pipeline, t
                 rules = [r for g in body["data"]["groups"] for r in g["rules"]]
                 return bool(rules) and all(r["health"] != "unknown" for r in rules)
 
-            await wait_until("every rule to be evaluated once", rules_evaluated, 30, prom)
+            await wait_until("every rule to be evaluated once", rules_evaluated, prom=prom)
             async with session.get(f"{prom.url}/api/v1/rules") as resp:
                 groups = (await resp.json(content_type=None))["data"]["groups"]
             rules = [r for g in groups for r in g["rules"]]
@@ -253,17 +251,21 @@ async def test_every_panel_and_recording_rule_returns_data(pipeline: Pipeline, t
                     checks.append((f"recording rule {rule['name']}", rule["query"]))
                     checks.append((f"recorded series {rule['name']}", rule["name"]))
 
-            # A recording rule's first evaluations may precede the second scrape: give the
-            # recorded series a few evaluation rounds (1 s each) to appear.
+            # A recording rule's first evaluations may precede the second scrape: the
+            # recorded series is waited for (evaluated every second).
             failures: list[str] = []
             for name, expr in checks:
                 concrete = substitute(expr, values)
-                rounds = 10 if name.startswith("recorded series") else 1
-                for _ in range(rounds):
+                body = await query(session, prom, concrete)
+
+                async def answered(concrete: str = concrete) -> bool:
+                    nonlocal body
                     body = await query(session, prom, concrete)
-                    if body.get("status") != "success" or body["data"]["result"]:
-                        break
-                    await asyncio.sleep(1.0)
+                    return body.get("status") != "success" or bool(body["data"]["result"])
+
+                if name.startswith("recorded series") and not await answered():
+                    with contextlib.suppress(AssertionError):  # counted as a failure below
+                        await until(answered, name, interval_seconds=0.5)
                 if body.get("status") != "success":
                     failures.append(f"{name}: {body.get('error')}\n    {concrete}")
                 elif not body["data"]["result"]:

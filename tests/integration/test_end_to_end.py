@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
 from pathlib import Path
 
@@ -19,11 +18,12 @@ import pytest
 from fluent import sender
 
 from shadowreplay.app import Pipeline
-from shadowreplay.bus import open_bus
+from shadowreplay.bus import Bus, open_bus
 from shadowreplay.config import Config
 from shadowreplay.demo.backends import Backend, expected_divergence
 from shadowreplay.demo.run import load_sample
 from shadowreplay.record import decode_request, decode_result
+from waiting import read_to_end, until
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +89,11 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
         async with Pipeline(cfg) as pipeline:
             assert pipeline.collector and pipeline.comparer and pipeline.replayer
             await asyncio.to_thread(_emit, lines, pipeline.collector.port)
-            deadline = time.monotonic() + 90
-            while pipeline.comparer.compared < len(replayable) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)  # anything extra (a duplicate) would arrive now
+            comparer = pipeline.comparer
+            await until(lambda: comparer.compared >= len(replayable), "every replayable request compared", timeout_seconds=120)
+            # The end marker: both groups committed every message, so nothing is left that
+            # could be replayed or compared (again) — a duplicate would be counted by now.
+            await until(lambda: _caught_up(pipeline), "both groups to commit everything")
             assert pipeline.comparer.compared == len(replayable)
             assert pipeline.replayer.replayed == len(replayable)
 
@@ -135,8 +136,9 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
     # The bus holds every request once, with its nanosecond timestamp, and one result each.
     bus = open_bus(cfg.bus.url)
     try:
-        requests = _read_all(bus, cfg.bus.requests_topic)
-        results = _read_all(bus, cfg.bus.results_topic)
+        topics = [cfg.bus.requests_topic, cfg.bus.results_topic]
+        on_bus = _read_all(bus, topics, N_RECORDS + len(replayable))
+        requests, results = on_bus[topics[0]], on_bus[topics[1]]
     finally:
         bus.close()
     recs = {r.id: r for r in map(decode_request, requests)}
@@ -149,21 +151,20 @@ async def test_pipeline_end_to_end(bus_url: str, tmp_path: Path) -> None:
     assert all(set(r.responses) - {"probe"} == {"candidate", "baseline"} for r in res)
 
 
-def _read_all(bus: object, topic: str) -> list[bytes]:
-    consumer = bus.consumer([topic], f"check-{uuid.uuid4().hex[:8]}")  # type: ignore[attr-defined]
-    out: list[bytes] = []
-    idle_since = time.monotonic()
-    deadline = time.monotonic() + 30
+async def _caught_up(pipeline: Pipeline) -> bool:
+    """A fresh sample of both groups' lag, and both at 0."""
+    monitors = (pipeline.lag["replayer"], pipeline.lag["comparer"])
+    return all([await m.sample() for m in monitors]) and all(m.records == 0 for m in monitors)
+
+
+def _read_all(bus: Bus, topics: list[str], want: int) -> dict[str, list[bytes]]:
+    """Every message on ``topics`` (by topic), read to the end of each partition: one
+    consumer group for all, since a group takes seconds to form on the Kafka broker."""
+    consumer = bus.consumer(topics, f"check-{uuid.uuid4().hex[:8]}")
+    out: dict[str, list[bytes]] = {topic: [] for topic in topics}
     try:
-        while time.monotonic() < deadline:
-            batch = consumer.poll(max_records=1000, timeout_seconds=0.5)
-            if batch:
-                idle_since = time.monotonic()
-                out.extend(m.value for m in batch)
-            elif not consumer.assignment():  # the group is still forming (about 3 s on Tansu)
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 2:
-                break
+        for m in read_to_end(consumer, want=want):
+            out[m.topic].append(m.value)
     finally:
         consumer.close()
     return out

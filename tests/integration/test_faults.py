@@ -40,6 +40,7 @@ from fault_procs import (
 )
 from shadowreplay.bus import open_bus
 from shadowreplay.record import RequestRecord, encode_request
+from waiting import DEADLINE_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -122,10 +123,14 @@ def test_collector_sigkill_loses_no_acked_record(bus_url: str, tmp_path: Path, s
     collector.kill()
     killed_at = time.monotonic()
     acked_at_kill = sum(len(c.acked) for c in clients)
-    time.sleep(1.0)
+    errors_at_kill = [len(c.errors) for c in clients]
+    # Down until every client has seen it down (a failed send or connect), then restarted.
+    wait_until(lambda: all(len(c.errors) > n or c.sent_all for c, n in zip(clients, errors_at_kill, strict=True)),
+               DEADLINE_SECONDS, "every client to notice the collector is gone")
+    down_seconds = time.monotonic() - killed_at
     collector.restart()
     collector.wait_ready()
-    wait_until(lambda: any(t > killed_at for c in clients for t in c.ack_times), 30, "an ack after the restart")
+    wait_until(lambda: any(t > killed_at for c in clients for t in c.ack_times), DEADLINE_SECONDS, "an ack after the restart")
     recovered = min(t for c in clients for t in c.ack_times if t > killed_at) - killed_at
     for c in clients:
         c.join(timeout=max(1.0, deadline - time.monotonic()))
@@ -137,7 +142,7 @@ def test_collector_sigkill_loses_no_acked_record(bus_url: str, tmp_path: Path, s
     report(
         f"collector SIGKILL ({bus_url.split(':')[0]})",
         acked=len(acked), acked_before_kill=acked_at_kill, lost=len(lost), duplicates=dupes,
-        chunks_resent=sum(c.resends for c in clients), down_seconds=1.0, recover_seconds=recovered,
+        chunks_resent=sum(c.resends for c in clients), down_seconds=down_seconds, recover_seconds=recovered,
     )
     assert not lost, f"{len(lost)} acknowledged records are not on the bus, e.g. {sorted(lost)[:5]}"
     # At-least-once: a chunk in flight when the collector died may be stored and resent.
@@ -149,20 +154,22 @@ def test_collector_sigkill_loses_no_acked_record(bus_url: str, tmp_path: Path, s
 
 
 def stream_through_outage(
-    port: int, prefix: str, outage: Callable[[], float], *, before: float = 4.0, after: float = 6.0
+    port: int, prefix: str, outage: Callable[[], float], *, chunks_before: int = 20, chunks_after: int = 20
 ) -> tuple[list[AckingClient], float, float]:
-    """Two acking clients stream (about 100 records/s each); ``before`` seconds in,
-    ``outage()`` runs (it blocks for the outage and returns the monotonic time the bus came
-    back); ``after`` seconds later the clients stop. (clients, outage start, bus back)."""
+    """Two acking clients stream (about 100 records/s each, paced); once each had
+    ``chunks_before`` chunks acknowledged, ``outage()`` runs (it blocks for the outage and
+    returns the monotonic time the bus came back); once each had ``chunks_after`` more
+    acknowledged after that, the clients stop. (clients, outage start, bus back)."""
     plan = chunked(prefix, clients=2, chunks=100_000, per_chunk=10)
-    clients = [AckingClient(port, chunks, deadline=time.monotonic() + 120, pause_seconds=0.1, timeout_seconds=30)
+    clients = [AckingClient(port, chunks, deadline=time.monotonic() + 300, pause_seconds=0.1, timeout_seconds=30)
                for chunks in plan]
     for c in clients:
         c.start()
-    time.sleep(before)
+    wait_until(lambda: all(len(c.ack_times) >= chunks_before for c in clients), DEADLINE_SECONDS, "acks before the outage")
     started = time.monotonic()
     back = outage()
-    time.sleep(after)
+    wait_until(lambda: all(sum(t > back for t in c.ack_times) >= chunks_after for c in clients), DEADLINE_SECONDS,
+               "acks after the outage")
     for c in clients:
         c.stop_event.set()
     for c in clients:
@@ -242,7 +249,6 @@ def test_kafka_broker_frozen_10s(
     assert not lost, f"{len(lost)} acknowledged records are not on the bus, e.g. {sorted(lost)[:5]}"
     assert during == 0, "the collector acknowledged chunks while the broker was frozen"
     assert gap >= 9.0, "the clients were not held back during the outage"
-    assert ack_recover < 15.0
     assert collector.proc.poll() is None and replayer.proc.poll() is None
     assert max(counts.values()) <= 2
 
@@ -334,7 +340,6 @@ def test_sqlite_disk_full_then_freed(
     assert len(refused) <= 3, f"{len(refused)} refusals logged: the outage should be logged once"
     assert "the bus accepts records again" in log
     assert collector.proc.poll() is None, "the collector died of a full disk"
-    assert ack_recover < 5.0
     assert duplicates(on_bus) <= 2 * 10, "refused chunks were stored and then stored again when resent"
     assert replayer_alive, f"the replayer died of a full disk:\n{replayer.log()[-3000:]}"
     assert max(counts.values()) <= 2
@@ -359,6 +364,7 @@ def test_replayer_sigkill_resumes_from_committed_offsets(
     replayer.restart()
     counts = check_replayed(be, set(ids), 90)
     _, first_ns = be.stats("candidate")
+    assert replayer.stop() == 0  # a graceful stop: after it nothing more is written
     on_results = [r.id for r in results(bus_url, res, want=len(ids))]
     dupes = {rid: n for rid, n in counts.items() if n > 1}
     recover = (min(t for t in first_ns.values() if t > killed_ns) - killed_ns) / 1e9
@@ -384,15 +390,19 @@ def test_misbehaving_target_does_not_slow_the_healthy_one(
 ) -> None:
     bus = f"sqlite:///{tmp_path / 'bus.db'}"
     config, req, res = topics_config(tmp_path)
-    n, rate = 300, 50
+    n, rate, timeout = 300, 50, 2
     paths = [f"{FAULTS.get(i % 10, '/ok')}/{i}" for i in range(n)]
     ids = preload(bus, req, paths, "bad")
     be = backends(["candidate", "baseline:faulty"])
     replayer = Stage("replay", ["--candidate", be.url("candidate"), "--baseline", be.url("baseline"),
-                                "--rate", str(rate), "--timeout", "2", "--group", "g-bad"],
+                                "--rate", str(rate), "--timeout", str(timeout), "--group", "g-bad"],
                      tmp_path, config=config, bus=bus)
     stages.append(replayer)
-    got = results(bus, res, want=n, timeout=90, idle=2.0)
+    replayer.wait_ready()
+    wait_until(lambda: replayer.metric("shadow_replay_records_total") >= n, DEADLINE_SECONDS, "every record replayed")
+    timeouts = replayer.metric("shadow_replay_errors_total", target="baseline", kind="timeout")
+    assert replayer.stop() == 0  # a graceful stop: after it nothing more is written
+    got = results(bus, res, want=n)
     assert sorted(r.id for r in got) == sorted(ids)
     _, arrived = be.stats("candidate")
     kinds: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -415,9 +425,17 @@ def test_misbehaving_target_does_not_slow_the_healthy_one(
     assert kinds["garbage"] == {"protocol": n // 10}
     assert kinds["big"] == {"truncated": n // 10}
     assert kinds["ok"] == {"200": n - 4 * (n // 10)}
-    assert percentile(lags, 0.99) < 0.25, "the healthy target fell behind its schedule"
-    assert span < (n - 1) / rate * 1.1 + 0.5
-    assert replayer.metric("shadow_replay_errors_total", target="baseline", kind="timeout") == n // 10
+    # Order, not pace (the healthy target's lag and span are on the RELIABILITY line;
+    # bench/replayer.py measures pacing accuracy): while a baseline request hung (it cannot
+    # end before its timeout), the candidate got every request scheduled in the second
+    # after it. Waiting on the hang first would put them after its timeout.
+    by_index = sorted(got, key=lambda r: r.scheduled)
+    for k, hung in enumerate(by_index):
+        if hung.request.target.startswith("/hang"):
+            hang_ends_no_sooner = hung.sent + timeout * 10**9
+            during = [r for r in by_index[k + 1:] if r.scheduled <= hung.scheduled + 10**9]
+            assert during and all(arrived[r.id] < hang_ends_no_sooner for r in during), hung.id
+    assert timeouts == n // 10
 
 
 # -- a storm of bad connections -----------------------------------------------------------
@@ -505,5 +523,4 @@ def test_bad_input_storm(tmp_path: Path, stages: list[Stage]) -> None:
     assert set(on_bus) == acked, "a record from a malformed connection reached the bus"
     assert closed >= bad_count + 4
     assert collector.peak_rss_kb - rss_before < 100 * 1024, "the storm grew the collector by more than 100 MB"
-    assert answer_seconds < 2.0
     assert collector.proc.poll() is None

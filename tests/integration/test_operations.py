@@ -9,35 +9,32 @@ uncommitted for the next run, and the comparer read and committed every result.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from shadowreplay.app import Pipeline
 from shadowreplay.bus.sqlite import SqliteBus
 from shadowreplay.demo.backends import Backend
+from shadowreplay.config import Config
 from shadowreplay.demo.run import feed, load_sample
-from tests.conftest import loopback_config
+from tests.conftest import free_port, loopback_config
+from waiting import read_to_end, until
 
 pytestmark = pytest.mark.integration
 
 REPLAYABLE = ("GET", "HEAD", "OPTIONS")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def get_json(url: str) -> tuple[int, dict[str, object]]:
@@ -90,46 +87,69 @@ async def test_healthz_and_readyz_follow_targets_and_bus(tmp_path: Path, backend
         assert status == 503 and "sqlite" in str(body["checks"]["bus"]), body  # type: ignore[index]
 
 
+@dataclasses.dataclass
+class GatedBackend(Backend):
+    """A demo backend that holds every replayed request until ``gate`` is set."""
+
+    gate: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = super().app()
+
+        @web.middleware
+        async def hold(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.headers.get("X-Shadow-Replay"):
+                await self.gate.wait()
+            return await handler(request)
+
+        app.middlewares.append(hold)
+        return app
+
+
 async def test_consumer_lag_of_both_groups_and_process_metrics_on_metrics(
     tmp_path: Path, backends: tuple[Backend, Backend]
 ) -> None:
-    """The replayer's backlog shows while a replay at 2x is under way, both groups reach 0
-    once everything is compared, and /metrics carries them with the process metrics."""
-    candidate, baseline = backends
+    """The replayer's backlog shows while the candidate holds every request, both groups
+    reach 0 once everything is compared, and /metrics carries them with the process metrics."""
+    _, baseline = backends
+    candidate = GatedBackend(candidate=True)
+    await candidate.start()
     cfg = loopback_config(tmp_path / "bus.db", candidate=f"http://127.0.0.1:{candidate.port}",
-                          baseline=f"http://127.0.0.1:{baseline.port}", speed=2.0)
-    lines = load_sample()[:120]  # about 10 s of log: 5 s at 2x
+                          baseline=f"http://127.0.0.1:{baseline.port}", speed=1000.0, timeout_seconds=120.0)
+    lines = load_sample()[:120]
     replayable = sum(1 for r in lines if r["request_method"] in REPLAYABLE)
-    async with Pipeline(cfg) as pipeline:
-        assert pipeline.collector is not None and pipeline.comparer is not None
-        await asyncio.to_thread(feed, lines, "127.0.0.1", pipeline.collector.port)
-        replayer_lag, comparer_lag = pipeline.lag["replayer"], pipeline.lag["comparer"]
-        assert await replayer_lag.sample()
-        await asyncio.sleep(1.0)
-        assert await replayer_lag.sample()  # a replay of 5 s has not finished the first records yet
-        assert replayer_lag.records is not None and 0 < replayer_lag.records <= len(lines)
-        assert replayer_lag.seconds >= 1.0, "waiting since the first sample at least"
-        deadline = time.monotonic() + 60
-        while pipeline.comparer.compared < replayable and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        assert pipeline.comparer.compared == replayable
+    try:
+        async with Pipeline(cfg) as pipeline:
+            assert pipeline.collector is not None and pipeline.comparer is not None
+            await asyncio.to_thread(feed, lines, "127.0.0.1", pipeline.collector.port)
+            replayer_lag, comparer_lag = pipeline.lag["replayer"], pipeline.lag["comparer"]
+            assert await replayer_lag.sample()
+            await asyncio.sleep(1.0)  # not a synchronisation: the lag must grow by at least this much
+            assert await replayer_lag.sample()
+            assert replayer_lag.records is not None and 0 < replayer_lag.records <= len(lines)
+            assert replayer_lag.seconds >= 1.0, "waiting since the first sample at least"
+            candidate.gate.set()
+            comparer = pipeline.comparer
+            await until(lambda: comparer.compared >= replayable, "every replayable record compared")
+            assert comparer.compared == replayable
 
-        async def caught_up() -> bool:
-            return (await replayer_lag.sample() and await comparer_lag.sample()
-                    and replayer_lag.records == 0 and comparer_lag.records == 0)
+            async def caught_up() -> bool:
+                return (await replayer_lag.sample() and await comparer_lag.sample()
+                        and replayer_lag.records == 0 and comparer_lag.records == 0)
 
-        while not await caught_up():
-            assert time.monotonic() < deadline, (replayer_lag.records, comparer_lag.records)
-            await asyncio.sleep(0.3)
-        assert replayer_lag.seconds == 0 and comparer_lag.seconds == 0
-        status, text = await get_text(f"http://127.0.0.1:{pipeline.metrics_server.port}/metrics")
-        assert status == 200
-        for line in ('shadow_replay_consumer_lag_records{group="shadow-replayer"} 0.0',
-                     'shadow_compare_consumer_lag_records{group="shadow-comparer"} 0.0',
-                     'shadow_replay_consumer_lag_seconds{group="shadow-replayer"} 0.0'):
-            assert line in text
-        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
-            assert f"\n{name} " in text, name
+            await until(caught_up, "both groups to catch up")
+            assert replayer_lag.seconds == 0 and comparer_lag.seconds == 0
+            status, text = await get_text(f"http://127.0.0.1:{pipeline.metrics_server.port}/metrics")
+    finally:
+        candidate.gate.set()
+        await candidate.stop()
+    assert status == 200
+    for line in ('shadow_replay_consumer_lag_records{group="shadow-replayer"} 0.0',
+                 'shadow_compare_consumer_lag_records{group="shadow-comparer"} 0.0',
+                 'shadow_replay_consumer_lag_seconds{group="shadow-replayer"} 0.0'):
+        assert line in text
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert f"\n{name} " in text, name
 
 
 async def get_text(url: str) -> tuple[int, str]:
@@ -148,21 +168,14 @@ async def test_only_the_collectors_flushes_wait_for_fsync(tmp_path: Path, backen
             assert sorted(p.power_safe for p in pipeline._producers) == want, stages
 
 
-def drain(bus: SqliteBus, topic: str, group: str, idle_seconds: float = 1.5) -> list[dict[str, object]]:
-    """Every message ``group`` has not committed yet on ``topic`` (read without committing)."""
+def drain(bus: SqliteBus, topic: str, group: str) -> list[dict[str, object]]:
+    """Every message ``group`` has not committed yet on ``topic`` (read to the end of every
+    partition, without committing)."""
     consumer = bus.consumer([topic], group)
-    out: list[dict[str, object]] = []
-    deadline = time.monotonic() + 30
-    last = time.monotonic()
     try:
-        while time.monotonic() < deadline and time.monotonic() - last < idle_seconds:
-            batch = consumer.poll(max_records=500, timeout_seconds=0.3)
-            if batch:
-                last = time.monotonic()
-                out.extend(orjson.loads(m.value) for m in batch)
+        return [orjson.loads(m.value) for m in read_to_end(consumer, partitions=Config().bus.partitions)]
     finally:
         consumer.close()
-    return out
 
 
 async def test_sigterm_stops_run_in_pipeline_order_without_losing_work(
@@ -171,7 +184,7 @@ async def test_sigterm_stops_run_in_pipeline_order_without_losing_work(
     candidate, baseline = backends
     db = tmp_path / "bus.db"
     listen, metrics = free_port(), free_port()
-    lines = load_sample()[:600]  # about 48 s of log: 12 s at 4x, so SIGTERM lands mid-replay
+    lines = load_sample()[:600]  # about 48 s of log at recorded speed: SIGTERM lands mid-replay
     stderr_path = tmp_path / "run.log"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
@@ -182,24 +195,32 @@ async def test_sigterm_stops_run_in_pipeline_order_without_losing_work(
                 "--metrics-listen", f"127.0.0.1:{metrics}",
                 "--candidate", f"http://127.0.0.1:{candidate.port}",
                 "--baseline", f"http://127.0.0.1:{baseline.port}",
-                "--speed", "4",
+                "--speed", "1",
             ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        async def scrape(name: str) -> float:
+            assert proc.poll() is None, f"shadowreplay run exited: {stderr_path.read_text()[-3000:]}"
+            _, text = await get_text(f"http://127.0.0.1:{metrics}/metrics")
+            return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name + "{"))
+
+        async def ready() -> bool:
             assert proc.poll() is None, f"shadowreplay run exited: {stderr_path.read_text()[-3000:]}"
             try:
-                if (await get_json(f"http://127.0.0.1:{metrics}/readyz"))[0] == 200:
-                    break
+                return (await get_json(f"http://127.0.0.1:{metrics}/readyz"))[0] == 200
             except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, f"never ready: {stderr_path.read_text()[-3000:]}"
-            await asyncio.sleep(0.2)
+                return False
+
+        await until(ready, f"shadowreplay run to be ready ({stderr_path})", interval_seconds=0.1)
         await asyncio.to_thread(feed, lines, "127.0.0.1", listen)  # returns once all are acked
-        await asyncio.sleep(2.5)  # replaying now, most records not due yet
+        # Replaying now: once a result was compared, its request was committed with it (one
+        # SQLite transaction); the last records are not due for most of a minute.
+        async def compared() -> bool:
+            return await scrape("shadow_compare_compared_total") >= 1
+
+        await until(compared, "a first result compared")
         proc.send_signal(signal.SIGTERM)
         returncode = await asyncio.to_thread(proc.wait, 45)
     finally:

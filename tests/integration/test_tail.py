@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,16 +23,21 @@ from shadowreplay.bus.aio import AsyncProducer
 from shadowreplay.config import CollectorConfig
 from shadowreplay.record import decode_request
 from tests.conftest import free_port
+from waiting import read_to_end, until
 
 pytestmark = pytest.mark.integration
 
-WAIT_SECONDS = 20.0
+MARKER = 90_000  # the numbers of end-marker lines (see Harness.wait_for)
+
+
+def target(n: int) -> str:
+    return f"/items/{n}?q=a&q=b"
 
 
 def line(n: int, fmt: str = "nginx_json") -> str:
     if fmt == "combined":
         return (
-            f'10.0.0.{n % 250} - - [10/Oct/2000:13:55:{n % 60:02d} -0700] "GET /items/{n}?q=a&q=b HTTP/1.1" 200 {n} '
+            f'10.0.0.{n % 250} - - [10/Oct/2000:13:55:{n % 60:02d} -0700] "GET {target(n)} HTTP/1.1" 200 {n} '
             f'"-" "tail-test/{n}"\n'
         )
     rec = {
@@ -69,6 +73,8 @@ class Harness:
         self.tail: Tail | None = None
         self.thread: threading.Thread | None = None
         self.state = tmp_path / "tail.state.json"
+        self.positions: dict[tuple[str, int], int] = {}  # of self.consumer, which reads without committing
+        self.markers: list[str] = []  # the end-marker lines appended by wait_for, as seen on the bus
 
     async def start_collector(self) -> None:
         config = CollectorConfig(listen=f"127.0.0.1:{self.port}")
@@ -109,30 +115,44 @@ class Harness:
         assert not self.thread.is_alive()
 
     def _drain(self) -> None:
-        while True:
-            batch = self.consumer.poll(max_records=500, timeout_seconds=0.05)
-            if not batch:
-                return
-            for m in batch:
-                r = decode_request(m.value)
-                self.records.append(r)
-                self.seen.append(r.id if r.id.startswith("L") else r.target)
+        """Read what the bus holds now, to the end of every partition."""
+        for m in read_to_end(self.consumer, positions=self.positions):
+            r = decode_request(m.value)
+            self.records.append(r)
+            self.seen.append(r.id if r.id.startswith("L") else r.target)
 
-    async def wait_for(self, expected: list[str], settle: float = 0.3) -> None:
-        """Until the bus holds ``expected`` (then a little longer, to catch repeats)."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline:
-            await asyncio.to_thread(self._drain)
-            if len(self.seen) >= len(expected):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(settle)
+    async def wait_for(self, expected: list[str]) -> None:
+        """Until the bus holds ``expected``, and nothing else: once it arrived, an end marker
+        line is appended to each file the tail follows (that ends with a whole line) and
+        waited for. The tail ships a file's lines in order and resends a chunk until it is
+        acknowledged, so a repeat of anything before a marker is on the bus before it."""
+        await self._until_seen(len(expected) + len(self.markers), expected)
+        if self.tail is not None and self.thread is not None and self.thread.is_alive():
+            fmt = self.tail.options.format
+            for name in self.tail.options.files:
+                path = Path(name)
+                if path.exists() and path.read_bytes().endswith(b"\n"):
+                    n = MARKER + len(self.markers)
+                    append(path, n, fmt=fmt)
+                    self.markers.append(ids([n])[0] if fmt == "nginx_json" else target(n))
+            await self._until_seen(len(expected) + len(self.markers), expected)
         await asyncio.to_thread(self._drain)
-        assert sorted(self.seen) == sorted(expected), (
-            f"missing {sorted(set(expected) - set(self.seen))[:10]}, "
+        want = expected + self.markers
+        assert sorted(self.seen) == sorted(want), (
+            f"missing {sorted(set(want) - set(self.seen))[:10]}, "
             f"repeated {sorted(x for x in set(self.seen) if self.seen.count(x) > 1)[:10]}, "
-            f"unexpected {sorted(set(self.seen) - set(expected))[:10]}"
+            f"unexpected {sorted(set(self.seen) - set(want))[:10]}"
         )
+
+    async def _until_seen(self, n: int, expected: list[str]) -> None:
+        async def enough() -> bool:
+            await asyncio.to_thread(self._drain)
+            return len(self.seen) >= n
+
+        try:
+            await until(enough, f"{n} records on the bus")
+        except AssertionError:
+            raise AssertionError(f"missing {sorted(set(expected) - set(self.seen))[:10]}") from None
 
     async def close(self) -> None:
         if self.thread is not None and self.thread.is_alive():
@@ -205,13 +225,10 @@ async def test_collector_restart_mid_stream(harness: Harness) -> None:
     await harness.wait_for(ids(range(0, 20)))
     await harness.stop_collector()
     append(log, *range(20, 50))
-    deadline = time.monotonic() + WAIT_SECONDS
-    while tail.stats.retries < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert tail.stats.retries >= 3  # it waited and retried, holding its place
+    await until(lambda: tail.stats.retries >= 3, "the tail to retry 3 times")  # holding its place
     await harness.start_collector()
     append(log, *range(50, 60))
-    await harness.wait_for(ids(range(0, 60)), settle=0.6)
+    await harness.wait_for(ids(range(0, 60)))
 
 
 async def test_tail_restart_neither_skips_nor_repeats(harness: Harness) -> None:
@@ -230,15 +247,15 @@ async def test_tail_restart_neither_skips_nor_repeats(harness: Harness) -> None:
     await harness.stop_tail()
     append(log, *range(32, 40))
     harness.start_tail(log, from_start=False)
-    await harness.wait_for(ids(range(0, 40)), settle=0.6)
+    await harness.wait_for(ids(range(0, 40)))
 
 
 async def test_new_files_start_at_end_unless_from_start(harness: Harness) -> None:
     log = harness.tmp / "access.log"
     other = harness.tmp / "later.log"
     append(log, *range(0, 5))  # before the tail ever saw the file: skipped
-    harness.start_tail(log, other, from_start=False)
-    await asyncio.sleep(0.3)
+    tail = harness.start_tail(log, other, from_start=False)
+    await until(lambda: tail._started, "the tail to open the files it follows")  # log at its end
     append(log, *range(5, 10))
     append(other, *range(10, 13))  # created after the tail started: read from its start
     await harness.wait_for(ids(range(5, 13)))
@@ -248,14 +265,12 @@ async def test_combined_lines(harness: Harness) -> None:
     log = harness.tmp / "access.log"
     append(log, *range(0, 12), fmt="combined", extra="garbage\n")
     tail = harness.start_tail(log, fmt="combined")
-    await harness.wait_for([f"/items/{n}?q=a&q=b" for n in range(12)])
+    await harness.wait_for([target(n) for n in range(12)])
     r = harness.records[0]
     assert r.method == "GET" and r.client is not None and r.client.startswith("10.0.0.")  # type: ignore[attr-defined]
     assert r.header("User-Agent", ).startswith("tail-test/")  # type: ignore[attr-defined]
     assert r.ts % 10**9 == 0 and 971211300 * 10**9 <= r.ts < 971211400 * 10**9  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while tail.stats.rejected_total < 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: tail.stats.rejected_total >= 1, "the garbage line rejected")
     assert tail.stats.rejected == {"bad_combined": 1}
 
 

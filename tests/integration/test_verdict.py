@@ -50,10 +50,8 @@ async def test_identical_candidate_gives_no_divergence_and_no_latency_regression
 async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_once(
     tmp_path: Path, unused_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import asyncio
     import dataclasses
     import logging
-    import time
 
     import aiohttp
 
@@ -61,6 +59,7 @@ async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_o
     from shadowreplay.record import RequestRecord, encode_request
     from tests.conftest import loopback_config
     from tests.noisy_scenario import BASE_NS, NoisyBackend
+    from waiting import until
 
     baseline, candidate = NoisyBackend(), NoisyBackend()
     base_url = await baseline.start()
@@ -68,12 +67,6 @@ async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_o
     cfg = dataclasses.replace(cfg, comparer=dataclasses.replace(
         cfg.comparer, store=dataclasses.replace(cfg.comparer.store, path=str(tmp_path / "diffs.db"))))
     caplog.set_level(logging.INFO, logger="comparer.reach")
-
-    async def until(check: object, what: str) -> None:
-        deadline = time.monotonic() + 30
-        while not check():  # type: ignore[operator]
-            assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.05)
 
     try:
         async with Pipeline(cfg, ("replay", "compare")) as pipeline:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import time
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 from browser import chromium, open_page
+from waiting import DEADLINE_SECONDS, until
 
 from prometheus_client import CollectorRegistry
 
@@ -83,13 +83,16 @@ async def test_page_shows_divergences_escapes_bodies_and_streams_new_ones(
                 producer.publish(cfg.bus.requests_topic, encode_request(rec), key=rec.partition_key(), timestamp_ns=rec.ts)
             producer.publish(cfg.bus.results_topic, encode_result(hostile_result(0)), key=b"h")
             producer.flush()
-            deadline = time.monotonic() + 30
-            while pipeline.comparer.compared < len(targets) + 1:
-                assert time.monotonic() < deadline, (pipeline.comparer.compared, pipeline.comparer.skipped)
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.6)  # the comparer flushes the store after each batch
+            comparer = pipeline.comparer
+            await until(lambda: comparer.compared >= len(targets) + 1, "every result compared")
             assert pipeline.comparer.diverged == PRODUCTS // 4 + CARTS + 1
             url = f"http://127.0.0.1:{pipeline.metrics_server.port}/"
+
+            async def all_stored() -> bool:  # the comparer writes the store after each batch
+                async with session.get(url + "api/totals") as r:
+                    return bool((await r.json())["stored"] == PRODUCTS // 4 + CARTS + 1)
+
+            await until(all_stored, "every divergence stored")
 
             # The JSON API (also what `diffs --json` prints).
             async with session.get(url + "api/endpoints") as r:
@@ -107,10 +110,10 @@ async def test_page_shows_divergences_escapes_bodies_and_streams_new_ones(
                 feed = Feed(resp)
                 assert resp.headers["Content-Type"].startswith("text/event-stream")
                 assert resp.headers["X-Accel-Buffering"] == "no"
-                assert b"ping" in await asyncio.wait_for(feed.until(b": ping"), 5)
+                assert b"ping" in await asyncio.wait_for(feed.until(b": ping"), DEADLINE_SECONDS)
                 producer.publish(cfg.bus.results_topic, encode_result(hostile_result(1)), key=b"h")
                 producer.flush()
-                event = await asyncio.wait_for(feed.until(b"event: divergence"), 10)
+                event = await asyncio.wait_for(feed.until(b"event: divergence"), DEADLINE_SECONDS)
                 data = orjson.loads(event.split(b"data: ", 1)[1].split(b"\n", 1)[0])
                 assert data["endpoint"] == HOSTILE and data["result_id"] == "hostile-1"
 
@@ -130,6 +133,7 @@ async def test_page_shows_divergences_escapes_bodies_and_streams_new_ones(
                     "[...document.querySelectorAll('#fields tr.field')].map(r => r.dataset.path).join(',') || null"
                 )
                 assert fields == "$.price"
+                await browser.wait_for("document.querySelectorAll('#samples tr.sample').length > 0")  # rendered
                 assert await browser.js("document.querySelectorAll('#samples tr.sample').length") == PRODUCTS // 4
                 # Open one request: both sides shown, the differing field highlighted on each.
                 await browser.js("document.querySelector('#samples tr.sample').click()")
@@ -227,7 +231,7 @@ async def test_api_on_its_own_listener_errors_and_feed_resume(tmp_path: Path) ->
             # A reconnecting client sends Last-Event-ID and gets what it missed, in order.
             async with s.get(base + "api/feed", headers={"Last-Event-ID": "1"}) as resp:
                 feed = Feed(resp)
-                events = [await asyncio.wait_for(feed.until(b"event: divergence"), 5) for _ in range(2)]
+                events = [await asyncio.wait_for(feed.until(b"event: divergence"), DEADLINE_SECONDS) for _ in range(2)]
                 assert [e.split(b"\n", 1)[0] for e in events] == [b"id: 2", b"id: 3"]
                 assert b"hostile-1" in events[0] and b"hostile-2" in events[1]
                 comparer.handle_result(hostile_result(3))

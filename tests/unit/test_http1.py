@@ -4,6 +4,7 @@ connection pool against raw asyncio servers on loopback ports picked at run time
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import zlib
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from replayer.http1 import (
     _Writes,
     build_request,
 )
+from waiting import DEADLINE_SECONDS
 
 # -- framing ------------------------------------------------------------------------------
 
@@ -290,21 +292,43 @@ async def test_a_keep_alive_connection_closed_by_the_peer_is_retried_once_if_ide
 
 
 async def test_cancelled_waiters_do_not_leak_connections() -> None:
-    async with RawServer(partial(keep_alive, delay=0.2)) as srv:
+    arrived: asyncio.Queue[int] = asyncio.Queue()  # the connection of each request the server read
+    answer: collections.defaultdict[int, asyncio.Event] = collections.defaultdict(asyncio.Event)  # by connection
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> None:
+        """Answers a request only once the test sets ``answer[conn]``."""
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            arrived.put_nowait(conn)
+            await answer[conn].wait()
+            answer[conn].clear()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nconn %d" % conn)
+            await writer.drain()
+
+    async with RawServer(held) as srv:
         pool = ConnectionPool(srv.url, limit=1)
         busy = asyncio.ensure_future(pool.request("GET", "/", "", [], None, 1000))
-        await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(arrived.get(), DEADLINE_SECONDS) == 1  # the only slot is busy until answered
         for _ in range(3):  # wait for the busy connection, give up: the slot stays the busy one's
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.02):
                     await pool.request("GET", "/", "", [], None, 1000)
-        assert (await busy).status == 200
+        answer[1].set()
+        assert (await busy).body == b"conn 1"
         with pytest.raises(TimeoutError):  # a timeout mid-response drops that connection
-            async with asyncio.timeout(0.05):
+            async with asyncio.timeout(None) as timeout:
+
+                async def expire_once_sent() -> None:
+                    assert await arrived.get() == 1
+                    timeout.reschedule(asyncio.get_running_loop().time())
+
+                expiry = asyncio.create_task(expire_once_sent())
                 await pool.request("GET", "/", "", [], None, 1000)
-        resp = await pool.request("GET", "/", "", [], None, 1000)
+        await expiry
+        answer[2].set()
+        resp = await asyncio.wait_for(pool.request("GET", "/", "", [], None, 1000), DEADLINE_SECONDS)
         pool.close()
-    assert resp.status == 200
+    assert resp.body == b"conn 2"
     assert srv.connections == 2
 
 

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shadowreplay.status import CLEAR_LINE, Snapshot, StatusLine, format_status, snapshot
+from waiting import until
 
 
 def registry_with_traffic() -> tuple[CollectorRegistry, Counter, Counter, Counter]:
@@ -65,9 +66,9 @@ async def test_terminal_gets_one_redrawn_line() -> None:
     out = io.StringIO()
     stop = asyncio.Event()
     task = asyncio.create_task(StatusLine(registry, out, tty=True, interval_seconds=0.05).run(stop))
-    for _ in range(3):
+    for n in range(1, 4):
         received.inc(5)
-        await asyncio.sleep(0.06)
+        await until(lambda n=n: out.getvalue().count(CLEAR_LINE) >= n, f"redraw {n}")
     stop.set()
     await asyncio.wait_for(task, 5)
     text = out.getvalue()
@@ -85,7 +86,7 @@ async def test_log_lines_erase_the_status_line_first(caplog: pytest.LogCaptureFi
     try:
         stop = asyncio.Event()
         task = asyncio.create_task(StatusLine(registry, out, tty=True, interval_seconds=0.05).run(stop))
-        await asyncio.sleep(0.12)
+        await until(lambda: "diverged" in out.getvalue(), "the status line drawn")
         logging.getLogger("shadowreplay.test").warning("something happened")
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -104,11 +105,15 @@ async def test_not_a_terminal_logs_instead(caplog: pytest.LogCaptureFixture) -> 
     status = StatusLine(registry, out, log_every_seconds=0.05)
     assert status.tty is False  # StringIO is not a terminal
     task = asyncio.create_task(status.run(stop))
-    await asyncio.sleep(0.12)
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "shadowreplay.status"]
+
+    await until(lambda: len(logged()) >= 2, "two status lines logged")
     stop.set()
     await asyncio.wait_for(task, 5)
     assert out.getvalue() == ""
-    lines = [r.getMessage() for r in caplog.records if r.name == "shadowreplay.status"]
+    lines = logged()
     assert len(lines) >= 2 and all(m.startswith("status: in ") for m in lines)
 
 
