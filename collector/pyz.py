@@ -1,10 +1,10 @@
 """Build ``shadowreplay-tail.pyz``: ``shadowreplay tail`` as one stdlib zipapp file.
 
 It runs with a bare ``python3`` (3.11+, no virtualenv, no site-packages): it holds the
-tail's own modules, ``shadowreplay.errors`` and msgpack's pure-Python fallback (the C
+tail's own modules, ``shadowreplay.contract.errors`` and msgpack's pure-Python fallback (the C
 extension cannot load from a zip, so msgpack picks the fallback by itself).
 
-    python -m collector.pyz [OUTPUT]      # default ./shadowreplay-tail.pyz
+    python -m shadowreplay.collector.pyz [OUTPUT]      # default ./shadowreplay-tail.pyz
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MODULES = (
     "collector/forward_client.py",
     "collector/tail.py",
     "shadowreplay/__init__.py",
-    "shadowreplay/errors.py",
+    "shadowreplay/contract/errors.py",
 )
 MSGPACK_FILES = ("__init__.py", "exceptions.py", "ext.py", "fallback.py")
 MAIN = "import sys\n\nfrom collector.tail import main\n\nsys.exit(main())\n"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import orjson
 
-from comparer.rediff import make_differ, rediff
-from comparer.report import latency_text, not_compared_text, render_html, render_markdown, render_terminal
-from comparer.store import EndpointView, StoreReader, resolve_store_path
-from comparer.web import parse_since
-from shadowreplay.config import Config, GateConfig, validate
-from shadowreplay.errors import ShadowError
+from shadowreplay.comparer.rediff import make_differ, rediff
+from shadowreplay.comparer.report import latency_text, not_compared_text, render_html, render_markdown, render_terminal
+from shadowreplay.comparer.store import EndpointView, StoreReader, resolve_store_path
+from shadowreplay.comparer.web import parse_since
+from shadowreplay.contract.config import Config, GateConfig, validate
+from shadowreplay.contract.errors import ShadowError
 
 
 def store_path(cfg: Config, override: str | None) -> str:

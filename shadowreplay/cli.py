@@ -13,9 +13,9 @@ from pathlib import Path
 
 import orjson
 
-from shadowreplay import config as configmod
-from shadowreplay.config import METRICS_PORTS, STAGES, Config
-from shadowreplay.errors import ShadowError
+from shadowreplay.contract import config as configmod
+from shadowreplay.contract.config import METRICS_PORTS, STAGES, Config
+from shadowreplay.contract.errors import ShadowError
 from shadowreplay.runtime import LOG_FORMATS, LOG_LEVELS, configure_logging, tune_gc
 
 log = logging.getLogger("shadowreplay")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--meta", action="store_true", help="wrap each message with partition, offset and timestamp")
 
     # -- collector commands (tail, ...) --
-    from collector.tail import add_arguments as add_tail_arguments
+    from shadowreplay.collector.tail import add_arguments as add_tail_arguments
 
     tail = sub.add_parser(
         "tail",
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tail_arguments(tail)
     # -- replayer commands --
-    from replayer.commands import add_replay_arguments, add_replay_subcommands
+    from shadowreplay.commands.replay import add_replay_arguments, add_replay_subcommands
 
     for stage_name in ("run", "replay"):
         add_replay_arguments(sub.choices[stage_name], workers=stage_name == "replay")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-diff the stored divergences with the current config (after changing ignore rules), then exit",
     )
     compare_sp.add_argument("--store", metavar="FILE", help="with --rediff: the divergence store (default: comparer.store.path)")
-    from comparer.commands import REPORT_FORMATS, add_gate_arguments
+    from shadowreplay.comparer.commands import REPORT_FORMATS, add_gate_arguments
 
     diffs_sp = sub.add_parser(
         "diffs",
@@ -226,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             group=args.group,
             idle_exit_seconds=args.idle_exit,
         )
-        from replayer.commands import replay_overrides
+        from shadowreplay.commands.replay import replay_overrides
 
         cfg = replay_overrides(cfg, args)
     elif args.command == "compare":
@@ -268,7 +268,7 @@ async def _run_stages(cfg: Config, stages: tuple[str, ...], args: argparse.Names
 
 def _run_workers(cfg: Config, args: argparse.Namespace, argv: list[str]) -> int:
     """``replay --workers N``: the parent serves its children's /metrics on --metrics-listen."""
-    from replayer.commands import dispatch as replay_dispatch
+    from shadowreplay.commands.replay import dispatch as replay_dispatch
     from shadowreplay.app import check, metrics_listen
     from shadowreplay.workermetrics import WorkerMetrics
 
@@ -279,7 +279,7 @@ def _run_workers(cfg: Config, args: argparse.Namespace, argv: list[str]) -> int:
 
 def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) -> int:
     """Print ``topic``'s messages, read without joining a group, up to its end as of now."""
-    from shadowreplay.bus import open_bus, read_to_end
+    from shadowreplay.contract.bus import open_bus, read_to_end
 
     bus = open_bus(cfg.bus.url, cfg.bus.partitions)
     out = sys.stdout.buffer
@@ -313,15 +313,15 @@ def _dump(cfg: Config, topic: str, limit: int, idle_seconds: float, meta: bool) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    from shadowreplay.bus import quiet_client_logs
+    from shadowreplay.contract.bus import quiet_client_logs
 
     quiet_client_logs(logging.getLogger().level)
     try:
-        from replayer.commands import use_uvloop_if_asked, wants_dispatch
+        from shadowreplay.commands.replay import use_uvloop_if_asked, wants_dispatch
 
         use_uvloop_if_asked(args)
         if wants_dispatch(args):  # replayer: `replay start`, `replay --workers N`
-            from replayer.commands import dispatch as replay_dispatch
+            from shadowreplay.commands.replay import dispatch as replay_dispatch
 
             cfg = config_from_args(args)
             argv_list = list(argv) if argv is not None else sys.argv[1:]
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{n} messages", file=sys.stderr)
         # -- collector dispatch --
         elif args.command == "tail":
-            from collector.tail import run_from_args
+            from shadowreplay.collector.tail import run_from_args
 
             stats = run_from_args(args)
             print(stats.summary(), file=sys.stderr)
@@ -363,14 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(noise_learn.run(config_from_args(args), args))
         elif args.command == "gate":
-            from comparer import commands as comparer_commands
+            from shadowreplay.comparer import commands as comparer_commands
 
             cfg = comparer_commands.gate_config(config_from_args(args), args)
             verdict = comparer_commands.gate(cfg, store=args.store)
             sys.stdout.write(verdict.text)
             return verdict.code
         elif args.command in ("diffs", "report") or (args.command == "compare" and args.rediff):
-            from comparer import commands
+            from shadowreplay.comparer import commands
 
             cfg = config_from_args(args)
             if args.command == "diffs":

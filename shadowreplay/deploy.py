@@ -17,7 +17,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

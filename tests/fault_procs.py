@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
-from collector.forward_client import ForwardClient, ForwardClientError
-from shadowreplay.bus import open_bus
-from shadowreplay.record import decode_request, decode_result
+from shadowreplay.collector.forward_client import ForwardClient, ForwardClientError
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.record import decode_request, decode_result
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_SCRIPT = ROOT / "bench" / "backend.py"

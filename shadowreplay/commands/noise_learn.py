@@ -2,7 +2,7 @@
 
 A sample of recorded requests is read from the bus (a throw-away consumer group, from
 the beginning), each is sent to the baseline twice in a row through the replayer's own
-HTTP client (:class:`replayer.client.TargetClient`: the same header policy as a replay,
+HTTP client (:class:`shadowreplay.replayer.client.TargetClient`: the same header policy as a replay,
 no cookie jar, so the second request never carries the first answer's cookies), and the
 two answers are diffed by the comparer's differ under the current ``[comparer]`` rules.
 Whatever differs between two answers of the same release to the same request is noise;
@@ -27,14 +27,14 @@ from typing import Any
 
 import tomli_w
 
-from comparer.diff import Differ
-from comparer.paths import field_key
-from replayer.client import TargetClient
-from replayer.rules import Rules
-from shadowreplay.bus import open_bus
-from shadowreplay.config import Config
-from shadowreplay.errors import ConfigError, ShadowError
-from shadowreplay.record import RequestRecord, decode_request
+from shadowreplay.comparer.diff import Differ
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.replayer.client import TargetClient
+from shadowreplay.replayer.rules import Rules
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.errors import ConfigError, ShadowError
+from shadowreplay.contract.record import RequestRecord, decode_request
 
 
 @dataclass

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from shadowreplay import config as configmod
-from shadowreplay.config import Config
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract import config as configmod
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.errors import ConfigError
 
 if TYPE_CHECKING:
-    from replayer.workers import ChildMetrics
+    from shadowreplay.workers import ChildMetrics
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         cfg = configmod.override(cfg, "replayer", targets=dataclasses.replace(t, **insecure))
     worker = getattr(args, "worker", None)
     if worker:
-        from replayer.workers import worker_share
+        from shadowreplay.workers import worker_share
 
         cfg = dataclasses.replace(cfg, replayer=worker_share(cfg.replayer, worker))
     return cfg
@@ -152,10 +152,10 @@ def wants_dispatch(args: argparse.Namespace) -> bool:
 def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str],
              metrics: ChildMetrics | None = None) -> int:
     """``replay start``, or ``replay --workers N`` (children serving /metrics as ``metrics`` says)."""
-    from shadowreplay.bus import open_bus
+    from shadowreplay.contract.bus import open_bus
 
     if args.replay_command == "start":
-        from replayer.control import clear_anchor, start_anchor
+        from shadowreplay.replayer.control import clear_anchor, start_anchor
 
         bus = open_bus(cfg.bus.url, cfg.bus.partitions)
         try:
@@ -169,6 +169,6 @@ def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str],
             bus.close()
         print(orjson.dumps({"group": cfg.replayer.group, **anchor.to_wire()}).decode())
         return 0
-    from replayer.workers import run_workers
+    from shadowreplay.workers import run_workers
 
     return run_workers(cfg, list(argv), metrics)

@@ -20,11 +20,11 @@ from typing import TextIO
 import orjson
 from fluent import sender
 
-from comparer.loop import format_table
+from shadowreplay.comparer.loop import format_table
 from shadowreplay.app import Pipeline
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 from shadowreplay.demo.backends import Backend, expected_divergence
-from shadowreplay.errors import ListenError, ShadowError
+from shadowreplay.contract.errors import ListenError, ShadowError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from shadowreplay.app import Pipeline
-from shadowreplay.bus.sqlite import SqliteBus
+from shadowreplay.contract.bus.sqlite import SqliteBus
 from shadowreplay.demo.backends import Backend
 from shadowreplay.demo.run import feed, load_sample
 from tests.conftest import loopback_config
