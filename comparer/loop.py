@@ -243,6 +243,10 @@ class Comparer:
         """Per-endpoint totals as judged now, highest divergence rate first, then most compared."""
         return [summarise(j) for j in self.judgements()]
 
+    def summary_table(self) -> str:
+        """``summary()`` as a plain-text table for the terminal (``format_table``)."""
+        return format_table(self.summary())
+
 
 def format_table(summaries: Sequence[EndpointSummary], top_fields: int = 3) -> str:
     """A plain-text table for the terminal: endpoint, compared, diverged, rate, latency, top fields."""

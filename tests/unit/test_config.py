@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from shadowreplay.contract import config as configmod
-from shadowreplay.cli import EXAMPLE_CONFIG, build_parser, config_from_args
+from shadowreplay.commands.config import EXAMPLE_CONFIG
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
 from shadowreplay.contract.config import Config
 from shadowreplay.contract.errors import ConfigError
 

@@ -9,7 +9,8 @@ import pytest
 
 from shadowreplay.contract import config as configmod
 from shadowreplay.app import Pipeline
-from shadowreplay.cli import EXAMPLE_CONFIG, main
+from shadowreplay.commands.config import EXAMPLE_CONFIG
+from shadowreplay.cli import main
 from shadowreplay.contract.errors import ConfigError
 
 UNSET = "SHADOWREPLAY_TEST_NEVER_SET"

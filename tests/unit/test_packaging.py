@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shadowreplay.cli import build_parser, config_from_args
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
 from shadowreplay.contract.config import METRICS_PORTS, Config, parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ import pytest
 
 from shadowreplay.workers import child_argv, part_of, worker_share
 from shadowreplay.contract import config as configmod
-from shadowreplay.cli import build_parser, config_from_args
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
 from shadowreplay.contract.config import ReplayerConfig
 from shadowreplay.contract.errors import ConfigError
 
