@@ -34,7 +34,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shadowreplay collector replayer comparer
+	$(VENV)/bin/mypy shadowreplay  # the stages too, through shadowreplay/<stage> (see pyproject.toml)
 	$(VENV)/bin/vulture
 
 unit: $(STAMP)
@@ -49,4 +49,4 @@ clean:
 # `shadowreplay tail` as one file that runs with a bare python3 (no venv): see docs/ingest.md.
 .PHONY: tail-pyz
 tail-pyz: $(STAMP)
-	$(PY) -m collector.pyz shadowreplay-tail.pyz
+	$(PY) -m shadowreplay.collector.pyz shadowreplay-tail.pyz

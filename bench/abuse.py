@@ -51,7 +51,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from collector.forward_client import ForwardClient, ForwardClientError  # noqa: E402
+from shadowreplay.collector.forward_client import ForwardClient, ForwardClientError  # noqa: E402
 from fault_procs import Stage, free_port, nginx_line, percentile, request_ids, toml_config  # noqa: E402
 
 KEY_ENV = "ABUSE_FORWARD_KEY"

@@ -25,7 +25,7 @@ from pathlib import Path
 # Keep bench/ off the import path (scripts here are named like the packages they measure).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from shadowreplay.bus.sqlite import SqliteBus  # noqa: E402
+from shadowreplay.contract.bus.sqlite import SqliteBus  # noqa: E402
 
 TS0 = 1_700_000_000_000_000_000
 

@@ -41,13 +41,13 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collector.formats import make_format  # noqa: E402
-from collector.forward import ForwardDecoder  # noqa: E402
-from collector.metrics import CollectorMetrics  # noqa: E402
-from collector.server import CollectorServer  # noqa: E402
-from shadowreplay.bus import open_bus  # noqa: E402
-from shadowreplay.bus.aio import AsyncProducer  # noqa: E402
-from shadowreplay.config import CollectorConfig, FieldMap  # noqa: E402
+from shadowreplay.collector.formats import make_format  # noqa: E402
+from shadowreplay.collector.forward import ForwardDecoder  # noqa: E402
+from shadowreplay.collector.metrics import CollectorMetrics  # noqa: E402
+from shadowreplay.collector.server import CollectorServer  # noqa: E402
+from shadowreplay.contract.bus import open_bus  # noqa: E402
+from shadowreplay.contract.bus.aio import AsyncProducer  # noqa: E402
+from shadowreplay.contract.config import CollectorConfig, FieldMap  # noqa: E402
 from shadowreplay.runtime import tune_gc  # noqa: E402
 
 CHUNK_RECORDS = 1000

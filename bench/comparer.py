@@ -31,11 +31,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import orjson  # noqa: E402
 
-from comparer.diff import Differ, Verdict  # noqa: E402
-from comparer.paths import field_key  # noqa: E402
-from comparer.verdict import EndpointTally, VerdictRules  # noqa: E402
-from shadowreplay.config import ComparerConfig  # noqa: E402
-from shadowreplay.record import ReplayResult, RequestRecord, Response  # noqa: E402
+from shadowreplay.comparer.diff import Differ, Verdict  # noqa: E402
+from shadowreplay.comparer.paths import field_key  # noqa: E402
+from shadowreplay.comparer.verdict import EndpointTally, VerdictRules  # noqa: E402
+from shadowreplay.contract.config import ComparerConfig  # noqa: E402
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response  # noqa: E402
 
 JSON = (("content-type", "application/json"),)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from shadowreplay.bus import open_bus  # noqa: E402
+from shadowreplay.contract.bus import open_bus  # noqa: E402
 
 GOAL_SECONDS = 5.0
 ENV = os.environ | {"PYTHONUNBUFFERED": "1"}

@@ -28,12 +28,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import aiohttp  # noqa: E402
 
-from comparer.diff import FieldDiff, Verdict  # noqa: E402
-from comparer.store import DivergenceStore, StoreReader  # noqa: E402
-from comparer.verdict import EndpointTally  # noqa: E402
-from comparer.web import DivergencePage  # noqa: E402
-from shadowreplay.config import StoreConfig, WebConfig  # noqa: E402
-from shadowreplay.record import ReplayResult, RequestRecord, Response  # noqa: E402
+from shadowreplay.comparer.diff import FieldDiff, Verdict  # noqa: E402
+from shadowreplay.comparer.store import DivergenceStore, StoreReader  # noqa: E402
+from shadowreplay.comparer.verdict import EndpointTally  # noqa: E402
+from shadowreplay.comparer.web import DivergencePage  # noqa: E402
+from shadowreplay.contract.config import StoreConfig, WebConfig  # noqa: E402
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response  # noqa: E402
 
 
 def fill(path: str, endpoints: int, wide: int) -> None:

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from collector.forward_client import ForwardClient, ForwardClientError  # noqa: E402
+from shadowreplay.collector.forward_client import ForwardClient, ForwardClientError  # noqa: E402
 from fault_procs import Backends, Stage, nginx_line, percentile, toml_config, wait_until  # noqa: E402
 
 CHUNK = 10

@@ -21,7 +21,7 @@ from typing import Any
 # Keep bench/ off the import path (scripts here are named like the packages they measure).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from shadowreplay.record import (  # noqa: E402
+from shadowreplay.contract.record import (  # noqa: E402
     Origin,
     ReplayResult,
     RequestRecord,

@@ -45,13 +45,13 @@ import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from replayer.loop import Replayer  # noqa: E402
-from replayer.metrics import ReplayerMetrics  # noqa: E402
-from replayer.schedule import Anchor  # noqa: E402
-from shadowreplay.bus import open_bus  # noqa: E402
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer  # noqa: E402
-from shadowreplay.config import HTTP_CLIENTS, ReplayerConfig  # noqa: E402
-from shadowreplay.record import RequestRecord, encode_request  # noqa: E402
+from shadowreplay.replayer.loop import Replayer  # noqa: E402
+from shadowreplay.replayer.metrics import ReplayerMetrics  # noqa: E402
+from shadowreplay.replayer.schedule import Anchor  # noqa: E402
+from shadowreplay.contract.bus import open_bus  # noqa: E402
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer  # noqa: E402
+from shadowreplay.contract.config import HTTP_CLIENTS, ReplayerConfig  # noqa: E402
+from shadowreplay.contract.record import RequestRecord, encode_request  # noqa: E402
 from shadowreplay.runtime import tune_gc  # noqa: E402
 
 T0 = 1_700_000_000_000_000_000
@@ -437,7 +437,7 @@ def run_figures(args: argparse.Namespace, fast: Backend, aio: AiohttpBackend, tm
                 loop_flag: list[str]) -> int:
     misses = 0
     url = aio.url
-    # More records than the replayer's window (replayer.loop.MAX_PENDING): it polls, sends,
+    # More records than the replayer's window (shadowreplay.replayer.loop.MAX_PENDING): it polls, sends,
     # publishes and commits all at once, as in a long replay, instead of polling everything first.
     n = int(24_000 * scale)
     cpu: list[tuple[float, float]] = []

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from shadowreplay.bus.aio import AsyncProducer
+from shadowreplay.contract.bus.aio import AsyncProducer
 
 log = logging.getLogger(__name__)
 

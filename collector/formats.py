@@ -8,7 +8,7 @@ one of ``fields.line_fields`` (Fluent Bit and Fluentd tail without a parser) is 
 with the format's line parser (``collector/lines.py``) first.
 
 One output per record, ``to_bus``: the partition key, the request encoded as
-``shadowreplay/record.py`` encodes a RequestRecord (``encode_request_fields``, without the
+``shadowreplay/contract/record.py`` encodes a RequestRecord (``encode_request_fields``, without the
 dataclass) and its time. Secrets are redacted (``collector/redact.py``) on the way. This
 runs once per logged request: it keeps what it learns about a record layout (which keys
 are headers, and ``to_bus_plain`` compiled for exactly those keys) and the numbers it has
@@ -23,7 +23,7 @@ without acks, never re-sent by the protocol) gets a per-connection frame number 
 
 Text that is not UTF-8 (bytes the decoder or the line parser surrogate-escaped) is kept:
 a target, Host or header value holding such bytes goes on the bus with its exact bytes
-(``shadowreplay/record.py``: ``raw``, version 2). Only a record that cannot be a request
+(``shadowreplay/contract/record.py``: ``raw``, version 2). Only a record that cannot be a request
 is refused: no method or target (``missing_method``, ``missing_target``), a request line
 that is not one (``bad_request_line``), a method that is not ASCII (``bad_method``), an
 unreadable time field (``bad_time_field``).
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from hashlib import blake2b
 from typing import Any, Protocol
 
-from collector.lines import (
+from shadowreplay.collector.lines import (
     ESCAPES,
     ESCAPES_DECODE,
     FORMATS,
@@ -46,10 +46,10 @@ from collector.lines import (
     line_parser,
     split_request_line,
 )
-from collector.redact import Redactor
-from shadowreplay.config import FieldMap, RedactConfig
-from shadowreplay.errors import ConfigError, DecodeError
-from shadowreplay.record import encode_request_fields, is_text, partition_key, readable, stable_id
+from shadowreplay.collector.redact import Redactor
+from shadowreplay.contract.config import FieldMap, RedactConfig
+from shadowreplay.contract.errors import ConfigError, DecodeError
+from shadowreplay.contract.record import encode_request_fields, is_text, partition_key, readable, stable_id
 
 _ABSENT = ("", "-")
 _HUGE = float("inf")
@@ -101,7 +101,7 @@ def entry_id(tag: str, frame: bytes, index: int) -> str:
 
 
 class AccessLogFormat:
-    """Maps log records of format ``name`` (one of ``collector.lines.FORMATS``) with a
+    """Maps log records of format ``name`` (one of ``shadowreplay.collector.lines.FORMATS``) with a
     FieldMap (see module docstring); ConfigError naming the key for a format, escape mode
     or time format that does not exist.
 

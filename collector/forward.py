@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from shadowreplay.errors import DecodeError
+from shadowreplay.contract.errors import DecodeError
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from shadowreplay.errors import ShadowError
+from shadowreplay.contract.errors import ShadowError
 
 _READ = 64 * 1024
 

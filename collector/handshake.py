@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from shadowreplay.config import ForwardSecurity
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.config import ForwardSecurity
+from shadowreplay.contract.errors import ConfigError
 
 NONCE_BYTES = 16
 

@@ -115,7 +115,7 @@ _SIMPLE_ESCAPES = {
 
 def unescape(value: str) -> str:
     """``value`` (as logged by nginx or Apache) with its escapes undone. Bytes that are not
-    UTF-8 come back surrogate-escaped (see shadowreplay/record.py), so nothing is lost."""
+    UTF-8 come back surrogate-escaped (see shadowreplay/contract/record.py), so nothing is lost."""
     if "\\" not in value:
         return value
     out = bytearray()

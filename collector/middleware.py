@@ -17,7 +17,7 @@ all (``request_body_truncated: "1"``), since replaying half a body would be wron
 The client address is the socket peer (``REMOTE_ADDR`` / ``scope["client"]``), never a
 client-supplied X-Forwarded-For (that one travels as an ordinary header).
 
-    from collector.middleware import RequestShipper, WSGIMiddleware
+    from shadowreplay.collector.middleware import RequestShipper, WSGIMiddleware
     shipper = RequestShipper("app.requests", "collector.internal", 24224)
     app = WSGIMiddleware(app, shipper)
 """

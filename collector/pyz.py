@@ -1,31 +1,49 @@
 """Build ``shadowreplay-tail.pyz``: ``shadowreplay tail`` as one stdlib zipapp file.
 
 It runs with a bare ``python3`` (3.11+, no virtualenv, no site-packages): it holds the
-tail's own modules, ``shadowreplay.errors`` and msgpack's pure-Python fallback (the C
+tail's own modules, ``shadowreplay.contract.errors`` and msgpack's pure-Python fallback (the C
 extension cannot load from a zip, so msgpack picks the fallback by itself).
 
-    python -m collector.pyz [OUTPUT]      # default ./shadowreplay-tail.pyz
+    python -m shadowreplay.collector.pyz [OUTPUT]      # default ./shadowreplay-tail.pyz
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import tempfile
 import zipapp
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The modules the zipapp holds, as dotted names: the tail and what it imports, and the
+#: packages above them (the contract's ``__init__`` imports nothing).
 MODULES = (
-    "collector/__init__.py",
-    "collector/lines.py",
-    "collector/forward_client.py",
-    "collector/tail.py",
-    "shadowreplay/__init__.py",
-    "shadowreplay/errors.py",
+    "shadowreplay",
+    "shadowreplay.contract",
+    "shadowreplay.contract.errors",
+    "shadowreplay.collector",
+    "shadowreplay.collector.lines",
+    "shadowreplay.collector.forward_client",
+    "shadowreplay.collector.tail",
 )
 MSGPACK_FILES = ("__init__.py", "exceptions.py", "ext.py", "fallback.py")
-MAIN = "import sys\n\nfrom collector.tail import main\n\nsys.exit(main())\n"
+MAIN = "import sys\n\nfrom shadowreplay.collector.tail import main\n\nsys.exit(main())\n"
+
+
+def module_path(name: str) -> Path:
+    """Where module ``name`` goes in the zip: ``a/b.py``, or ``a/b/__init__.py`` for a package."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, name
+    parts = Path(*name.split("."))
+    return parts / "__init__.py" if spec.submodule_search_locations is not None else parts.with_suffix(".py")
+
+
+def source_of(name: str) -> Path:
+    """The source file of module ``name`` where it is installed (a checkout or site-packages)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, name
+    return Path(spec.origin)
 
 
 def build(output: Path) -> Path:
@@ -35,10 +53,10 @@ def build(output: Path) -> Path:
     msgpack_dir = Path(msgpack.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for rel in MODULES:
-            dest = root / rel
+        for name in MODULES:
+            dest = root / module_path(name)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ROOT / rel, dest)
+            shutil.copyfile(source_of(name), dest)
         (root / "msgpack").mkdir()
         for name in MSGPACK_FILES:
             shutil.copyfile(msgpack_dir / name, root / "msgpack" / name)

@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
-from shadowreplay.config import RedactConfig
+from shadowreplay.contract.config import RedactConfig
 
 log = logging.getLogger(__name__)
 

@@ -47,18 +47,18 @@ from typing import Any, cast
 
 import msgpack
 
-from collector.budget import MemoryBudget, Share
-from collector.commit import MAX_RECORDS as COMMIT_MAX_RECORDS
-from collector.commit import GroupCommit
-from collector.formats import make_format
-from collector.forward import ForwardDecoder, Frame, clip, encode_ack
-from collector.handshake import Handshake, Secrets
-from collector.sequence import IngestClock
-from collector.metrics import AUTH_REASONS, CollectorMetrics
-from collector.tls import looks_like_client_hello, server_context
-from shadowreplay.bus.aio import AsyncProducer
-from shadowreplay.config import CollectorConfig, parse_hostport
-from shadowreplay.errors import DecodeError
+from shadowreplay.collector.budget import MemoryBudget, Share
+from shadowreplay.collector.commit import MAX_RECORDS as COMMIT_MAX_RECORDS
+from shadowreplay.collector.commit import GroupCommit
+from shadowreplay.collector.formats import make_format
+from shadowreplay.collector.forward import ForwardDecoder, Frame, clip, encode_ack
+from shadowreplay.collector.handshake import Handshake, Secrets
+from shadowreplay.collector.sequence import IngestClock
+from shadowreplay.collector.metrics import AUTH_REASONS, CollectorMetrics
+from shadowreplay.collector.tls import looks_like_client_hello, server_context
+from shadowreplay.contract.bus.aio import AsyncProducer
+from shadowreplay.contract.config import CollectorConfig, parse_hostport
+from shadowreplay.contract.errors import DecodeError
 
 log = logging.getLogger(__name__)
 

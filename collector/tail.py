@@ -47,8 +47,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from collector.forward_client import ForwardClient, ForwardClientError, new_chunk_id
-from collector.lines import (
+from shadowreplay.collector.forward_client import ForwardClient, ForwardClientError, new_chunk_id
+from shadowreplay.collector.lines import (
     ESCAPES,
     ESCAPES_DECODE,
     FORMATS,
@@ -58,7 +58,7 @@ from collector.lines import (
     LineError,
     line_parser,
 )
-from shadowreplay.errors import ShadowError
+from shadowreplay.contract.errors import ShadowError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ssl
 
-from shadowreplay.config import ForwardTls
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.config import ForwardTls
+from shadowreplay.contract.errors import ConfigError
 
 
 def server_context(tls: ForwardTls) -> ssl.SSLContext | None:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from comparer.jsondiff import FieldDiff
+from shadowreplay.comparer.jsondiff import FieldDiff
 
 Timeline = Sequence[tuple[float, int]]
 

@@ -1,25 +1,24 @@
 """The comparer's offline commands over the divergence store: ``diffs``, ``report``,
 ``compare --rediff`` and ``gate``.
 
-Each returns the text to print (``gate`` also its exit code); the CLI prints it.
+Each returns the text to print (``gate`` also its exit code); their command-line surface
+is in the composition layer (shadowreplay/commands/), which prints it.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from comparer.rediff import make_differ, rediff
-from comparer.report import latency_text, not_compared_text, render_html, render_markdown, render_terminal
-from comparer.store import EndpointView, StoreReader, resolve_store_path
-from comparer.web import parse_since
-from shadowreplay.config import Config, GateConfig, validate
-from shadowreplay.errors import ShadowError
+from shadowreplay.comparer.rediff import make_differ, rediff
+from shadowreplay.comparer.report import latency_text, not_compared_text, render_html, render_markdown, render_terminal
+from shadowreplay.comparer.store import EndpointView, StoreReader, resolve_store_path
+from shadowreplay.comparer.web import parse_since
+from shadowreplay.contract.config import Config, GateConfig
+from shadowreplay.contract.errors import ShadowError
 
 
 def store_path(cfg: Config, override: str | None) -> str:
@@ -70,35 +69,6 @@ def rediff_store(cfg: Config, *, store: str | None) -> str:
 
 #: ``shadowreplay gate`` exit codes.
 GATE_PASS, GATE_FAIL, GATE_NO_VERDICT = 0, 1, 2
-
-
-def add_gate_arguments(sp: argparse.ArgumentParser) -> None:
-    """The flags of ``shadowreplay gate`` (each overrides ``[comparer.gate]``)."""
-    sp.add_argument("--config", metavar="FILE", help="TOML config file ([comparer.gate] holds the defaults)")
-    sp.add_argument("--bus", metavar="URL", help="bus URL (the store defaults to <bus file>.diffs.db beside a sqlite bus)")
-    sp.add_argument("--store", metavar="FILE", help="divergence store (default: comparer.store.path)")
-    sp.add_argument("--max-divergence-rate", type=float, metavar="R",
-                    help="fail an endpoint whose share of requests with a real divergence is above R (default 0)")
-    sp.add_argument("--allow-latency-regression", action="store_true", default=None,
-                    help="do not fail on latency regressions (default: fail)")
-    sp.add_argument("--max-not-compared-rate", type=float, metavar="R",
-                    help="no verdict (exit 2) when more than R of the results were not compared (default 0.01)")
-    sp.add_argument("--min-compared", type=int, metavar="N",
-                    help="no verdict (exit 2) with fewer than N results compared in all (default 1)")
-
-
-def gate_config(cfg: Config, args: argparse.Namespace) -> Config:
-    """``cfg`` with the gate flags of ``args`` applied (and checked)."""
-    values = {
-        "max_divergence_rate": args.max_divergence_rate,
-        "fail_on_latency_regression": False if args.allow_latency_regression else None,
-        "max_not_compared_rate": args.max_not_compared_rate,
-        "min_compared": args.min_compared,
-    }
-    g = dataclasses.replace(cfg.comparer.gate, **{k: v for k, v in values.items() if v is not None})
-    out = dataclasses.replace(cfg, comparer=dataclasses.replace(cfg.comparer, gate=g))
-    validate(out)
-    return out
 
 
 @dataclass(frozen=True)

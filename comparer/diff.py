@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from comparer.endpoints import EndpointNamer
-from comparer.jsondiff import (
+from shadowreplay.comparer.endpoints import EndpointNamer
+from shadowreplay.comparer.jsondiff import (
     DEFAULT_OPTIONS,
     MAX_DIFFS,
     MAX_VALUE_CHARS,
@@ -35,11 +35,11 @@ from comparer.jsondiff import (
     diff_json,
     diff_jsonrpc,
 )
-from comparer.paths import PathSet, is_within
-from comparer.streams import STREAM_KINDS, StreamRules, diff_streams, stream_rules
-from shadowreplay.config import ComparerConfig
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import PROBE, Origin, ReplayResult, Response
+from shadowreplay.comparer.paths import PathSet, is_within
+from shadowreplay.comparer.streams import STREAM_KINDS, StreamRules, diff_streams, stream_rules
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import PROBE, Origin, ReplayResult, Response
 
 __all__ = [
     "KINDS",
@@ -100,7 +100,7 @@ class Verdict:
 
     ``diffs`` are the differences left after per-request cancellation (the result
     *diverged in this request* when there is one; whether they are real is decided per
-    endpoint and field by :mod:`comparer.verdict`, over many requests); ``noise`` the
+    endpoint and field by :mod:`shadowreplay.comparer.verdict`, over many requests); ``noise`` the
     candidate differences cancelled in this request, because the reference and its twin
     differed on the same field (or above it), or because the path is listed in
     ``noise_paths``; ``secondary`` the reference-vs-twin differences themselves (the

@@ -12,7 +12,7 @@ Order of precedence, first match wins:
    * ``"~REGEX => NAME"`` — a regular expression searched in ``"METHOD /path"``;
      ``NAME`` may use the groups (``\\1``).
 
-3. the name the replayer stamped on the result, else ``shadowreplay.endpoint``'s
+3. the name the replayer stamped on the result, else ``shadowreplay.contract.endpoint``'s
    ``METHOD /path/{template}`` (ids in the path replaced by placeholders).
 
 A namer built with ``max_names`` keeps the first that many distinct names and answers
@@ -30,9 +30,9 @@ from typing import Any
 
 import orjson
 
-from shadowreplay.endpoint import MAX_NAME_CHARS, endpoint_name
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import RequestRecord
+from shadowreplay.contract.endpoint import MAX_NAME_CHARS, endpoint_name
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import RequestRecord
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from comparer.paths import PathSet
+from shadowreplay.comparer.paths import PathSet
 
 #: At most this many diffs are reported for one pair of responses.
 MAX_DIFFS = 100
@@ -31,7 +31,7 @@ _EMPTY = PathSet()
 class FieldDiff:
     """One difference between the reference (``left``) and the candidate (``right``).
 
-    ``kind`` is one of ``comparer.diff.KINDS``; ``left``/``right`` are JSON values
+    ``kind`` is one of ``shadowreplay.comparer.diff.KINDS``; ``left``/``right`` are JSON values
     (clipped), so a FieldDiff always serialises with orjson.
     """
 

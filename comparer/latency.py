@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from comparer.noise import z_for
+from shadowreplay.comparer.noise import z_for
 
 GAMMA = 1.02
 _LOG_GAMMA = math.log(GAMMA)

@@ -1,20 +1,20 @@
 """The comparer's consume → compare → count loop.
 
 Results are polled in batches from the bus, each one decoded, compared and counted
-(Prometheus metrics and per-endpoint tallies: :mod:`comparer.verdict`), and the batch
+(Prometheus metrics and per-endpoint tallies: :mod:`shadowreplay.comparer.verdict`), and the batch
 is committed only once every message in it has been handled (at-least-once). A message
 that cannot be decoded or compared is counted under ``shadow_compare_errors_total{reason}``,
 logged, and skipped; it is still committed, since replaying it would fail the same way.
 A result whose candidate or baseline was not reached is counted as not compared
-(:mod:`comparer.reach`), never as a divergence.
+(:mod:`shadowreplay.comparer.reach`), never as a divergence.
 
 Whether a result diverged is decided per endpoint and field over the run (the noise
-model of :mod:`comparer.noise`): :meth:`Comparer.summary` and the store's readers judge
+model of :mod:`shadowreplay.comparer.noise`): :meth:`Comparer.summary` and the store's readers judge
 the tallies afresh, so every earlier request is re-judged as evidence comes in. The
 Prometheus counters count each request once, as judged when it arrived.
 
 Results that differ on a field judged real or not yet decided go to an optional
-:class:`~comparer.diff.DivergenceSink` (the divergence store): ``add(result, verdict)``
+:class:`~shadowreplay.comparer.diff.DivergenceSink` (the divergence store): ``add(result, verdict)``
 for each, then ``flush()`` once per batch, before the batch's offsets are committed.
 Both are called on the event loop's thread and should be quick.
 """
@@ -27,18 +27,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from comparer.diff import Differ, DivergenceSink, FieldDiff, Verdict
-from comparer.latency import LatencyVerdict
-from comparer.metrics import ComparerMetrics
-from comparer.noise import REAL, UNDECIDED
-from comparer.paths import field_key
-from comparer.reach import ReachWatch
-from comparer.verdict import EndpointJudgement, EndpointTally, FieldJudgement, judge, verdict_rules
-from shadowreplay.bus.aio import AsyncConsumer
-from shadowreplay.bus.base import Message
-from shadowreplay.config import ComparerConfig
-from shadowreplay.errors import RecordError
-from shadowreplay.record import ReplayResult, decode_result
+from shadowreplay.comparer.diff import Differ, DivergenceSink, FieldDiff, Verdict
+from shadowreplay.comparer.latency import LatencyVerdict
+from shadowreplay.comparer.metrics import ComparerMetrics
+from shadowreplay.comparer.noise import REAL, UNDECIDED
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.comparer.reach import ReachWatch
+from shadowreplay.comparer.verdict import EndpointJudgement, EndpointTally, FieldJudgement, judge, verdict_rules
+from shadowreplay.contract.bus.aio import AsyncConsumer
+from shadowreplay.contract.bus.base import Message
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.errors import RecordError
+from shadowreplay.contract.record import ReplayResult, decode_result
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,10 @@ class Comparer:
     def summary(self) -> list[EndpointSummary]:
         """Per-endpoint totals as judged now, highest divergence rate first, then most compared."""
         return [summarise(j) for j in self.judgements()]
+
+    def summary_table(self) -> str:
+        """``summary()`` as a plain-text table for the terminal (``format_table``)."""
+        return format_table(self.summary())
 
 
 def format_table(summaries: Sequence[EndpointSummary], top_fields: int = 3) -> str:

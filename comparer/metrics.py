@@ -15,7 +15,7 @@ Counting rules (dashboards rely on them):
   (``undecodable``, ``no_candidate``, ``no_reference``, ``compare_failed``, ``not_reached``).
 * ``shadow_compare_not_compared_total{target, reason}`` — results not compared because
   the candidate or the baseline was not reached (``reason``: one of
-  ``comparer.diff.UNREACHED_KINDS``).
+  ``shadowreplay.comparer.diff.UNREACHED_KINDS``).
 * ``shadow_compare_latency_seconds{target, endpoint}`` — each target's response latency.
 * ``shadow_compare_latency_ratio{endpoint}`` — candidate latency / baseline latency, per
   result where both were measured (1.0 = as fast; 2.0 = twice as slow; buckets up to 100).
@@ -53,11 +53,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from comparer.diff import KINDS, UNREACHED_KINDS, FieldDiff, Verdict
-from comparer.endpoints import OVERFLOW
-from comparer.reach import TARGETS
-from comparer.streams import STREAM_KINDS
-from shadowreplay.record import ReplayResult
+from shadowreplay.comparer.diff import KINDS, UNREACHED_KINDS, FieldDiff, Verdict
+from shadowreplay.comparer.endpoints import OVERFLOW
+from shadowreplay.comparer.reach import TARGETS
+from shadowreplay.comparer.streams import STREAM_KINDS
+from shadowreplay.contract.record import ReplayResult
 
 OTHER = OVERFLOW  # endpoints past the bound, unknown targets and kinds
 ERROR_REASONS: tuple[str, ...] = ("undecodable", "no_candidate", "no_reference", "compare_failed", "not_reached")
@@ -289,7 +289,7 @@ class StreamMetrics:
     """``shadow_compare_first_body_byte_seconds{target, endpoint}``: when each target's
     first body byte arrived (the first point of its timeline), for every response with a
     body. ``shadow_compare_stream_divergences_total{kind}``: results with a streaming
-    difference, one increment per kind present (``comparer.streams.STREAM_KINDS``; every
+    difference, one increment per kind present (``shadowreplay.comparer.streams.STREAM_KINDS``; every
     kind exported at 0 from the start)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -2,9 +2,9 @@
 
 The script puts every value into the DOM with ``textContent`` / text nodes; nothing it
 shows is ever parsed as HTML. The one piece of markup it takes from the API, a stream
-divergence's arrival chart (``arrival_svg``, drawn by :mod:`comparer.chart`), is parsed
+divergence's arrival chart (``arrival_svg``, drawn by :mod:`shadowreplay.comparer.chart`), is parsed
 as an SVG document with ``DOMParser`` and imported only when it is an ``<svg>`` without
-script, foreign content, event or link attributes. Served by :mod:`comparer.web`.
+script, foreign content, event or link attributes. Served by :mod:`shadowreplay.comparer.web`.
 
 Where to extend: the tables of endpoints, of an endpoint's fields and of one request's
 diffs are drawn from the column lists ``ENDPOINT_COLUMNS``, ``FIELD_COLUMNS`` and

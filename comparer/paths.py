@@ -19,7 +19,7 @@ import functools
 import re
 from collections.abc import Iterable
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _QUOTED = r"\['(?:[^'\\]|\\.)*'\]"

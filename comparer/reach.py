@@ -1,7 +1,7 @@
 """Targets that cannot be reached: "not compared", logged once when it starts and once
 when it ends, with the time window to replay again.
 
-A response whose error is one of ``comparer.diff.UNREACHED_KINDS`` (connection refused
+A response whose error is one of ``shadowreplay.comparer.diff.UNREACHED_KINDS`` (connection refused
 or failed, DNS, TLS, or the replayer's own client) never reached the application, so
 the result says nothing about the release. The comparer counts it as not compared
 (``shadow_compare_not_compared_total{target,reason}``) and :class:`ReachWatch` keeps,
@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from comparer.diff import unreached
-from comparer.endpoints import OVERFLOW
-from shadowreplay.config import TARGET_NAMES
-from shadowreplay.record import PROBE, ReplayResult
+from shadowreplay.comparer.diff import unreached
+from shadowreplay.comparer.endpoints import OVERFLOW
+from shadowreplay.contract.config import TARGET_NAMES
+from shadowreplay.contract.record import PROBE, ReplayResult
 
 log = logging.getLogger(__name__)
 

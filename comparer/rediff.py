@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from comparer.diff import Differ, Verdict
-from comparer.paths import field_key
-from comparer.store import diff_keys, diffs_to_json, open_schema, signature_text, write_rules
-from comparer.verdict import status_first, verdict_rules
-from shadowreplay.config import ComparerConfig
-from shadowreplay.errors import RecordError, ShadowError
-from shadowreplay.record import ReplayResult
+from shadowreplay.comparer.diff import Differ, Verdict
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.comparer.store import diff_keys, diffs_to_json, open_schema, signature_text, write_rules
+from shadowreplay.comparer.verdict import status_first, verdict_rules
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.errors import RecordError, ShadowError
+from shadowreplay.contract.record import ReplayResult
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from comparer.latency import LatencyVerdict
-from comparer.store import EndpointView, FieldView, StoreReader
-from comparer.streams import describe_stored
-from comparer.verdict import FIRST_PATHS
+from shadowreplay.comparer.latency import LatencyVerdict
+from shadowreplay.comparer.store import EndpointView, FieldView, StoreReader
+from shadowreplay.comparer.streams import describe_stored
+from shadowreplay.comparer.verdict import FIRST_PATHS
 
 TOP_FIELDS = 10
 EXAMPLES_PER_ENDPOINT = 3

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from comparer.jsondiff import DEFAULT_OPTIONS, FieldDiff, JsonOptions, _clip, diff_json
+from shadowreplay.comparer.jsondiff import DEFAULT_OPTIONS, FieldDiff, JsonOptions, _clip, diff_json
 
 EVENTS_PATH = "$.events"
 

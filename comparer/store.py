@@ -8,7 +8,7 @@ stored divergence keeps the request, every target's response (bodies capped at
 endpoint and the time it was stored.
 
 Beside them the store keeps every comparer *session*'s (one per process run)
-per-endpoint tallies (:class:`comparer.verdict.EndpointTally`): compared, paired and
+per-endpoint tallies (:class:`shadowreplay.comparer.verdict.EndpointTally`): compared, paired and
 differing counts, per-field raw/twin/cancelled counts and kinds, the signatures of
 differing requests, candidate and baseline latency sketch bins, and results not compared
 by target and reason — as absolute snapshots, so totals (the sum over sessions) survive
@@ -26,7 +26,7 @@ so are stored divergences whose every field is judged noise by then.
 
 :class:`StoreReader` is the read side used by the web page, ``shadowreplay diffs``,
 ``report`` and ``gate``; it opens its own connections, read-only, treats a missing file
-as an empty store, and judges the merged tallies with :func:`comparer.verdict.judge` at
+as an empty store, and judges the merged tallies with :func:`shadowreplay.comparer.verdict.judge` at
 each read — stored divergences are re-judged as the verdict of their fields changes.
 """
 
@@ -44,12 +44,12 @@ from typing import Any
 
 import orjson
 
-from comparer.diff import FieldDiff, Verdict
-from comparer.latency import LatencyVerdict, LogSketch
-from comparer.noise import NOISE
-from comparer.paths import field_key
-from comparer.streams import STREAM_KINDS, describe_stored
-from comparer.verdict import (
+from shadowreplay.comparer.diff import FieldDiff, Verdict
+from shadowreplay.comparer.latency import LatencyVerdict, LogSketch
+from shadowreplay.comparer.noise import NOISE
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.comparer.streams import STREAM_KINDS, describe_stored
+from shadowreplay.comparer.verdict import (
     MAX_FIELDS_PER_ENDPOINT,
     OTHER_FIELDS,
     EndpointJudgement,
@@ -59,9 +59,9 @@ from comparer.verdict import (
     judge,
     status_first,
 )
-from shadowreplay.config import StoreConfig
-from shadowreplay.errors import ShadowError
-from shadowreplay.record import ReplayResult, encode_result, readable
+from shadowreplay.contract.config import StoreConfig
+from shadowreplay.contract.errors import ShadowError
+from shadowreplay.contract.record import ReplayResult, encode_result, readable
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ _ADDED_COLUMNS = (
     ("field_counts", "cancelled", "INTEGER NOT NULL DEFAULT 0"),
     ("field_counts", "kinds", "TEXT NOT NULL DEFAULT ''"),
 )
-#: A signature row holding the pooled overflow signature (see comparer.verdict.MAX_SIGNATURES).
+#: A signature row holding the pooled overflow signature (see shadowreplay.comparer.verdict.MAX_SIGNATURES).
 OVERFLOW_PREFIX = "*"
 
 
@@ -224,7 +224,7 @@ def _dumps(value: Any) -> bytes:
 
 
 def diff_keys(diffs: Iterable[FieldDiff]) -> list[str]:
-    """The fields (``comparer.paths.field_key``) of ``diffs``, sorted, once each."""
+    """The fields (``shadowreplay.comparer.paths.field_key``) of ``diffs``, sorted, once each."""
     return sorted({field_key(d.path) for d in diffs})
 
 
@@ -504,7 +504,7 @@ class FieldView:
     judged noise, ``twin`` paired requests where the reference and its twin differed
     there, ``diverged`` requests counted as diverged on it, ``stored`` stored divergences
     touching it (only for real fields). ``latest``: for a real stream field (a kind of
-    ``comparer.streams.STREAM_KINDS``), the newest stored divergence's difference there
+    ``shadowreplay.comparer.streams.STREAM_KINDS``), the newest stored divergence's difference there
     (:func:`latest_diff`), so its delays can be named."""
 
     path: str
@@ -538,7 +538,7 @@ class FieldView:
 def latest_diff(row: sqlite3.Row, key: str) -> dict[str, Any] | None:
     """The first difference of a stored divergence (``id``, ``ts_ns``, ``method``,
     ``target``, ``diffs``) on field ``key``, with its request and, for a stream kind, its
-    wording (``text``: :func:`comparer.streams.describe`, delays in ms)."""
+    wording (``text``: :func:`shadowreplay.comparer.streams.describe`, delays in ms)."""
     for d in orjson.loads(row["diffs"]):
         if field_key(d["path"]) == key:
             return {

@@ -1,8 +1,8 @@
 """Streams in the differ: the one entry point :func:`diff_streams` that ``comparer.diff``
 calls for every pair of responses, and the rules it reads from ``[comparer.streams]``.
 
-Pure, no I/O. The work is done in :mod:`comparer.cadence` (how the body arrived) and
-:mod:`comparer.sse` (what a ``text/event-stream`` body said, event by event).
+Pure, no I/O. The work is done in :mod:`shadowreplay.comparer.cadence` (how the body arrived) and
+:mod:`shadowreplay.comparer.sse` (what a ``text/event-stream`` body said, event by event).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comparer.cadence import CadenceRules, judge
-from comparer.jsondiff import FieldDiff, JsonOptions
-from comparer.sse import CountTolerance, diff_events, is_event_stream
-from shadowreplay.config import ComparerStreamsConfig
-from shadowreplay.record import Response
+from shadowreplay.comparer.cadence import CadenceRules, judge
+from shadowreplay.comparer.jsondiff import FieldDiff, JsonOptions
+from shadowreplay.comparer.sse import CountTolerance, diff_events, is_event_stream
+from shadowreplay.contract.config import ComparerStreamsConfig
+from shadowreplay.contract.record import Response
 
 #: The diff kinds only streams produce (a bounded metric label set).
 STREAM_KINDS: tuple[str, ...] = ("buffering", "first_byte_delay", "event_count")

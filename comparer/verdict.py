@@ -12,7 +12,7 @@ Counted per endpoint:
 * ``compared``, ``paired`` (compared with a twin of the reference: secondary or probe),
   ``differing`` (with any difference, noise or not);
 * per field (a diff path with array indexes and JSON-RPC ids as ``[*]``: see
-  :func:`comparer.paths.field_key`): ``raw`` requests where the candidate differed
+  :func:`shadowreplay.comparer.paths.field_key`): ``raw`` requests where the candidate differed
   there, ``cancelled`` those of them where the twin differed too (noise in that
   request), ``twin`` paired requests where the twin differed there and at no field
   above it (so the evidence for a field is the sum over it and its ancestors, each
@@ -31,12 +31,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comparer.diff import FieldDiff, Verdict
-from comparer.latency import LatencyRules, LatencyVerdict, LogSketch, judge_latency
-from comparer.noise import NOISE, REAL, UNDECIDED, NoiseThresholds, classify
-from comparer.paths import field_key, is_within
-from shadowreplay.config import ComparerConfig
-from shadowreplay.record import ReplayResult
+from shadowreplay.comparer.diff import FieldDiff, Verdict
+from shadowreplay.comparer.latency import LatencyRules, LatencyVerdict, LogSketch, judge_latency
+from shadowreplay.comparer.noise import NOISE, REAL, UNDECIDED, NoiseThresholds, classify
+from shadowreplay.comparer.paths import field_key, is_within
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.record import ReplayResult
 
 #: Distinct fields remembered per endpoint; further new fields are pooled here.
 MAX_FIELDS_PER_ENDPOINT = 256

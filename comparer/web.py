@@ -9,7 +9,7 @@ Routes (all GET):
   endpoint, newest first, one page of them.
 * ``/api/divergences/{id}`` — one stored divergence: request, every response, field diffs;
   a stream diff carries its wording (``text``), and a divergence with one the arrival
-  chart of baseline and candidate (``arrival_svg``, :func:`comparer.chart.arrival_svg`).
+  chart of baseline and candidate (``arrival_svg``, :func:`shadowreplay.comparer.chart.arrival_svg`).
 * ``/api/totals`` — compared / diverged / stored over the whole store.
 * ``/api/feed`` — Server-Sent Events, one ``divergence`` event per newly stored
   divergence (``id:`` = its store id; ``Last-Event-ID`` resumes), a ``: ping`` comment
@@ -21,7 +21,7 @@ Every list is paged: the body is a JSON array of at most ``limit`` items, the
 header gives the next page while there is one. Bad parameters are answered 400 with
 ``{"error": …}``.
 
-Private by default (see :class:`~shadowreplay.config.WebConfig`): every page route checks
+Private by default (see :class:`~shadowreplay.contract.config.WebConfig`): every page route checks
 the Host header (IP addresses, ``localhost`` and ``allowed_hosts`` only, against DNS
 rebinding), then the credential when one is configured, else that the client is on
 loopback. Store queries run in a small thread pool of their own, bounded in number and
@@ -57,13 +57,13 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
-from comparer.chart import arrival_svg
-from comparer.page import PAGE_CSS, PAGE_HTML, PAGE_JS
-from comparer.store import DivergenceStore, Page, QueryTimeout, StoreReader
-from comparer.streams import STREAM_KINDS, describe_stored
-from shadowreplay.config import WebConfig, parse_hostport
-from shadowreplay.errors import ConfigError, ShadowError
-from shadowreplay.record import Response
+from shadowreplay.comparer.chart import arrival_svg
+from shadowreplay.comparer.page import PAGE_CSS, PAGE_HTML, PAGE_JS
+from shadowreplay.comparer.store import DivergenceStore, Page, QueryTimeout, StoreReader
+from shadowreplay.comparer.streams import STREAM_KINDS, describe_stored
+from shadowreplay.contract.config import WebConfig, parse_hostport
+from shadowreplay.contract.errors import ConfigError, ShadowError
+from shadowreplay.contract.record import Response
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ class DivergencePage:
 
 def with_streams(item: dict[str, Any]) -> dict[str, Any]:
     """A stored divergence (``StoreReader.divergence``) with each stream diff worded
-    (``text``: :func:`comparer.streams.describe`, delays in ms) and, when it has one and
+    (``text``: :func:`shadowreplay.comparer.streams.describe`, delays in ms) and, when it has one and
     was compared with a baseline that has an arrival timeline on either side, the arrival
     chart of both (``arrival_svg``)."""
     stream = [d for d in item["diffs"] if d["kind"] in STREAM_KINDS]

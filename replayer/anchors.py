@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from replayer.schedule import Anchor
-from shadowreplay.bus import read_to_end
-from shadowreplay.bus.base import Bus, Message
-from shadowreplay.errors import BusError, ConfigError
+from shadowreplay.replayer.schedule import Anchor
+from shadowreplay.contract.bus import read_to_end
+from shadowreplay.contract.bus.base import Bus, Message
+from shadowreplay.contract.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
 

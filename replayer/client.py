@@ -24,9 +24,9 @@ import re
 import time
 from dataclasses import dataclass
 
-from replayer.http1 import ConnectionPool, HTTPFailure, StreamWindow
-from shadowreplay.config import StreamsConfig
-from shadowreplay.record import RequestRecord, Response
+from shadowreplay.replayer.http1 import ConnectionPool, HTTPFailure, StreamWindow
+from shadowreplay.contract.config import StreamsConfig
+from shadowreplay.contract.record import RequestRecord, Response
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from replayer.anchors import AnchorStore, GroupAnchor
-from replayer.schedule import STALE_ANCHOR_SECONDS, Anchor
-from replayer.window import parse_time, parse_window
-from shadowreplay.bus import read_to_end
-from shadowreplay.bus.base import Bus, Reader
-from shadowreplay.config import ReplayerConfig
-from shadowreplay.errors import ConfigError
+from shadowreplay.replayer.anchors import AnchorStore, GroupAnchor
+from shadowreplay.replayer.schedule import STALE_ANCHOR_SECONDS, Anchor
+from shadowreplay.replayer.window import parse_time, parse_window
+from shadowreplay.contract.bus import read_to_end
+from shadowreplay.contract.bus.base import Bus, Reader
+from shadowreplay.contract.config import ReplayerConfig
+from shadowreplay.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from replayer.schedule import Anchor
+from shadowreplay.replayer.schedule import Anchor
 
 TP = tuple[str, int]
 _INF = float("inf")

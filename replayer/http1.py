@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import brotli
 
-from shadowreplay.record import Headers
+from shadowreplay.contract.record import Headers
 
 MAX_HEAD_BYTES = 64 * 1024  # every head of one response, interim ones included
 MAX_INTERIM = 16  # 1xx responses before the final one

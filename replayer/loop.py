@@ -51,20 +51,20 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from replayer.client import TargetClient
-from replayer.control import GroupSchedule
-from replayer.gaps import Timeline
-from replayer.metrics import HistogramBatch, ReplayerMetrics
-from replayer.probe import ProbeSampler
-from replayer.rules import Rules
-from replayer.schedule import EARLY_TOLERANCE_NS, STALE_ANCHOR_SECONDS, Anchor, Pacer
-from replayer.window import parse_window
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer, AsyncReader
-from shadowreplay.bus.base import Message
-from shadowreplay.config import TARGET_NAMES, ReplayerConfig
-from shadowreplay.endpoint import endpoint_name
-from shadowreplay.errors import BusError, ConfigError, RecordError
-from shadowreplay.record import (
+from shadowreplay.replayer.client import TargetClient
+from shadowreplay.replayer.control import GroupSchedule
+from shadowreplay.replayer.gaps import Timeline
+from shadowreplay.replayer.metrics import HistogramBatch, ReplayerMetrics
+from shadowreplay.replayer.probe import ProbeSampler
+from shadowreplay.replayer.rules import Rules
+from shadowreplay.replayer.schedule import EARLY_TOLERANCE_NS, STALE_ANCHOR_SECONDS, Anchor, Pacer
+from shadowreplay.replayer.window import parse_window
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer, AsyncReader
+from shadowreplay.contract.bus.base import Message
+from shadowreplay.contract.config import TARGET_NAMES, ReplayerConfig
+from shadowreplay.contract.endpoint import endpoint_name
+from shadowreplay.contract.errors import BusError, ConfigError, RecordError
+from shadowreplay.contract.record import (
     PROBE,
     ReplayResult,
     RequestRecord,

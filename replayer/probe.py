@@ -5,7 +5,7 @@ noise from (timestamps, random ids, a ``served_by`` with a few values). So a sma
 sample of requests is sent twice, at the same moment, to the baseline (to the candidate
 when there is no baseline): what differs between the two answers is noise, learned per
 endpoint and field the same way as with a secondary. The second answer travels in the
-result as ``responses["probe"]`` (``shadowreplay.record.PROBE``).
+result as ``responses["probe"]`` (``shadowreplay.contract.record.PROBE``).
 
 Sampled: the first ``noise_probe_min_per_endpoint`` requests of each endpoint (so a
 rare endpoint gets evidence too), then ``noise_probe_percent`` of the others, chosen
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import zlib
 
-from shadowreplay.config import ReplayerConfig
-from shadowreplay.record import RequestRecord
+from shadowreplay.contract.config import ReplayerConfig
+from shadowreplay.contract.record import RequestRecord
 
 #: Endpoints counted for the per-endpoint minimum; past this, only the percentage applies
 #: (paths that do not collapse into templates must not all be asked twice).

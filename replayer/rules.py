@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus
 
-from shadowreplay.config import ReplayRule
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import RequestRecord
+from shadowreplay.contract.config import ReplayRule
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import RequestRecord
 
 FILTERS = ("include_path", "exclude_path", "require_header", "exclude_header", "sample")
 REWRITES = ("rewrite_path", "set_header", "remove_header", "set_query")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 # A timer that fires earlier than this before the due time is slept on again.
 EARLY_TOLERANCE_NS = 200_000

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 _UNITS = {"ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
 _DURATION = re.compile(r"^([+-])((?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+)$")

@@ -22,30 +22,30 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from collector.formats import make_format
-from collector.handshake import Secrets
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
-from collector.tls import server_context
-from comparer.diff import Differ
-from comparer.loop import Comparer
-from comparer.metrics import CONSUMER_LAG as COMPARER_LAG
-from comparer.metrics import ComparerMetrics
-from comparer.store import DivergenceStore, resolve_store_path
-from comparer.verdict import verdict_rules
-from comparer.web import DivergencePage, WebAuth
-from replayer.control import GroupSchedule
-from replayer.loop import Replayer, build_targets
-from replayer.metrics import CONSUMER_LAG as REPLAYER_LAG
-from replayer.metrics import ReplayerMetrics, ScheduleCollector
-from replayer.rules import Rules
-from replayer.window import parse_window
-from replayer.workers import check_split
-from shadowreplay.bus import check_bus, open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.bus.base import Bus
-from shadowreplay.config import METRICS_PORTS, STAGES, TARGET_NAMES, Config, parse_hostport, validate
-from shadowreplay.errors import ConfigError, ListenError
+from shadowreplay.collector.formats import make_format
+from shadowreplay.collector.handshake import Secrets
+from shadowreplay.collector.metrics import CollectorMetrics
+from shadowreplay.collector.server import CollectorServer
+from shadowreplay.collector.tls import server_context
+from shadowreplay.comparer.diff import Differ
+from shadowreplay.comparer.loop import Comparer
+from shadowreplay.comparer.metrics import CONSUMER_LAG as COMPARER_LAG
+from shadowreplay.comparer.metrics import ComparerMetrics
+from shadowreplay.comparer.store import DivergenceStore, resolve_store_path
+from shadowreplay.comparer.verdict import verdict_rules
+from shadowreplay.comparer.web import DivergencePage, WebAuth
+from shadowreplay.replayer.control import GroupSchedule
+from shadowreplay.replayer.loop import Replayer, build_targets
+from shadowreplay.replayer.metrics import CONSUMER_LAG as REPLAYER_LAG
+from shadowreplay.replayer.metrics import ReplayerMetrics, ScheduleCollector
+from shadowreplay.replayer.rules import Rules
+from shadowreplay.replayer.window import parse_window
+from shadowreplay.workers import check_split
+from shadowreplay.contract.bus import check_bus, open_bus
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.bus.base import Bus
+from shadowreplay.contract.config import METRICS_PORTS, STAGES, TARGET_NAMES, Config, parse_hostport, validate
+from shadowreplay.contract.errors import ConfigError, ListenError
 from shadowreplay.health import probe_bus, probe_url
 from shadowreplay.lag import LagMonitor
 

@@ -17,7 +17,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,12 @@ def write(dest: Path, *, force: bool = False) -> list[Path]:
     return [path for path, _ in targets]
 
 
-def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """``deploy write DIR [--force]`` and ``deploy list``."""
-    deploy = sub.add_parser(
-        "deploy",
-        help="write the dashboards, alert rules, Prometheus config and systemd units to a folder",
-        description="The operations files shipped with shadowreplay (installed as package data): "
-                    "the Grafana dashboard and provisioning, prometheus.yml, alerts.yml and its "
-                    "promtool tests, and one systemd unit per stage.",
-    ).add_subparsers(dest="deploy_command", required=True, metavar="SUBCOMMAND")
+    p.description = ("The operations files shipped with shadowreplay (installed as package data): "
+                     "the Grafana dashboard and provisioning, prometheus.yml, alerts.yml and its "
+                     "promtool tests, and one systemd unit per stage.")
+    deploy = p.add_subparsers(dest="deploy_command", required=True, metavar="SUBCOMMAND")
     write_sp = deploy.add_parser(
         "write", help="copy them into DIR (keeping their folders: provisioning/, deploy/systemd/)",
         description="Copy the shipped operations files into DIR, keeping their layout. Existing files "
@@ -87,12 +84,14 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     write_sp.add_argument("dir", metavar="DIR", help="folder to write into (created if missing)")
     write_sp.add_argument("--force", action="store_true", help="overwrite files that exist")
     deploy.add_parser("list", help="print the shipped files' paths", description="Print the shipped files' paths.")
+    p.set_defaults(func=run)
 
 
-def run_from_args(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     if args.deploy_command == "list":
         for rel, _ in shipped_files():
             print(rel)
-        return
+        return 0
     written = write(Path(args.dir), force=args.force)
     print(f"wrote {len(written)} files to {args.dir}", file=sys.stderr)
+    return 0

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from shadowreplay.bus.base import Bus
+from shadowreplay.contract.bus.base import Bus
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shadowreplay.bus import PartitionLag
-from shadowreplay.bus.aio import AsyncConsumer
-from shadowreplay.errors import BusError
+from shadowreplay.contract.bus import PartitionLag
+from shadowreplay.contract.bus.aio import AsyncConsumer
+from shadowreplay.contract.errors import BusError
 
 log = logging.getLogger(__name__)
 

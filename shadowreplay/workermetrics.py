@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from replayer.metrics import WORKERS
+from shadowreplay.replayer.metrics import WORKERS
 from shadowreplay.app import Checks, MetricsServer
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
-from shadowreplay.bus import Bus, open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.config import CollectorConfig
-from shadowreplay.record import RequestRecord, decode_request
+from shadowreplay.collector.metrics import CollectorMetrics
+from shadowreplay.collector.server import CollectorServer
+from shadowreplay.contract.bus import Bus, open_bus
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.config import CollectorConfig
+from shadowreplay.contract.record import RequestRecord, decode_request
 from waiting import DEADLINE_SECONDS, aread_to_end
 
 TOPIC = "shadow.requests"

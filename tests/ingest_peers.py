@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.tail import Tail, TailOptions
+from shadowreplay.collector.tail import Tail, TailOptions
 from tests.conftest import free_port
 from waiting import DEADLINE_SECONDS
 

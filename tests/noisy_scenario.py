@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from comparer.store import EndpointView, StoreReader
+from shadowreplay.comparer.store import EndpointView, StoreReader
 from shadowreplay.app import Pipeline
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 from shadowreplay.demo.run import feed
 
 N_REQUESTS = 3000

@@ -17,8 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shadowreplay.bus import Consumer, Message, PartitionLag, next_positions
-from shadowreplay.bus.aio import AsyncConsumer
+from shadowreplay.contract.bus import Consumer, Message, PartitionLag, next_positions
+from shadowreplay.contract.bus.aio import AsyncConsumer
 
 #: How long a condition may take before the test fails. Only a failing test waits this long.
 DEADLINE_SECONDS = 60.0

@@ -2,7 +2,7 @@
 
 A sample of recorded requests is read from the bus (a throw-away consumer group, from
 the beginning), each is sent to the baseline twice in a row through the replayer's own
-HTTP client (:class:`replayer.client.TargetClient`: the same header policy as a replay,
+HTTP client (:class:`shadowreplay.replayer.client.TargetClient`: the same header policy as a replay,
 no cookie jar, so the second request never carries the first answer's cookies), and the
 two answers are diffed by the comparer's differ under the current ``[comparer]`` rules.
 Whatever differs between two answers of the same release to the same request is noise;
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -27,14 +28,15 @@ from typing import Any
 
 import tomli_w
 
-from comparer.diff import Differ
-from comparer.paths import field_key
-from replayer.client import TargetClient
-from replayer.rules import Rules
-from shadowreplay.bus import open_bus
-from shadowreplay.config import Config
-from shadowreplay.errors import ConfigError, ShadowError
-from shadowreplay.record import RequestRecord, decode_request
+from shadowreplay.commands.common import add_bus_option, add_config_option, config_from_args
+from shadowreplay.comparer.diff import Differ
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.replayer.client import TargetClient
+from shadowreplay.replayer.rules import Rules
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.errors import ConfigError, ShadowError
+from shadowreplay.contract.record import RequestRecord, decode_request
 
 
 @dataclass
@@ -170,7 +172,10 @@ async def learn(
     return sample
 
 
-def add_arguments(noise: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``noise learn`` under the ``noise`` parser ``p``."""
+    p.description = "Noise rules for the comparer."
+    noise = p.add_subparsers(dest="noise_command", required=True, metavar="SUBCOMMAND")
     learn_sp = noise.add_parser(
         "learn",
         help="replay a sample from the bus against the baseline twice and propose ignore rules (TOML)",
@@ -180,18 +185,20 @@ def add_arguments(noise: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "ignore rules for every field that differed between the two answers (timestamps, random ids, ...)."
         ),
     )
-    learn_sp.add_argument("--config", metavar="FILE", help="TOML config file")
-    learn_sp.add_argument("--bus", metavar="URL", help="bus URL (default from config)")
+    add_config_option(learn_sp)
+    add_bus_option(learn_sp, "bus URL (default from config)")
     learn_sp.add_argument("--baseline", metavar="URL", help="base URL of the current release (default replayer.baseline)")
     learn_sp.add_argument("--sample", type=int, default=200, metavar="N", help="requests to send twice (default 200)")
     learn_sp.add_argument("--concurrency", type=int, default=8, metavar="N", help="pairs in flight (default 8)")
     learn_sp.add_argument(
         "--min-rate", type=float, default=0.0, metavar="F", help="propose only paths differing in more than F of requests"
     )
+    learn_sp.set_defaults(func=run)
 
 
-def run(cfg: Config, args: argparse.Namespace) -> str:
-    """The proposal text for ``noise learn`` (the CLI prints it)."""
+def run(args: argparse.Namespace) -> int:
+    """Print the proposal of ``noise learn``."""
+    cfg = config_from_args(args)
     baseline = args.baseline or cfg.replayer.baseline
     if not baseline:
         raise ConfigError("noise learn: no baseline (pass --baseline URL or set replayer.baseline)")
@@ -199,4 +206,5 @@ def run(cfg: Config, args: argparse.Namespace) -> str:
     if not records:
         raise ShadowError(f"noise learn: no replayable requests on {cfg.bus.requests_topic} at {cfg.bus.url}")
     sample = asyncio.run(learn(cfg, records, baseline, concurrency=max(1, args.concurrency)))
-    return propose(sample, min_rate=args.min_rate)
+    sys.stdout.write(propose(sample, min_rate=args.min_rate))
+    return 0

@@ -1,5 +1,9 @@
 """The demo: two local backends, the bundled access log fed over the forward protocol,
 replayed at 10× through collector → bus → replayer → comparer, and a divergence table.
+
+The stages are built by ``app.Pipeline``, as ``shadowreplay run`` builds them; the demo
+reads their public counters (``compared``, ``replayed``, ``summary_table()``) and imports
+no stage module itself.
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ from typing import TextIO
 import orjson
 from fluent import sender
 
-from comparer.loop import format_table
 from shadowreplay.app import Pipeline
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 from shadowreplay.demo.backends import Backend, expected_divergence
-from shadowreplay.errors import ListenError, ShadowError
+from shadowreplay.contract.errors import ListenError, ShadowError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +194,7 @@ async def _drive(
     if live:
         print(file=out)
     print(f"\nreplayed {replayer.replayed} requests in {elapsed:.1f} s; per-endpoint verdict:\n", file=out)
-    print(format_table(comparer.summary()), file=out)
+    print(comparer.summary_table(), file=out)
     print(
         f"\n{comparer.diverged} of {comparer.compared} replayed requests diverged "
         f"(the candidate was built to diverge on {expected}); duplicates sent: {duplicates}",

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer, TopicPartition
 
-from shadowreplay.bus import Bus, Consumer, Message, open_bus, read_to_end
-from shadowreplay.errors import BusError
+from shadowreplay.contract.bus import Bus, Consumer, Message, open_bus, read_to_end
+from shadowreplay.contract.errors import BusError
 
 Unique = Callable[[str], str]
 BASE_NS = 1_700_000_000_000_000_000
@@ -386,7 +386,7 @@ def test_kafka_flush_after_the_broker_stopped_raises(start_broker: Callable[[], 
 
 PRODUCER_SCRIPT = textwrap.dedent("""
     import sys, time
-    from shadowreplay.bus import open_bus
+    from shadowreplay.contract.bus import open_bus
     url, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     bus = open_bus(url)
     p = bus.producer()

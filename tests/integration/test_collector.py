@@ -15,14 +15,14 @@ import pytest
 from fluent import sender
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
+from shadowreplay.collector.metrics import CollectorMetrics
+from shadowreplay.collector.server import CollectorServer
 from collector_harness import TOPIC, RunningCollector, collectors, read_messages
-from shadowreplay.bus import Bus, open_bus
-from shadowreplay.bus.aio import AsyncProducer
-from shadowreplay.config import CollectorConfig
-from shadowreplay.errors import BusError
-from shadowreplay.record import RequestRecord
+from shadowreplay.contract.bus import Bus, open_bus
+from shadowreplay.contract.bus.aio import AsyncProducer
+from shadowreplay.contract.config import CollectorConfig
+from shadowreplay.contract.errors import BusError
+from shadowreplay.contract.record import RequestRecord
 from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
@@ -277,7 +277,7 @@ async def test_bus_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptu
     registry = CollectorRegistry()
     producer = FailingProducer(failures=3)
     config = CollectorConfig(listen="127.0.0.1:0")
-    caplog.set_level(logging.INFO, logger="collector.server")
+    caplog.set_level(logging.INFO, logger="shadowreplay.collector.server")
     async with CollectorServer(config, producer, TOPIC, CollectorMetrics(registry)) as server:  # type: ignore[arg-type]
         for attempt in range(4):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

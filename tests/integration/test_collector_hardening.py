@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.forward_client import ForwardClient
+from shadowreplay.collector.forward_client import ForwardClient
 from collector_harness import RunningCollector, StartCollector, collectors
-from shadowreplay.bus.aio import AsyncProducer
-from shadowreplay.config import ForwardSecurity
+from shadowreplay.contract.bus.aio import AsyncProducer
+from shadowreplay.contract.config import ForwardSecurity
 from waiting import DEADLINE_SECONDS, until
 
 pytestmark = pytest.mark.integration
@@ -111,10 +111,10 @@ class WatchedProducer(AsyncProducer):
 async def test_pipelined_frames_are_committed_together_and_each_ack_follows_its_flush(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from collector.metrics import CollectorMetrics
-    from collector.server import CollectorServer
+    from shadowreplay.collector.metrics import CollectorMetrics
+    from shadowreplay.collector.server import CollectorServer
     from collector_harness import TOPIC, open_sqlite_bus, read_messages
-    from shadowreplay.config import CollectorConfig
+    from shadowreplay.contract.config import CollectorConfig
 
     bus = open_sqlite_bus(tmp_path / "bus.db", 2)
     producer = WatchedProducer(bus)
@@ -253,10 +253,10 @@ async def test_a_client_waiting_for_its_ack_is_not_idle(tmp_path: Path) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from collector.metrics import CollectorMetrics
-    from collector.server import CollectorServer
+    from shadowreplay.collector.metrics import CollectorMetrics
+    from shadowreplay.collector.server import CollectorServer
     from collector_harness import TOPIC, open_sqlite_bus
-    from shadowreplay.config import CollectorConfig
+    from shadowreplay.contract.config import CollectorConfig
 
     bus = open_sqlite_bus(tmp_path / "bus.db", 2)
     producer = WatchedProducer(bus)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from collector_harness import RunningCollector, collectors
-from shadowreplay.bus.aio import AsyncProducer
+from shadowreplay.contract.bus.aio import AsyncProducer
 
 pytestmark = pytest.mark.integration
 

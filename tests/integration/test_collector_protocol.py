@@ -19,11 +19,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from collector.handshake import password_digest, ping_digest
+from shadowreplay.collector.handshake import password_digest, ping_digest
 from collector_harness import StartCollector, collectors
 from forward_vectors import CASES, ET_NS, NOW, arr, binary, et_fixext8, mp, pong_refused, record, text
-from shadowreplay.config import ForwardSecurity, ForwardTls, ForwardUser
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.config import ForwardSecurity, ForwardTls, ForwardUser
+from shadowreplay.contract.errors import ConfigError
 from tls_certs import SERVER_EXT, issue, require_openssl
 from waiting import DEADLINE_SECONDS, until
 

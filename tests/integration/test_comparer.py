@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from comparer.loop import Comparer, format_table
-from comparer.metrics import ComparerMetrics
-from comparer.store import diffs_to_json
-from shadowreplay.bus import Bus, open_bus
-from shadowreplay.bus.aio import AsyncConsumer
-from shadowreplay.config import ComparerConfig, ReplayRule
-from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_result
+from shadowreplay.comparer.loop import Comparer, format_table
+from shadowreplay.comparer.metrics import ComparerMetrics
+from shadowreplay.comparer.store import diffs_to_json
+from shadowreplay.contract.bus import Bus, open_bus
+from shadowreplay.contract.bus.aio import AsyncConsumer
+from shadowreplay.contract.config import ComparerConfig, ReplayRule
+from shadowreplay.contract.record import Origin, ReplayResult, RequestRecord, Response, encode_result
 from waiting import DEADLINE_SECONDS
 
 pytestmark = pytest.mark.integration
@@ -363,7 +363,7 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
     from aiohttp import web
 
     from shadowreplay.commands import noise_learn as learn
-    from shadowreplay.config import BusConfig, Config
+    from shadowreplay.contract.config import BusConfig, Config
 
     counter = itertools.count()
 
@@ -394,7 +394,7 @@ async def test_noise_learn_against_a_real_baseline(tmp_path: Path) -> None:
         b = open_bus(cfg.bus.url, 1)
         b.ensure_topic(cfg.bus.requests_topic, 1)
         producer = b.producer()
-        from shadowreplay.record import encode_request
+        from shadowreplay.contract.record import encode_request
 
         for i in range(12):
             target = f"/item/{i}" if i % 3 else "/page"
@@ -448,7 +448,7 @@ async def test_noise_learn_never_leaves_the_baseline_and_takes_any_logged_header
     from ingest_peers import RawBackend
 
     from shadowreplay.commands import noise_learn as learn
-    from shadowreplay.config import Config
+    from shadowreplay.contract.config import Config
 
     baseline, elsewhere = await RawBackend().start(), await RawBackend().start()
     other = f"127.0.0.1:{elsewhere.port}"

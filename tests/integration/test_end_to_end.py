@@ -18,11 +18,11 @@ import pytest
 from fluent import sender
 
 from shadowreplay.app import Pipeline
-from shadowreplay.bus import Bus, open_bus
-from shadowreplay.config import Config
+from shadowreplay.contract.bus import Bus, open_bus
+from shadowreplay.contract.config import Config
 from shadowreplay.demo.backends import Backend, expected_divergence
 from shadowreplay.demo.run import load_sample
-from shadowreplay.record import decode_request, decode_result
+from shadowreplay.contract.record import decode_request, decode_result
 from waiting import read_to_end, until
 
 pytestmark = pytest.mark.integration

@@ -38,8 +38,8 @@ from fault_procs import (
     toml_config,
     wait_until,
 )
-from shadowreplay.bus import open_bus
-from shadowreplay.record import RequestRecord, encode_request
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.record import RequestRecord, encode_request
 from waiting import DEADLINE_SECONDS
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from replayer.client import TargetClient
-from replayer.rules import Rules
-from shadowreplay.record import RequestRecord
+from shadowreplay.replayer.client import TargetClient
+from shadowreplay.replayer.rules import Rules
+from shadowreplay.contract.record import RequestRecord
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -170,7 +170,7 @@ async def test_an_endless_head_fails_at_once_not_at_the_timeout(
 ) -> None:
     hostile = await raw(lambda r, w: _endless(unit, head, r, w))
     good = await raw()
-    caplog.set_level("DEBUG", logger="replayer.client")
+    caplog.set_level("DEBUG", logger="shadowreplay.replayer.client")
     async with _client(hostile.url, timeout_seconds=60.0) as bad_client, _client(good.url) as good_client:
         bad, fine = await asyncio.gather(bad_client.send(_rec()), good_client.send(_rec()))
     assert (bad.status, bad.error) == (None, "protocol")  # not "timeout": refused as soon as the bound is passed

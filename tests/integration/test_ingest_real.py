@@ -16,13 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from collector_harness import collectors, read_messages
 from ingest_peers import RawBackend, TailThread, send_raw, start_apache, start_nginx, tail_options, wait_for_lines
-from replayer.loop import Replayer
-from replayer.metrics import ReplayerMetrics
-from replayer.schedule import Anchor
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.bus.base import Bus
-from shadowreplay.config import ReplayerConfig
-from shadowreplay.record import RequestRecord, to_bytes
+from shadowreplay.replayer.loop import Replayer
+from shadowreplay.replayer.metrics import ReplayerMetrics
+from shadowreplay.replayer.schedule import Anchor
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.bus.base import Bus
+from shadowreplay.contract.config import ReplayerConfig
+from shadowreplay.contract.record import RequestRecord, to_bytes
 from timing import production_gc
 
 pytestmark = pytest.mark.integration
@@ -276,7 +276,7 @@ async def test_reshipping_a_log_gives_the_same_ids(tmp_path: Path) -> None:
 
 
 async def test_the_client_sends_bytes_that_are_not_utf8_as_logged() -> None:
-    from replayer.client import TargetClient
+    from shadowreplay.replayer.client import TargetClient
 
     backend = await RawBackend().start()
     record = RequestRecord(

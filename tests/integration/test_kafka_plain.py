@@ -19,9 +19,9 @@ import pytest
 
 from conftest import free_port
 from http_backends import start_backend
-from shadowreplay.bus import open_bus
-from shadowreplay.bus.base import Bus
-from shadowreplay.record import RequestRecord, encode_request
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.bus.base import Bus
+from shadowreplay.contract.record import RequestRecord, encode_request
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
-from collector.middleware import RequestShipper, WSGIMiddleware
+from shadowreplay.collector.middleware import RequestShipper, WSGIMiddleware
 from tests.conftest import free_port
 from tests.integration.test_tail import Harness, harness  # noqa: F401  (harness is a fixture)
 from waiting import DEADLINE_SECONDS, until

@@ -26,9 +26,9 @@ import pytest
 from aiohttp import web
 
 from shadowreplay.app import Pipeline
-from shadowreplay.bus.sqlite import SqliteBus
+from shadowreplay.contract.bus.sqlite import SqliteBus
 from shadowreplay.demo.backends import Backend
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 from shadowreplay.demo.run import feed, load_sample
 from tests.conftest import free_port, loopback_config
 from waiting import read_to_end, until

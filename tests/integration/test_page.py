@@ -21,9 +21,9 @@ from aiohttp import web
 from browser import Browser, chromium, open_page
 
 from comparer_session import ComparerSession
-from comparer.web import CSP, DivergencePage
-from shadowreplay.config import ComparerConfig, WebConfig
-from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response, encode_request
+from shadowreplay.comparer.web import CSP, DivergencePage
+from shadowreplay.contract.config import ComparerConfig, WebConfig
+from shadowreplay.contract.record import Origin, ReplayResult, RequestRecord, Response, encode_request
 
 pytestmark = pytest.mark.integration
 __all__ = ["chromium"]  # the fixture, imported for pytest

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from shadowreplay.app import STAGES, metrics_listen
-from shadowreplay.config import METRICS_PORTS, Config
+from shadowreplay.contract.config import METRICS_PORTS, Config
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -19,15 +19,15 @@ import pytest
 from fluent import sender
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
+from shadowreplay.collector.metrics import CollectorMetrics
+from shadowreplay.collector.server import CollectorServer
 from http_backends import Backend, start_backend
-from replayer.loop import Replayer
-from replayer.metrics import ReplayerMetrics
-from shadowreplay.bus import open_bus, read_to_end
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.config import CollectorConfig, ReplayerConfig
-from shadowreplay.record import decode_request
+from shadowreplay.replayer.loop import Replayer
+from shadowreplay.replayer.metrics import ReplayerMetrics
+from shadowreplay.contract.bus import open_bus, read_to_end
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.config import CollectorConfig, ReplayerConfig
+from shadowreplay.contract.record import decode_request
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from http_backends import Backend, start_backend
 from timing import production_gc
-from replayer.loop import Replayer
-from replayer.metrics import ReplayerMetrics
-from replayer.schedule import Anchor
-from shadowreplay.bus import open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.bus.base import Bus, Message
-from shadowreplay.config import ReplayerConfig
-from shadowreplay.record import Origin, RequestRecord, decode_request, decode_result, encode_request
+from shadowreplay.replayer.loop import Replayer
+from shadowreplay.replayer.metrics import ReplayerMetrics
+from shadowreplay.replayer.schedule import Anchor
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.bus.base import Bus, Message
+from shadowreplay.contract.config import ReplayerConfig
+from shadowreplay.contract.record import Origin, RequestRecord, decode_request, decode_result, encode_request
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +266,7 @@ async def test_a_full_window_before_the_anchor_does_not_stall_the_replay(
     With all records in one partition of four, the window of polled messages filled up
     before that and polling stopped for good: the replay never started."""
     candidate, _ = backends
-    monkeypatch.setattr("replayer.loop.MAX_PENDING", 120)
+    monkeypatch.setattr("shadowreplay.replayer.loop.MAX_PENDING", 120)
     records = [RequestRecord(id=f"r{i:05d}", ts=LOG_T0 + i * 1_000_000, method="GET", target=f"/items/{i}",
                              client="10.9.9.9") for i in range(600)]
     _publish(bus, records)
@@ -284,8 +284,8 @@ async def test_large_records_fill_the_window_by_bytes(
     large bodies stop polling before the count cap, and everything is still replayed."""
     candidate, _ = backends
     cap = 64 * 1024
-    monkeypatch.setattr("replayer.loop.MAX_PENDING_BYTES", cap)
-    monkeypatch.setattr("replayer.loop.POLL_MAX_RECORDS", 20)
+    monkeypatch.setattr("shadowreplay.replayer.loop.MAX_PENDING_BYTES", cap)
+    monkeypatch.setattr("shadowreplay.replayer.loop.POLL_MAX_RECORDS", 20)
     pad = "x" * 4000
     records = [RequestRecord(id=f"r{i:05d}", ts=LOG_T0 + i * 1_000_000, method="GET", target=f"/items/{i}",
                              headers=(("X-Pad", pad),), client=f"10.0.0.{i % 5}") for i in range(300)]

@@ -20,14 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from http_backends import Backend, serve, start_backend
 from timing import production_gc
-from replayer.loop import Replayer
-from replayer.metrics import ReplayerMetrics
-from replayer.schedule import Anchor
-from shadowreplay.bus import open_bus
-from shadowreplay.bus.aio import AsyncConsumer, AsyncProducer
-from shadowreplay.bus.base import Bus, Message
-from shadowreplay.config import ReplayerConfig, ReplayRule
-from shadowreplay.record import RequestRecord, decode_request, decode_result, encode_request
+from shadowreplay.replayer.loop import Replayer
+from shadowreplay.replayer.metrics import ReplayerMetrics
+from shadowreplay.replayer.schedule import Anchor
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.bus.aio import AsyncConsumer, AsyncProducer
+from shadowreplay.contract.bus.base import Bus, Message
+from shadowreplay.contract.config import ReplayerConfig, ReplayRule
+from shadowreplay.contract.record import RequestRecord, decode_request, decode_result, encode_request
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +168,7 @@ async def test_late_policy(
     anchor = Anchor(T0, time.time_ns() - 100 * 10**9, 1.0)
     cfg = ReplayerConfig(candidate=cand.url, late_policy=policy, idle_exit_seconds=0.5)
     registry = CollectorRegistry()
-    caplog.set_level(logging.WARNING, logger="replayer.loop")
+    caplog.set_level(logging.WARNING, logger="shadowreplay.replayer.loop")
     replayer = await _run(bus, cfg, registry, anchor)
     assert _v(registry, "shadow_replay_late_total") == n
     lag_sum = _v(registry, "shadow_replay_schedule_lag_seconds_sum")

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 
 from http_backends import serve
-from replayer.anchors import AnchorStore
-from replayer.schedule import Anchor
-from shadowreplay.bus import open_bus
-from shadowreplay.bus.base import Bus
-from shadowreplay.record import RequestRecord, decode_result, encode_request
+from shadowreplay.replayer.anchors import AnchorStore
+from shadowreplay.replayer.schedule import Anchor
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.bus.base import Bus
+from shadowreplay.contract.record import RequestRecord, decode_result, encode_request
 
 pytestmark = pytest.mark.integration
 

@@ -29,11 +29,11 @@ import msgpack
 import orjson
 import pytest
 
-from collector.forward_client import ForwardClient
+from shadowreplay.collector.forward_client import ForwardClient
 from fault_procs import Backends, Stage, free_port, http_get, nginx_line, read_topic, toml_config, wait_until
 from forward_vectors import pong_refused
-from shadowreplay.config import Config
-from shadowreplay.record import decode_request, decode_result
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.record import decode_request, decode_result
 from test_collector_protocol import (  # noqa: F401  (pki and start are fixtures)
     SECURE,
     Start,

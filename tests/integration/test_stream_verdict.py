@@ -24,11 +24,11 @@ from aiohttp import web
 
 from http_backends import serve
 from nginx_proxy import NginxProxy
-from replayer.client import TargetClient
+from shadowreplay.replayer.client import TargetClient
 from shadowreplay.app import Pipeline
-from shadowreplay.config import ComparerStreamsConfig, StreamsConfig
+from shadowreplay.contract.config import ComparerStreamsConfig, StreamsConfig
 from shadowreplay.demo.run import feed
-from shadowreplay.record import RequestRecord, Response
+from shadowreplay.contract.record import RequestRecord, Response
 from tests.conftest import loopback_config
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from http_backends import serve
-from replayer.client import TargetClient
-from shadowreplay.config import StreamEndpoint, StreamsConfig
-from shadowreplay.record import RequestRecord, Response
+from shadowreplay.replayer.client import TargetClient
+from shadowreplay.contract.config import StreamEndpoint, StreamsConfig
+from shadowreplay.contract.record import RequestRecord, Response
 
 LINES = [b"line %02d of the deploy log\n" % i for i in range(20)]
 

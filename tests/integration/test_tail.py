@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
-from collector.tail import Tail, TailOptions
+from shadowreplay.collector.metrics import CollectorMetrics
+from shadowreplay.collector.server import CollectorServer
+from shadowreplay.collector.tail import Tail, TailOptions
 from collector_harness import TOPIC, open_sqlite_bus
-from shadowreplay.bus.aio import AsyncProducer
-from shadowreplay.config import CollectorConfig
-from shadowreplay.record import decode_request
+from shadowreplay.contract.bus.aio import AsyncProducer
+from shadowreplay.contract.config import CollectorConfig
+from shadowreplay.contract.record import decode_request
 from tests.conftest import free_port
 from waiting import read_to_end, until
 
@@ -282,7 +282,7 @@ async def test_pyz_runs_with_bare_system_python(harness: Harness) -> None:
     import sys
     import zipfile
 
-    from collector.pyz import build
+    from shadowreplay.collector.pyz import build
 
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:

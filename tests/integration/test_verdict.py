@@ -56,7 +56,7 @@ async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_o
     import aiohttp
 
     from shadowreplay.app import Pipeline
-    from shadowreplay.record import RequestRecord, encode_request
+    from shadowreplay.contract.record import RequestRecord, encode_request
     from tests.conftest import loopback_config
     from tests.noisy_scenario import BASE_NS, NoisyBackend
     from waiting import until
@@ -66,7 +66,7 @@ async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_o
     cfg = loopback_config(tmp_path / "bus.db", candidate=f"http://127.0.0.1:{unused_port}", baseline=base_url, speed=1000.0)
     cfg = dataclasses.replace(cfg, comparer=dataclasses.replace(
         cfg.comparer, store=dataclasses.replace(cfg.comparer.store, path=str(tmp_path / "diffs.db"))))
-    caplog.set_level(logging.INFO, logger="comparer.reach")
+    caplog.set_level(logging.INFO, logger="shadowreplay.comparer.reach")
 
     try:
         async with Pipeline(cfg, ("replay", "compare")) as pipeline:
@@ -101,7 +101,7 @@ async def test_a_candidate_that_refuses_connections_is_not_compared_and_logged_o
     finally:
         await baseline.stop()
         await candidate.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "comparer.reach"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shadowreplay.comparer.reach"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("candidate not reached (connect)")
     window = f"--from={BASE_NS // 10**9}.{BASE_NS % 10**9:09d}"

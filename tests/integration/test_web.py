@@ -22,14 +22,14 @@ from waiting import DEADLINE_SECONDS, until
 
 from prometheus_client import CollectorRegistry
 
-from comparer.loop import Comparer
-from comparer.metrics import ComparerMetrics
-from comparer.store import DivergenceStore
-from comparer.web import DivergencePage
+from shadowreplay.comparer.loop import Comparer
+from shadowreplay.comparer.metrics import ComparerMetrics
+from shadowreplay.comparer.store import DivergenceStore
+from shadowreplay.comparer.web import DivergencePage
 from shadowreplay.app import Pipeline
-from shadowreplay.config import ComparerConfig, Config, StoreConfig, WebConfig
+from shadowreplay.contract.config import ComparerConfig, Config, StoreConfig, WebConfig
 from shadowreplay.demo.backends import Backend
-from shadowreplay.record import ReplayResult, RequestRecord, Response, encode_request, encode_result
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response, encode_request, encode_result
 
 pytestmark = pytest.mark.integration
 __all__ = ["chromium"]  # the fixture, imported for pytest

@@ -22,11 +22,11 @@ import orjson
 import pytest
 
 from comparer_session import ComparerSession
-from comparer.store import DivergenceStore
-from comparer.web import DivergencePage
+from shadowreplay.comparer.store import DivergenceStore
+from shadowreplay.comparer.web import DivergencePage
 from shadowreplay.app import Pipeline
-from shadowreplay.config import Config, WebConfig
-from shadowreplay.record import ReplayResult, RequestRecord, Response, encode_result
+from shadowreplay.contract.config import Config, WebConfig
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response, encode_result
 from tests.conftest import loopback_config
 
 pytestmark = pytest.mark.integration
@@ -190,7 +190,7 @@ async def test_a_credential_is_required_when_configured(tmp_path: Path) -> None:
 
 
 async def test_a_credential_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
-    from shadowreplay.errors import ConfigError
+    from shadowreplay.contract.errors import ConfigError
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("SHADOWREPLAY_TEST_UNSET_TOKEN", raising=False)

@@ -25,8 +25,8 @@ import pytest
 from aiohttp import web
 
 from http_backends import serve
-from shadowreplay.bus import open_bus
-from shadowreplay.record import RequestRecord, encode_request
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.record import RequestRecord, encode_request
 from tests.conftest import free_port
 from tests.integration.test_dashboards import PrometheusProcess, prometheus_config, query, wait_until
 

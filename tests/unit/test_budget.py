@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from collector.budget import MemoryBudget, Share
+from shadowreplay.collector.budget import MemoryBudget, Share
 
 
 async def test_shares_take_beyond_their_free_part_and_give_back() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shadowreplay.bus import Consumer, Message, open_bus
-from shadowreplay.bus import sqlite as sqlite_bus
-from shadowreplay.bus.sqlite import SqliteBus, SqliteProducer
-from shadowreplay.errors import BusError, ConfigError
+from shadowreplay.contract.bus import Consumer, Message, open_bus
+from shadowreplay.contract.bus import sqlite as sqlite_bus
+from shadowreplay.contract.bus.sqlite import SqliteBus, SqliteProducer
+from shadowreplay.contract.errors import BusError, ConfigError
 from waiting import DEADLINE_SECONDS
 
 FAST_GROUPS = "?session_timeout_ms=600&rebalance_interval_ms=100"
@@ -79,10 +79,10 @@ def test_bad_urls_are_config_errors_naming_the_url(url: str, tmp_path: Path,
 def test_kafka_is_imported_only_for_kafka_urls(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from shadowreplay.bus import open_bus\n"
+        "from shadowreplay.contract.bus import open_bus\n"
         f"open_bus('sqlite:///{tmp_path / 'x.db'}').close()\n"
         "assert 'kafka' not in sys.modules, 'kafka-python was imported'\n"
-        "assert 'shadowreplay.bus.kafka' not in sys.modules\n"
+        "assert 'shadowreplay.contract.bus.kafka' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -353,7 +353,7 @@ def test_a_producer_that_need_not_be_power_safe_skips_only_its_own_fsync(tmp_pat
     fast.close()
     code = (
         "import os, signal\n"
-        "from shadowreplay.bus.sqlite import SqliteBus\n"
+        "from shadowreplay.contract.bus.sqlite import SqliteBus\n"
         f"bus = SqliteBus('sqlite:///{path}', {str(path)!r}, partitions=2)\n"
         "p = bus.producer(power_safe=False)\n"
         "for i in range(300):\n"

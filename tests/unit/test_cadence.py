@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comparer.cadence import (
+from shadowreplay.comparer.cadence import (
     BUFFERING_PATH,
     FIRST_BYTE_PATH,
     CadenceRules,

@@ -116,7 +116,7 @@ def test_json_logs_of_a_real_command_are_json(tmp_path: object) -> None:
     assert proc.returncode == 0, proc.stderr
     logged = [orjson.loads(line) for line in proc.stderr.splitlines()]
     assert logged and all({"time", "level", "logger", "message"} <= set(entry) for entry in logged)
-    assert any(e["logger"] == "replayer.control" and "anchor for group g set" in e["message"] for e in logged)
+    assert any(e["logger"] == "shadowreplay.replayer.control" and "anchor for group g set" in e["message"] for e in logged)
     assert orjson.loads(proc.stdout)["group"] == "g"  # the command's own output stays on stdout
 
 

@@ -16,8 +16,8 @@ import brotli
 import pytest
 from aiohttp import web
 
-from replayer.client import TargetClient, origin_form, outgoing_headers, outgoing_request
-from shadowreplay.record import RequestRecord
+from shadowreplay.replayer.client import TargetClient, origin_form, outgoing_headers, outgoing_request
+from shadowreplay.contract.record import RequestRecord
 from tls_certs import SERVER_EXT, issue, require_openssl
 
 BIG = bytes(range(256)) * 40  # 10240 bytes

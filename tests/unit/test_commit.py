@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from collector.commit import GroupCommit
-from shadowreplay.errors import BusError
+from shadowreplay.collector.commit import GroupCommit
+from shadowreplay.contract.errors import BusError
 
 
 class RecordingProducer:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from comparer.endpoints import EndpointNamer, jsonrpc_name, parse_route
-from comparer.paths import PathSet, is_within
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import RequestRecord
+from shadowreplay.comparer.endpoints import EndpointNamer, jsonrpc_name, parse_route
+from shadowreplay.comparer.paths import PathSet, is_within
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import RequestRecord
 
 
 def req(method: str, target: str, body: bytes | None = None) -> RequestRecord:
@@ -102,9 +102,9 @@ def test_namer_bounds_names_with_an_overflow_bucket(caplog: pytest.LogCaptureFix
 
 
 def test_verdicts_of_many_raw_paths_carry_a_bounded_set_of_templates() -> None:
-    from comparer.diff import Differ
-    from shadowreplay.config import ComparerConfig
-    from shadowreplay.record import ReplayResult, Response
+    from shadowreplay.comparer.diff import Differ
+    from shadowreplay.contract.config import ComparerConfig
+    from shadowreplay.contract.record import ReplayResult, Response
 
     differ = Differ(ComparerConfig(max_endpoints=5))
     names = set()

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shadowreplay import config as configmod
-from shadowreplay.cli import EXAMPLE_CONFIG, build_parser, config_from_args
-from shadowreplay.config import Config
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract import config as configmod
+from shadowreplay.commands.config import EXAMPLE_CONFIG
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.errors import ConfigError
 
 
 def test_example_config_is_valid_and_matches_defaults() -> None:

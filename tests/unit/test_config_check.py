@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from shadowreplay import config as configmod
+from shadowreplay.contract import config as configmod
 from shadowreplay.app import Pipeline
-from shadowreplay.cli import EXAMPLE_CONFIG, main
-from shadowreplay.errors import ConfigError
+from shadowreplay.commands.config import EXAMPLE_CONFIG
+from shadowreplay.cli import main
+from shadowreplay.contract.errors import ConfigError
 
 UNSET = "SHADOWREPLAY_TEST_NEVER_SET"
 

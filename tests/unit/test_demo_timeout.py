@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shadowreplay.demo.run import DEMO_MARGIN_SECONDS, demo_timeout_seconds, load_sample, msec_to_ns, run_demo
-from shadowreplay.errors import ShadowError
+from shadowreplay.contract.errors import ShadowError
 
 
 def test_the_wait_scales_with_the_replay_length() -> None:

@@ -7,7 +7,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comparer.diff import (
+from shadowreplay.comparer.diff import (
     MAX_DIFFS,
     Differ,
     FieldDiff,
@@ -17,10 +17,10 @@ from comparer.diff import (
     error_kind,
     is_json_content_type,
 )
-from comparer.loop import EndpointSummary, format_table
-from comparer.metrics import EndpointLimiter
-from shadowreplay.config import ComparerConfig
-from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response
+from shadowreplay.comparer.loop import EndpointSummary, format_table
+from shadowreplay.comparer.metrics import EndpointLimiter
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.record import Origin, ReplayResult, RequestRecord, Response
 
 JSON = (("content-type", "application/json"),)
 IGNORE = frozenset({"date", "server"})
@@ -448,10 +448,10 @@ def test_format_table() -> None:
 
 import gzip  # noqa: E402
 
-from comparer.diff import diff_jsonrpc, diff_text, split_noise  # noqa: E402
-from comparer.jsondiff import JsonOptions  # noqa: E402
-from comparer.paths import PathSet  # noqa: E402
-from shadowreplay.config import EndpointRules  # noqa: E402
+from shadowreplay.comparer.diff import diff_jsonrpc, diff_text, split_noise  # noqa: E402
+from shadowreplay.comparer.jsondiff import JsonOptions  # noqa: E402
+from shadowreplay.comparer.paths import PathSet  # noqa: E402
+from shadowreplay.contract.config import EndpointRules  # noqa: E402
 
 
 def three(
@@ -645,7 +645,7 @@ def test_origin_size_when_enabled() -> None:
 def test_bad_patterns_fail_at_construction() -> None:
     import pytest
 
-    from shadowreplay.errors import ConfigError
+    from shadowreplay.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match="comparer.ignore_paths"):
         Differ(ComparerConfig(ignore_paths=("$.a[",)))

@@ -4,7 +4,7 @@
   exists and, when it names an anchor in a Markdown file, to a heading there (GitHub's
   anchor rules).
 * docs/configuration.md lists exactly the sections and keys of the config dataclasses
-  (``shadowreplay/config.py``), each with its default written as TOML.
+  (``shadowreplay/contract/config.py``), each with its default written as TOML.
 * Every config key or section named in inline code on those pages (``comparer.store.path``,
   ``[collector.fields]``) exists.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from shadowreplay.config import Config
+from shadowreplay.contract.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -165,9 +165,9 @@ def parse_default(cell: str) -> Any:
 def test_configuration_reference_lists_exactly_the_config_keys_with_their_defaults() -> None:
     code = config_sections()
     docs = documented_sections(CONFIG_PAGE.read_text(encoding="utf-8"))
-    assert sorted(docs) == sorted(code), "sections documented vs. in shadowreplay/config.py"
+    assert sorted(docs) == sorted(code), "sections documented vs. in shadowreplay/contract/config.py"
     for name, keys in code.items():
-        assert sorted(docs[name]) == sorted(keys), f"keys of {name}: documented vs. in shadowreplay/config.py"
+        assert sorted(docs[name]) == sorted(keys), f"keys of {name}: documented vs. in shadowreplay/contract/config.py"
         for key, default in keys.items():
             assert parse_default(docs[name][key]) == default, f"{name} {key}: documented default"
 
@@ -215,7 +215,7 @@ def unknown_keys(text: str) -> list[str]:
             if ".".join(parts[:2]) not in known and (
                 (ROOT / parts[0] / f"{parts[1]}.py").exists() or (ROOT / parts[0] / parts[1]).is_dir()
             ):
-                continue  # a Python name (replayer.client.outgoing_request)
+                continue  # a Python name (shadowreplay.replayer.client.outgoing_request)
             if name not in known:
                 unknown.append(name)
     return unknown
@@ -227,6 +227,6 @@ def test_config_keys_named_in_the_docs_exist(page: Path) -> None:
 
 
 def test_the_key_check_catches_a_key_that_does_not_exist() -> None:
-    assert unknown_keys("`comparer.store.path`, `[collector.fields]`, `replayer.client.outgoing_request`") == []
+    assert unknown_keys("`comparer.store.path`, `[collector.fields]`, `shadowreplay.replayer.client.outgoing_request`") == []
     assert unknown_keys("set `comparer.store.max_size` or `[collector.field]`") == ["comparer.store.max_size",
                                                                                    "collector.field"]

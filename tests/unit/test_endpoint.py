@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadowreplay.endpoint import endpoint_name, path_template
+from shadowreplay.contract.endpoint import endpoint_name, path_template
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from collector.formats import LogFormat, entry_id, make_format
-from collector.lines import LINE_ID_FIELD
-from shadowreplay.config import FieldMap
-from shadowreplay.errors import ConfigError, DecodeError
-from shadowreplay.record import Origin, RequestRecord, decode_request, encode_request, stable_id
+from shadowreplay.collector.formats import LogFormat, entry_id, make_format
+from shadowreplay.collector.lines import LINE_ID_FIELD
+from shadowreplay.contract.config import FieldMap
+from shadowreplay.contract.errors import ConfigError, DecodeError
+from shadowreplay.contract.record import Origin, RequestRecord, decode_request, encode_request, stable_id
 
 TS = 1464845619_123450040
 
@@ -200,8 +200,8 @@ def test_make_format() -> None:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from collector.lines import parse_clf  # noqa: E402
-from shadowreplay.config import RedactConfig  # noqa: E402
+from shadowreplay.collector.lines import parse_clf  # noqa: E402
+from shadowreplay.contract.config import RedactConfig  # noqa: E402
 
 _text_values = st.one_of(
     st.sampled_from([
@@ -292,7 +292,7 @@ def test_ltsv_record_with_explicit_headers() -> None:
     )
     fmt = make_format("ltsv", fields)
     line = "time:10/Oct/2000:13:55:36 -0700\thost:192.0.2.7\tmethod:POST\turi:/a?x=1\tstatus:201\tsize:12\treqtime:0.25\tua:curl\treferer:-\tvhost:api.example"
-    from collector.lines import parse_ltsv_line
+    from shadowreplay.collector.lines import parse_ltsv_line
 
     r = request(fmt, "t", TS, parse_ltsv_line(line))
     assert (r.method, r.target, r.client, r.host) == ("POST", "/a?x=1", "192.0.2.7", "api.example")
@@ -393,7 +393,7 @@ def test_client_is_the_trusted_field_never_x_forwarded_for() -> None:
 
 
 def test_to_bus_slow_path_past_the_layout_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    import collector.formats as formats
+    import shadowreplay.collector.formats as formats
 
     monkeypatch.setattr(formats, "_MAX_LAYOUTS", 2)
     fmt = make_format("nginx_json", FieldMap())

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.forward import ForwardDecoder, Frame, encode_ack
-from shadowreplay.errors import DecodeError
+from shadowreplay.collector.forward import ForwardDecoder, Frame, encode_ack
+from shadowreplay.contract.errors import DecodeError
 
 NOW = 1_700_000_000_000_000_123
 ET_BYTES = bytes.fromhex("d7 00 57 4f c5 33 07 5b b2 b8")  # 1464845619.123450040
@@ -395,7 +395,7 @@ def test_fuzz_mutated_valid_frames(base: bytes, flips: list[tuple[int, int]], cu
 def outcome(data: bytes, step: int, *, fast: bool) -> list[object]:
     """Everything a decoder reports for ``data`` fed ``step`` bytes at a time; without
     ``fast``, the fast path is switched off (every frame goes to the stream unpacker)."""
-    import collector.forward as forward
+    import shadowreplay.collector.forward as forward
 
     sniff = forward._sniff
     if not fast:

@@ -13,8 +13,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from collector.forward import ForwardDecoder, encode_ack
-from collector.handshake import (
+from shadowreplay.collector.forward import ForwardDecoder, encode_ack
+from shadowreplay.collector.handshake import (
     INVALID_PING,
     KEY_MISMATCH,
     SAME_HOSTNAME,
@@ -44,8 +44,8 @@ from forward_vectors import (
     pong_refused,
     text,
 )
-from shadowreplay.config import ForwardSecurity, ForwardUser
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.config import ForwardSecurity, ForwardUser
+from shadowreplay.contract.errors import ConfigError
 
 
 def decode(data: bytes, step: int | None = None) -> list:
@@ -204,7 +204,7 @@ def test_secrets_come_from_the_environment() -> None:
 _BOMB_SCRIPT = textwrap.dedent(
     """
     import resource, sys
-    from collector.forward import ForwardDecoder
+    from shadowreplay.collector.forward import ForwardDecoder
 
     def rss_mib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

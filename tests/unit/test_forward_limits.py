@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.forward import ForwardDecoder, Frame, clip
-from shadowreplay.errors import DecodeError
+from shadowreplay.collector.forward import ForwardDecoder, Frame, clip
+from shadowreplay.contract.errors import DecodeError
 
 NOW = 1_700_000_000_000_000_123
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from replayer.gaps import Timeline
-from replayer.schedule import Anchor
+from shadowreplay.replayer.gaps import Timeline
+from shadowreplay.replayer.schedule import Anchor
 
 S = 10**9
 T0 = 1_700_000_000 * S

@@ -13,7 +13,7 @@ from functools import partial
 import brotli
 import pytest
 
-from replayer.http1 import (
+from shadowreplay.replayer.http1 import (
     MAX_HEAD_BYTES,
     MAX_INTERIM,
     MAX_TRAILER_BYTES,
@@ -666,7 +666,7 @@ async def test_ipv6_loopback_target() -> None:
 
 def test_pools_check_names_each_in_their_own_set() -> None:
     """No state shared between pools (the old module-wide ``_good_names``)."""
-    import replayer.http1 as http1
+    import shadowreplay.replayer.http1 as http1
 
     a, b = ConnectionPool("http://127.0.0.1:1", limit=1), ConnectionPool("http://127.0.0.1:2", limit=1)
     names: set[str] = set()

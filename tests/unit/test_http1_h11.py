@@ -10,7 +10,7 @@ import h11
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from replayer.http1 import MAX_HEAD_BYTES, HTTPFailure, _Parser
+from shadowreplay.replayer.http1 import MAX_HEAD_BYTES, HTTPFailure, _Parser
 
 Parsed = tuple[int, list[tuple[bytes, bytes]], bytes] | None  # None: refused (or incomplete at EOF)
 

@@ -9,11 +9,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comparer.diff import Differ, diff_bodies
-from comparer.jsondiff import FieldDiff, JsonOptions, diff_jsonrpc
-from comparer.paths import PathSet
-from shadowreplay.config import ComparerConfig
-from shadowreplay.record import ReplayResult, RequestRecord, Response
+from shadowreplay.comparer.diff import Differ, diff_bodies
+from shadowreplay.comparer.jsondiff import FieldDiff, JsonOptions, diff_jsonrpc
+from shadowreplay.comparer.paths import PathSet
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response
 
 JSON = (("content-type", "application/json"),)
 PARSE_ERROR = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
@@ -168,7 +168,7 @@ def test_one_changed_answer_is_one_group_and_never_order_or_type(batch: list[Any
 
 
 def test_duplicate_id_paths_count_as_one_field() -> None:
-    from comparer.paths import field_key
+    from shadowreplay.comparer.paths import field_key
 
     assert field_key("$[?(@.id==1)][1].result.ts") == "$[*].result.ts"
     assert field_key("$[?(@.id==null)].error") == "$[*].error"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kafka.partitioner import DefaultPartitioner
 
-from shadowreplay.bus import kafka as kafka_bus
-from shadowreplay.bus.kafka import _KeyPartitioner
+from shadowreplay.contract.bus import kafka as kafka_bus
+from shadowreplay.contract.bus.kafka import _KeyPartitioner
 
 
 class Cluster:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shadowreplay.bus import PartitionLag
-from shadowreplay.errors import BusError
+from shadowreplay.contract.bus import PartitionLag
+from shadowreplay.contract.errors import BusError
 from shadowreplay.lag import LagMonitor, PartitionHistory
 
 NAMES = ("shadow_replay_consumer_lag_records", "shadow_replay_consumer_lag_seconds")

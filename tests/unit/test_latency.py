@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from comparer.latency import GAMMA, LatencyRules, LogSketch, judge_latency
-from comparer.noise import z_for
+from shadowreplay.comparer.latency import GAMMA, LatencyRules, LogSketch, judge_latency
+from shadowreplay.comparer.noise import z_for
 
 
 def sketch(values: list[float]) -> LogSketch:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.lines import (
+from shadowreplay.collector.lines import (
     ESCAPES_KEEP,
     LineError,
     line_parser,

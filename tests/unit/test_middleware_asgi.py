@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from collector.middleware import ASGIMiddleware, RequestShipper, WSGIMiddleware
+from shadowreplay.collector.middleware import ASGIMiddleware, RequestShipper, WSGIMiddleware
 
 
 class RecordingSender:
@@ -115,9 +115,9 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
 async def test_asgi_target_and_headers_keep_their_bytes() -> None:
     # ASGI gives bytes; UTF-8 ones become text, others travel as bytes (msgpack bin), and
     # the collector carries them to the replay unchanged.
-    from collector.formats import make_format
-    from shadowreplay.config import FieldMap
-    from shadowreplay.record import decode_request
+    from shadowreplay.collector.formats import make_format
+    from shadowreplay.contract.config import FieldMap
+    from shadowreplay.contract.record import decode_request
 
     sender = RecordingSender()
     shipper = RequestShipper(sender=sender)

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comparer.diff import Differ, FieldDiff, Verdict
-from comparer.noise import NOISE, REAL, UNDECIDED, NoiseThresholds, classify, difference_bounds, wilson, z_for
-from comparer.paths import field_key
-from comparer.verdict import MAX_FIELDS_PER_ENDPOINT, OTHER_FIELDS, EndpointTally, judge
-from shadowreplay.config import ComparerConfig
-from shadowreplay.record import PROBE, ReplayResult, RequestRecord, Response
+from shadowreplay.comparer.diff import Differ, FieldDiff, Verdict
+from shadowreplay.comparer.noise import NOISE, REAL, UNDECIDED, NoiseThresholds, classify, difference_bounds, wilson, z_for
+from shadowreplay.comparer.paths import field_key
+from shadowreplay.comparer.verdict import MAX_FIELDS_PER_ENDPOINT, OTHER_FIELDS, EndpointTally, judge
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.record import PROBE, ReplayResult, RequestRecord, Response
 
 T = NoiseThresholds()
 JSON = (("content-type", "application/json"),)
@@ -197,8 +197,8 @@ def test_probes_are_twins_without_a_secondary() -> None:
 def test_probe_sampler_first_per_endpoint_then_a_share_and_only_safe_methods() -> None:
     import dataclasses
 
-    from replayer.probe import ProbeSampler
-    from shadowreplay.config import ReplayerConfig
+    from shadowreplay.replayer.probe import ProbeSampler
+    from shadowreplay.contract.config import ReplayerConfig
 
     cfg = ReplayerConfig(candidate="http://c", baseline="http://b", noise_probe_min_per_endpoint=5)
     sampler = ProbeSampler(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from comparer.jsondiff import diff_json
+from shadowreplay.comparer.jsondiff import diff_json
 from shadowreplay.commands.noise_learn import NoiseSample, propose
 
 # JSON keys as a backend may send them; diff paths quote them (``$['a\nb']``).

@@ -8,6 +8,7 @@ with what the code and the shipped Prometheus/Grafana files say.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shadowreplay.cli import build_parser, config_from_args
-from shadowreplay.config import METRICS_PORTS, Config, parse_hostport
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
+from shadowreplay.contract.config import METRICS_PORTS, Config, parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -156,12 +158,20 @@ def dockerfile_value(instruction: str) -> str:
     return values[-1].strip()
 
 
+def package_sources(pyproject: dict[str, Any]) -> set[str]:
+    """The top-level folders of the tree the listed packages are built from, symlinks
+    followed (shadowreplay/collector is ../collector)."""
+    tool = pyproject["tool"]["setuptools"]
+    dirs = {ROOT / tool.get("package-dir", {}).get(p, p.replace(".", "/")) for p in tool["packages"]}
+    return {d.resolve().relative_to(ROOT).parts[0] for d in dirs}
+
+
 def test_dockerfile_installs_every_package_and_exposes_the_ports(pyproject: dict[str, Any]) -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     copied = {part.rstrip("/").removeprefix("./") for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M)
               for part in line.split()[:-1]}
-    tool = pyproject["tool"]["setuptools"]
-    package_dirs = {tool.get("package-dir", {}).get(p, p.replace(".", "/")).split("/")[0] for p in tool["packages"]}
+    package_dirs = package_sources(pyproject)
+    assert {"shadowreplay", "collector", "replayer", "comparer", "dashboards"} <= package_dirs
     assert package_dirs <= copied, f"packages not copied into the image: {package_dirs - copied}"
     assert {"pyproject.toml", "README.md", "LICENSE"} <= copied
     assert set(map(int, dockerfile_value("EXPOSE").split())) == {24224, *METRICS_PORTS.values()}
@@ -172,16 +182,32 @@ def test_dockerfile_installs_every_package_and_exposes_the_ports(pyproject: dict
     assert dockerfile_value("USER") != "root"
 
 
+STAGES = ("collector", "replayer", "comparer")
+
+
+def test_the_stages_are_subpackages_of_shadowreplay_through_relative_symlinks() -> None:
+    """One top-level name: shadowreplay/<stage> links to the stage's own folder, relatively
+    (so a clone anywhere, the sdist and the image resolve it)."""
+    for stage in STAGES:
+        link = ROOT / "shadowreplay" / stage
+        assert link.is_symlink() and os.readlink(link) == f"../{stage}", link
+        assert link.resolve() == (ROOT / stage).resolve() and (ROOT / stage / "__init__.py").is_file()
+
+
 def test_the_package_list_matches_the_tree(pyproject: dict[str, Any]) -> None:
-    """pyproject lists packages (so dashboards/ can be mapped in): none may be forgotten."""
+    """pyproject lists packages (so dashboards/ can be mapped in): none may be forgotten,
+    and every one is under the one top-level name."""
     listed = set(pyproject["tool"]["setuptools"]["packages"])
-    skip = {".venv", "tests", "bench", "build", "dist"}
+    assert {p.split(".")[0] for p in listed} == {"shadowreplay"}
     found = {
-        ".".join(init.parent.relative_to(ROOT).parts)
-        for init in ROOT.rglob("__init__.py")
-        if not skip & set(init.relative_to(ROOT).parts)
+        ".".join(Path(folder).relative_to(ROOT).parts)
+        for folder, _, files in os.walk(ROOT / "shadowreplay", followlinks=True)
+        if "__init__.py" in files and "__pycache__" not in folder
     }
     assert found == listed - {"shadowreplay.dashboards"}
+    skip = {".venv", "tests", "bench", "build", "dist", "shadowreplay", *STAGES}
+    stray = [init for init in ROOT.rglob("__init__.py") if not skip & set(init.relative_to(ROOT).parts)]
+    assert not stray, f"packages outside shadowreplay/ and the stages' folders: {stray}"
     assert pyproject["tool"]["setuptools"]["package-dir"] == {"shadowreplay.dashboards": "dashboards"}
     data = pyproject["tool"]["setuptools"]["package-data"]["shadowreplay.dashboards"]
     shipped = {p.relative_to(DASHBOARDS).as_posix() for pattern in data for p in DASHBOARDS.glob(pattern)}

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shadowreplay.config import TARGET_NAMES
-from shadowreplay.errors import RecordError
-from shadowreplay.record import (
+from shadowreplay.contract.config import TARGET_NAMES
+from shadowreplay.contract.errors import RecordError
+from shadowreplay.contract.record import (
     MAX_SCHEMA_VERSION,
     PROBE,
     RAW_SCHEMA_VERSION,

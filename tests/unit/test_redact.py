@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import collector.redact as redact
-from collector.redact import Redactor
-from shadowreplay.config import DEFAULT_SECRET_HEADERS, RedactConfig
+import shadowreplay.collector.redact as redact
+from shadowreplay.collector.redact import Redactor
+from shadowreplay.contract.config import DEFAULT_SECRET_HEADERS, RedactConfig
 
 ENV = {"SHADOWREPLAY_REDACT_KEY": "k3y"}
 
@@ -199,7 +199,7 @@ def test_form_bodies() -> None:
 def test_unparseable_bodies_that_may_hold_a_secret_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     dropped: list[str] = []
     r = Redactor(RedactConfig(), ENV, on_drop=dropped.append)
-    with caplog.at_level(logging.WARNING, logger="collector.redact"):
+    with caplog.at_level(logging.WARNING, logger="shadowreplay.collector.redact"):
         assert r.body(b'{"password": "x", broken json') is None
         assert r.body(b"\x00\xff<password>hunter2</password>") is None
         assert r.body(b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\nt\r\n--b--') is None
@@ -224,7 +224,7 @@ def test_config_lists_extra_and_keep() -> None:
 
 def test_random_key_when_env_unset_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(redact, "_process_key", None)
-    with caplog.at_level(logging.WARNING, logger="collector.redact"):
+    with caplog.at_level(logging.WARNING, logger="shadowreplay.collector.redact"):
         a = Redactor(RedactConfig(), {})
         b = Redactor(RedactConfig(), {})
     assert a.value("s") == b.value("s") and a.value("s").startswith("redacted:hmac:")

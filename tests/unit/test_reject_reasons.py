@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import collector
-from collector.metrics import DECODE_ERROR_REASONS, REJECT_REASONS
+from shadowreplay import collector
+from shadowreplay.collector.metrics import DECODE_ERROR_REASONS, REJECT_REASONS
 
 
 def _reasons_in_source() -> dict[str, str]:
@@ -42,7 +42,7 @@ def test_every_reason_the_collector_uses_is_listed() -> None:
     found = _reasons_in_source()
     assert {"bad_method", "bad_json", "bad_time_field", "not_logs", "msgpack"} <= set(found)  # the scan sees them
     unlisted = {r: where for r, where in found.items() if r not in REJECT_REASONS + DECODE_ERROR_REASONS}
-    assert not unlisted, f"reasons missing from collector.metrics.REJECT_REASONS: {unlisted}"
+    assert not unlisted, f"reasons missing from shadowreplay.collector.metrics.REJECT_REASONS: {unlisted}"
 
 
 def test_reasons_are_listed_once() -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from replayer.workers import child_argv, part_of, worker_share
-from shadowreplay import config as configmod
-from shadowreplay.cli import build_parser, config_from_args
-from shadowreplay.config import ReplayerConfig
-from shadowreplay.errors import ConfigError
+from shadowreplay.workers import child_argv, part_of, worker_share
+from shadowreplay.contract import config as configmod
+from shadowreplay.cli import build_parser
+from shadowreplay.commands.common import config_from_args
+from shadowreplay.contract.config import ReplayerConfig
+from shadowreplay.contract.errors import ConfigError
 
 
 def _cfg(*argv: str) -> configmod.Config:
@@ -125,7 +126,7 @@ def test_uvloop_is_the_replay_default(argv: list[str], expect_uvloop: bool) -> N
 
     import uvloop
 
-    from replayer.commands import use_uvloop_if_asked
+    from shadowreplay.commands.replay import use_uvloop_if_asked
 
     before = asyncio.get_event_loop_policy()
     try:
@@ -139,10 +140,10 @@ def test_uvloop_is_the_replay_default(argv: list[str], expect_uvloop: bool) -> N
 def test_follow_without_a_speed_above_one_is_explained(caplog: pytest.LogCaptureFixture) -> None:
     from prometheus_client import CollectorRegistry
 
-    from replayer.loop import Replayer
-    from replayer.metrics import ReplayerMetrics
+    from shadowreplay.replayer.loop import Replayer
+    from shadowreplay.replayer.metrics import ReplayerMetrics
 
-    caplog.set_level(logging.WARNING, logger="replayer.loop")
+    caplog.set_level(logging.WARNING, logger="shadowreplay.replayer.loop")
     for speed, warned in ((1.0, True), (0.0, True), (2.0, False)):
         caplog.clear()
         cfg = ReplayerConfig(candidate="http://127.0.0.1:1", follow=True, speed=speed, rate=100.0)

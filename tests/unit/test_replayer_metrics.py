@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from replayer.metrics import HistogramBatch, ReplayerMetrics
+from shadowreplay.replayer.metrics import HistogramBatch, ReplayerMetrics
 
 VALUES = [0.0, 0.0001, 0.00011, 0.001, 0.0049, 0.005, 0.3, 7.0, 10.0, 10.5, 1e9, -1.0]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from replayer.rules import Rules, query_param, sample_bucket, set_query_param
-from shadowreplay.config import ReplayRule
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import RequestRecord
+from shadowreplay.replayer.rules import Rules, query_param, sample_bucket, set_query_param
+from shadowreplay.contract.config import ReplayRule
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import RequestRecord
 
 
 def _rec(target: str = "/a", method: str = "GET", client: str | None = "10.0.0.1", **kw: object) -> RequestRecord:

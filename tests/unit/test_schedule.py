@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replayer.schedule import DEFAULT_LEAD_SECONDS, Anchor, Pacer
-from shadowreplay.errors import ConfigError
+from shadowreplay.replayer.schedule import DEFAULT_LEAD_SECONDS, Anchor, Pacer
+from shadowreplay.contract.errors import ConfigError
 
 LOG_T0 = 1_700_000_000_123_456_789
 WALL_T0 = 1_800_000_000_000_000_000

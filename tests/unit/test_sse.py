@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comparer.jsondiff import JsonOptions
-from comparer.paths import PathSet
-from comparer.sse import CountTolerance, Event, diff_events, is_event_stream, parse_events
+from shadowreplay.comparer.jsondiff import JsonOptions
+from shadowreplay.comparer.paths import PathSet
+from shadowreplay.comparer.sse import CountTolerance, Event, diff_events, is_event_stream, parse_events
 
 
 def sse(*events: dict[str, object], eol: str = "\n") -> bytes:

@@ -12,14 +12,14 @@ import pytest
 
 
 from comparer_session import ComparerSession
-from comparer.rediff import make_differ, rediff
-from comparer.report import render_html, render_markdown, render_terminal
-from comparer.store import DivergenceStore, StoreReader, resolve_store_path
-from comparer.web import parse_since
+from shadowreplay.comparer.rediff import make_differ, rediff
+from shadowreplay.comparer.report import render_html, render_markdown, render_terminal
+from shadowreplay.comparer.store import DivergenceStore, StoreReader, resolve_store_path
+from shadowreplay.comparer.web import parse_since
 from shadowreplay.cli import main
-from shadowreplay.config import ComparerConfig, StoreConfig
-from shadowreplay.errors import ShadowError
-from shadowreplay.record import Origin, ReplayResult, RequestRecord, Response
+from shadowreplay.contract.config import ComparerConfig, StoreConfig
+from shadowreplay.contract.errors import ShadowError
+from shadowreplay.contract.record import Origin, ReplayResult, RequestRecord, Response
 
 JSON = (("content-type", "application/json"),)
 T0 = 1_800_000_000_000_000_000
@@ -390,8 +390,8 @@ def test_endpoint_pages_count_every_endpoint_even_past_the_end(tmp_path: Path) -
 
 
 def test_the_field_index_pools_paths_past_the_bound_and_the_divergence_keeps_them(tmp_path: Path) -> None:
-    from comparer.diff import FieldDiff, Verdict
-    from comparer.verdict import MAX_FIELDS_PER_ENDPOINT
+    from shadowreplay.comparer.diff import FieldDiff, Verdict
+    from shadowreplay.comparer.verdict import MAX_FIELDS_PER_ENDPOINT
 
     path = tmp_path / "d.db"
 

@@ -1,4 +1,4 @@
-"""Streams through the whole differ (comparer.diff.Differ → comparer/streams.py): cadence
+"""Streams through the whole differ (shadowreplay.comparer.diff.Differ → comparer/streams.py): cadence
 kinds and event-by-event SSE bodies flow through the usual Verdict, under the usual
 ignore, noise and per-endpoint rules."""
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from comparer.cadence import CadenceRules, judge
-from comparer.store import diffs_to_json
-from comparer.diff import KINDS, Differ, FieldDiff
-from comparer.sse import CountTolerance
-from comparer.streams import describe, stream_rules
-from shadowreplay import config as configmod
-from shadowreplay.config import ComparerConfig, ComparerStreamsConfig, EndpointRules
-from shadowreplay.errors import ConfigError
-from shadowreplay.record import ReplayResult, RequestRecord, Response
+from shadowreplay.comparer.cadence import CadenceRules, judge
+from shadowreplay.comparer.store import diffs_to_json
+from shadowreplay.comparer.diff import KINDS, Differ, FieldDiff
+from shadowreplay.comparer.sse import CountTolerance
+from shadowreplay.comparer.streams import describe, stream_rules
+from shadowreplay.contract import config as configmod
+from shadowreplay.contract.config import ComparerConfig, ComparerStreamsConfig, EndpointRules
+from shadowreplay.contract.errors import ConfigError
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response
 
 TEXT = (("Content-Type", "text/plain"),)
 SSE = (("Content-Type", "text/event-stream"),)
@@ -138,7 +138,7 @@ def test_event_streams_by_line_when_events_are_off_or_one_side_is_no_stream() ->
 
 
 def test_against_the_logged_origin_there_is_no_cadence() -> None:
-    from shadowreplay.record import Origin
+    from shadowreplay.contract.record import Origin
 
     res = dataclasses.replace(result(candidate=lines(HELD)), origin=Origin(status=200))
     assert not Differ(ComparerConfig()).compare(res).diverged

@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from comparer.chart import arrival_svg
-from comparer.diff import Differ
-from comparer.metrics import FIRST_BYTE_BUCKETS, ComparerMetrics
-from shadowreplay.config import ComparerConfig
-from shadowreplay.record import ReplayResult, RequestRecord, Response
+from shadowreplay.comparer.chart import arrival_svg
+from shadowreplay.comparer.diff import Differ
+from shadowreplay.comparer.metrics import FIRST_BYTE_BUCKETS, ComparerMetrics
+from shadowreplay.contract.config import ComparerConfig
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response
 
 TEXT = (("Content-Type", "text/plain"),)
 PROGRESSIVE = tuple((round(0.002 + 0.1 * i, 6), 27 * (i + 1)) for i in range(20))

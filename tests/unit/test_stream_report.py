@@ -1,5 +1,5 @@
 """Stream differences where people read them: ``shadowreplay diffs`` (table and JSON) and
-``shadowreplay report`` name the kind and the delays in ms (``comparer.streams.describe``),
+``shadowreplay report`` name the kind and the delays in ms (``shadowreplay.comparer.streams.describe``),
 a status change still first; the stored result keeps its arrival timeline."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from comparer_session import ComparerSession
-from comparer.report import render_html, render_markdown, render_terminal
-from comparer.store import StoreReader
+from shadowreplay.comparer.report import render_html, render_markdown, render_terminal
+from shadowreplay.comparer.store import StoreReader
 from shadowreplay.cli import main
-from shadowreplay.record import ReplayResult, RequestRecord, Response
+from shadowreplay.contract.record import ReplayResult, RequestRecord, Response
 
 T0 = 1_800_000_000_000_000_000
 TEXT = (("content-type", "text/plain"),)

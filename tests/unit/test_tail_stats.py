@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.tail import TailStats
+from shadowreplay.collector.tail import TailStats
 
 
 def test_summary_says_what_happened_and_only_that() -> None:

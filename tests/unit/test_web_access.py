@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from comparer.web import DivergencePage, WebAuth, host_allowed, parse_since, peer_is_loopback, read_secret
-from shadowreplay import config as configmod
+from shadowreplay.comparer.web import DivergencePage, WebAuth, host_allowed, parse_since, peer_is_loopback, read_secret
+from shadowreplay.contract import config as configmod
 from shadowreplay.cli import main
-from shadowreplay.config import Config, WebConfig, is_loopback_host
-from shadowreplay.errors import ConfigError, ShadowError
+from shadowreplay.contract.config import Config, WebConfig, is_loopback_host
+from shadowreplay.contract.errors import ConfigError, ShadowError
 
 NOW = 1_800_000_000 * 10**9
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from replayer.window import parse_time, parse_window
-from shadowreplay.errors import ConfigError
+from shadowreplay.replayer.window import parse_time, parse_window
+from shadowreplay.contract.errors import ConfigError
 
 NOW = 1_800_000_000_000_000_000
 S = 10**9

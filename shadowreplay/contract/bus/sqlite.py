@@ -53,8 +53,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from shadowreplay.bus.base import Message, PartitionLag, next_positions
-from shadowreplay.errors import BusError, ConfigError
+from shadowreplay.contract.bus.base import Message, PartitionLag, next_positions
+from shadowreplay.contract.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.errors import ConfigError
 
 DEFAULT_BUS_URL = "sqlite:///shadowreplay.db"
 
@@ -541,7 +541,7 @@ def _validate_bus(bus: BusConfig) -> None:
 def _validate_collector(c: CollectorConfig) -> None:
     parse_hostport(c.listen, "collector.listen")
     # format, escapes and fields.time_format name the collector's parsers: it checks them
-    # (collector.formats.make_format), as `config check` does.
+    # (shadowreplay.collector.formats.make_format), as `config check` does.
     _validate_fields(c.fields, c.redact)
     if c.max_chunk_bytes < 1024:
         raise ConfigError("collector.max_chunk_bytes: must be >= 1024")
@@ -764,7 +764,7 @@ def is_loopback_host(host: str) -> bool:
 
 def _validate_verdict_rules(c: ComparerConfig) -> None:
     # Path patterns and routes are compiled (and rejected with the key's name) by
-    # comparer.diff.Differ when the comparer starts.
+    # shadowreplay.comparer.diff.Differ when the comparer starts.
     for key in (
         "tolerance_absolute",
         "tolerance_relative",

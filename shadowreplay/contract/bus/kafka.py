@@ -49,8 +49,8 @@ from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from shadowreplay.bus.base import Message, PartitionLag, next_positions
-from shadowreplay.errors import BusError, ConfigError
+from shadowreplay.contract.bus.base import Message, PartitionLag, next_positions
+from shadowreplay.contract.errors import BusError, ConfigError
 
 log = logging.getLogger(__name__)
 

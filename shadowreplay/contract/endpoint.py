@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from shadowreplay.record import readable
+from shadowreplay.contract.record import readable
 
 #: A name is cut to this many characters (a template of a very deep path).
 MAX_NAME_CHARS = 120

@@ -1,5 +1,6 @@
-"""The replayer's command-line surface: extra ``run``/``replay`` flags, ``replay start``,
-and ``replay --workers N``. ``shadowreplay/cli.py`` calls in here; only it prints errors."""
+"""``shadowreplay replay``: the replayer alone; ``replay start``, the group's schedule
+anchor; ``replay --workers N``, N replayer processes (shadowreplay/workers.py). Also the
+replay flags ``run`` shares."""
 
 from __future__ import annotations
 
@@ -8,17 +9,16 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import orjson
 
-from shadowreplay import config as configmod
-from shadowreplay.config import Config
-from shadowreplay.errors import ConfigError
+from shadowreplay.commands.common import config_from_args
+from shadowreplay.commands.stage import add_stage_arguments, run_stages
+from shadowreplay.contract import config as configmod
+from shadowreplay.contract.config import Config
+from shadowreplay.contract.errors import ConfigError
 
-if TYPE_CHECKING:
-    from replayer.workers import ChildMetrics
+STAGES = ("replay",)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
     ``replay`` runs the replayer, so the usage line shows both forms, neither required."""
     replay.usage = "%(prog)s [options]\n       %(prog)s start [options]   (see `%(prog)s start --help`)"
     sub = replay.add_subparsers(dest="replay_command", metavar="start", title="optional subcommand")
-    start = sub.add_parser(
+    start_sp = sub.add_parser(
         "start",
         help="set the group's schedule anchor on the bus (shared by all its replayers)",
         description=(
@@ -76,17 +76,18 @@ def add_replay_subcommands(replay: argparse.ArgumentParser) -> None:
             "so several processes on several machines keep one schedule."
         ),
     )
-    start.add_argument("--config", metavar="FILE", help="TOML config file (bus.url, replayer.group, speed ...)")
-    start.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
-    start.add_argument("--group", metavar="NAME", help="replayer consumer group (default shadow-replayer)")
-    start.add_argument("--speed", type=float, metavar="N", help="replay speed recorded with the anchor (default 1)")
-    start.add_argument("--rate", type=float, metavar="R", help="recorded with the anchor (informational)")
-    start.add_argument("--from", metavar="TIME", dest="window_from",
-                       help="log time of the anchor (default: the earliest record the group has next)")
-    start.add_argument("--at", metavar="TIME", default="",
-                       help="wall time the anchor's log time is replayed at (default: now + lead_seconds)")
-    start.add_argument("--follow", action="store_true", default=None, help="follow real time once caught up")
-    start.add_argument("--clear", action="store_true", help="withdraw the group's anchor instead")
+    start_sp.add_argument("--config", metavar="FILE", help="TOML config file (bus.url, replayer.group, speed ...)")
+    start_sp.add_argument("--bus", metavar="URL", help="bus URL (default from config, else sqlite:///shadowreplay.db)")
+    start_sp.add_argument("--group", metavar="NAME", help="replayer consumer group (default shadow-replayer)")
+    start_sp.add_argument("--speed", type=float, metavar="N", help="replay speed recorded with the anchor (default 1)")
+    start_sp.add_argument("--rate", type=float, metavar="R", help="recorded with the anchor (informational)")
+    start_sp.add_argument("--from", metavar="TIME", dest="window_from",
+                          help="log time of the anchor (default: the earliest record the group has next)")
+    start_sp.add_argument("--at", metavar="TIME", default="",
+                          help="wall time the anchor's log time is replayed at (default: now + lead_seconds)")
+    start_sp.add_argument("--follow", action="store_true", default=None, help="follow real time once caught up")
+    start_sp.add_argument("--clear", action="store_true", help="withdraw the group's anchor instead")
+    start_sp.set_defaults(func=start)
 
 
 def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
@@ -119,7 +120,7 @@ def replay_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         cfg = configmod.override(cfg, "replayer", targets=dataclasses.replace(t, **insecure))
     worker = getattr(args, "worker", None)
     if worker:
-        from replayer.workers import worker_share
+        from shadowreplay.workers import worker_share
 
         cfg = dataclasses.replace(cfg, replayer=worker_share(cfg.replayer, worker))
     return cfg
@@ -142,33 +143,65 @@ def use_uvloop_if_asked(args: argparse.Namespace) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def wants_dispatch(args: argparse.Namespace) -> bool:
-    """Whether ``replay`` is handled here (``replay start`` or ``--workers N`` with N > 1)."""
-    return args.command == "replay" and bool(
-        getattr(args, "replay_command", None) or (getattr(args, "workers", None) or 1) > 1
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_stage_arguments(p, STAGES, replay=True)
+    add_replay_arguments(p, workers=True)
+    add_replay_subcommands(p)
+    # set by `replay --workers N` on its children: serve /metrics on this inherited socket
+    p.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=run, configure=replay_config)
+
+
+def replay_config(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with the flags of ``run``/``replay`` (and ``replay start``) applied."""
+    cfg = configmod.override(
+        cfg,
+        "replayer",
+        candidate=getattr(args, "candidate", None),
+        baseline=getattr(args, "baseline", None),
+        speed=getattr(args, "speed", None),
+        group=getattr(args, "group", None),
+        idle_exit_seconds=getattr(args, "idle_exit", None),
     )
+    return replay_overrides(cfg, args)
 
 
-def dispatch(cfg: Config, args: argparse.Namespace, argv: Sequence[str],
-             metrics: ChildMetrics | None = None) -> int:
-    """``replay start``, or ``replay --workers N`` (children serving /metrics as ``metrics`` says)."""
-    from shadowreplay.bus import open_bus
+def run(args: argparse.Namespace) -> int:
+    """The replayer in this process, or ``--workers N`` (N > 1) processes."""
+    use_uvloop_if_asked(args)
+    cfg = config_from_args(args)
+    if (args.workers or 1) > 1:
+        return run_workers(cfg, args)
+    return run_stages(cfg, STAGES, args)
 
-    if args.replay_command == "start":
-        from replayer.control import clear_anchor, start_anchor
 
-        bus = open_bus(cfg.bus.url, cfg.bus.partitions)
-        try:
-            if args.clear:
-                clear_anchor(bus, cfg.replayer)
-                print(f"anchor of group {cfg.replayer.group} cleared", file=sys.stderr)
-                return 0
-            bus.ensure_topic(cfg.bus.requests_topic, cfg.bus.partitions)
-            anchor = start_anchor(bus, cfg.bus.requests_topic, cfg.replayer, at=args.at)
-        finally:
-            bus.close()
-        print(orjson.dumps({"group": cfg.replayer.group, **anchor.to_wire()}).decode())
-        return 0
-    from replayer.workers import run_workers
+def run_workers(cfg: Config, args: argparse.Namespace) -> int:
+    """``replay --workers N``: the parent serves its children's /metrics on --metrics-listen."""
+    from shadowreplay.app import check, metrics_listen
+    from shadowreplay.workermetrics import WorkerMetrics
+    from shadowreplay.workers import run_workers as spawn
 
-    return run_workers(cfg, list(argv), metrics)
+    check(cfg, STAGES)  # before any child starts: each would refuse the same way
+    with WorkerMetrics(metrics_listen(cfg, STAGES), cfg.replayer.workers) as metrics:
+        return spawn(cfg, args.argv, metrics)
+
+
+def start(args: argparse.Namespace) -> int:
+    """``replay start``: publish (or ``--clear``) the group's anchor on the bus."""
+    from shadowreplay.contract.bus import open_bus
+    from shadowreplay.replayer.control import clear_anchor, start_anchor
+
+    use_uvloop_if_asked(args)
+    cfg = config_from_args(args)
+    bus = open_bus(cfg.bus.url, cfg.bus.partitions)
+    try:
+        if args.clear:
+            clear_anchor(bus, cfg.replayer)
+            print(f"anchor of group {cfg.replayer.group} cleared", file=sys.stderr)
+            return 0
+        bus.ensure_topic(cfg.bus.requests_topic, cfg.bus.partitions)
+        anchor = start_anchor(bus, cfg.bus.requests_topic, cfg.replayer, at=args.at)
+    finally:
+        bus.close()
+    print(orjson.dumps({"group": cfg.replayer.group, **anchor.to_wire()}).decode())
+    return 0

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from shadowreplay.errors import RecordError
+from shadowreplay.contract.errors import RecordError
 
 SCHEMA_VERSION = 1
 # A request record whose target, host or header values hold bytes that are not UTF-8:

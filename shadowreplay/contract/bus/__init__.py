@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader, next_positions, read_to_end
-from shadowreplay.errors import ConfigError
+from shadowreplay.contract.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader, next_positions, read_to_end
+from shadowreplay.contract.errors import ConfigError
 
 __all__ = [
     "Bus", "Consumer", "Message", "PartitionLag", "Producer", "Reader", "check_bus", "next_positions", "open_bus",
@@ -53,7 +53,7 @@ def _backend(url: str, partitions: int) -> Callable[[], Bus]:
         raise ConfigError(f"bus.partitions: must be >= 1, got {partitions}")
     base, _, query = url.partition("?")
     if base.startswith("sqlite:///"):
-        from shadowreplay.bus import sqlite
+        from shadowreplay.contract.bus import sqlite
 
         path = base[len("sqlite:///"):]
         if not path or path == ":memory:":
@@ -62,7 +62,7 @@ def _backend(url: str, partitions: int) -> Callable[[], Bus]:
         sqlite.check_options(url, path, **options)
         return lambda: sqlite.SqliteBus(url, path, partitions, **options)
     if base.startswith("kafka://"):
-        from shadowreplay.bus import kafka
+        from shadowreplay.contract.bus import kafka
 
         servers = [s.strip() for s in base[len("kafka://"):].rstrip("/").split(",")]
         for server in servers:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from shadowreplay.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader
+from shadowreplay.contract.bus.base import Bus, Consumer, Message, PartitionLag, Producer, Reader
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ subscribed topics are split among the live members of a group; each member ``pol
 messages and ``commit``s them once the work they caused is done (at-least-once).
 
 The interface is synchronous (kafka-python and sqlite3 both are). Async code uses
-:mod:`shadowreplay.bus.aio`, which runs each producer or consumer on a thread of its own.
+:mod:`shadowreplay.contract.bus.aio`, which runs each producer or consumer on a thread of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
-from shadowreplay.errors import BusError
+from shadowreplay.contract.errors import BusError
 
 TP = tuple[str, int]
 

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Protocol
 
-from replayer.control import ensure_anchor
-from shadowreplay.bus import open_bus
-from shadowreplay.config import TARGET_NAMES, Config, ReplayerConfig
-from shadowreplay.errors import ConfigError
+from shadowreplay.replayer.control import ensure_anchor
+from shadowreplay.contract.bus import open_bus
+from shadowreplay.contract.config import TARGET_NAMES, Config, ReplayerConfig
+from shadowreplay.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
