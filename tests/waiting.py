@@ -98,6 +98,18 @@ def read_group_to_end(members: Sequence[Consumer], *, want: int = 0, partitions:
                                  f"{timeout_seconds:.0f} s: {[m.lag() for m in members]}")
 
 
+def read_group(bus: Bus, topics: Sequence[str], group: str, *, want: int = 0,
+               partitions: int | None = None) -> list[Message]:
+    """What ``group`` has not committed on ``topics`` (everything, for a new group), read to
+    the end of every partition by a new member that commits nothing (``read_to_end``; with
+    ``partitions``, once the group has dealt it all of them: the other members must have left)."""
+    consumer = bus.consumer(topics, group)
+    try:
+        return read_to_end(consumer, want=want, partitions=partitions)
+    finally:
+        consumer.close()
+
+
 def group_lag(bus: Bus, topics: Sequence[str], group: str, partitions: int, *,
               timeout_seconds: float = DEADLINE_SECONDS) -> list[PartitionLag]:
     """What ``group`` has not committed, on each of the ``partitions`` partitions of

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from http_backends import Backend, serve, start_backend
 from timing import production_gc
-from waiting import group_lag, read_to_end
+from waiting import group_lag, read_group
 from shadowreplay.replayer.loop import Replayer
 from shadowreplay.replayer.metrics import ReplayerMetrics
 from shadowreplay.replayer.schedule import Anchor
@@ -80,13 +80,7 @@ def _publish(bus: Bus, records: list[RequestRecord], extra: Sequence[bytes] = ()
 
 
 def _read(bus: Bus, topic: str, group: str, want: int = 0) -> list[Message]:
-    """Everything ``group`` has not committed on ``topic`` (all of it, for a new group): read
-    to the end of every partition by a new member, without committing."""
-    consumer = bus.consumer([topic], group)
-    try:
-        return read_to_end(consumer, want=want, partitions=4)
-    finally:
-        consumer.close()
+    return read_group(bus, [topic], group, want=want, partitions=4)
 
 
 def _uncommitted(bus: Bus, topic: str = REQUESTS, group: str = GROUP) -> list[int]:
