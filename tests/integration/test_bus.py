@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 
 from shadowreplay.contract.bus import Bus, Consumer, Message, open_bus, read_to_end
+from waiting import read_group_to_end, read_to_end as read_group_member
 from shadowreplay.contract.errors import BusError
 
 Unique = Callable[[str], str]
@@ -32,16 +33,11 @@ def bus(bus_url: str) -> Iterator[Bus]:
     b.close()
 
 
-def drain(consumers: Sequence[Consumer], want: int, seconds: float = 20.0) -> list[list[Message]]:
-    """Poll every consumer in turn until ``want`` messages in all, then once more each."""
-    got: list[list[Message]] = [[] for _ in consumers]
-    deadline = time.monotonic() + seconds
-    while sum(map(len, got)) < want and time.monotonic() < deadline:
-        for i, c in enumerate(consumers):
-            got[i].extend(c.poll(max_records=100, timeout_seconds=0.2))
-    for i, c in enumerate(consumers):  # anything beyond `want` is a duplicate
-        got[i].extend(c.poll(max_records=100, timeout_seconds=0.3))
-    return got
+def drain(members: Sequence[Consumer], want: int, seconds: float = 30.0) -> list[list[Message]]:
+    """What each member of one group read, polled in turn, until ``want`` in all and every
+    partition they own is read to its end: call it once the writers are done, and anything
+    beyond ``want`` (a repeat) is in the result."""
+    return read_group_to_end(members, want=want, timeout_seconds=seconds)
 
 
 def wait_assigned(consumers: Sequence[Consumer], partitions: int, seconds: float = 20.0) -> None:
@@ -122,7 +118,7 @@ def test_a_new_member_resumes_after_the_committed_offset(bus: Bus, unique: Uniqu
     first = bus.consumer([topic], group)
     fresh = bus.consumer([topic], unique("g"))  # another group, nothing committed
     try:
-        got, from_start = drain([first, fresh], 60)
+        got, from_start = read_group_member(first, want=30), read_group_member(fresh, want=30)
         assert [m.offset for m in got] == list(range(30))
         assert [m.offset for m in from_start] == list(range(30))
         first.commit(got[:10])  # offsets 10.. were read but not committed
@@ -188,7 +184,7 @@ def test_two_groups_each_see_everything(bus: Bus, unique: Unique) -> None:
     publish(bus, topic, [(None, b"%d" % i, None) for i in range(50)])
     one, two = bus.consumer([topic], unique("g")), bus.consumer([topic], unique("g"))
     try:
-        got_one, got_two = drain([one, two], 100)
+        got_one, got_two = read_group_member(one, want=50), read_group_member(two, want=50)
     finally:
         one.close()
         two.close()
@@ -300,7 +296,7 @@ def test_topics_are_independent(bus: Bus, unique: Unique) -> None:
     only_t2 = bus.consumer([t2], unique("g"))
     both = bus.consumer([t1, t2], unique("g"))
     try:
-        got2, got_both = drain([only_t2, both], 7 + 17)
+        got2, got_both = read_group_member(only_t2, want=7), read_group_member(both, want=17)
     finally:
         only_t2.close()
         both.close()
